@@ -1,0 +1,85 @@
+//! `/api/auth`: register, login, me, logout.
+//!
+//! Login answers an unknown email, a wrong password and an over-long password
+//! identically and in about the same time (one bcrypt verification each), and
+//! goes through the login throttle first.
+
+use hyper::StatusCode;
+use serde_json::json;
+
+use crate::app::App;
+use crate::domain::unix_now;
+use crate::domain::user::{normalize_email, valid_email, valid_name, valid_password, Role, User};
+use crate::http::auth::{check_token, presented_token, AuthUser};
+use crate::http::error::ApiError;
+use crate::http::router::RequestContext;
+use crate::http::{json, HttpResponse};
+
+/// `POST /api/auth/register {name, email, password}`: a new `user`, and a
+/// token for it. Unknown fields are ignored, as tutorial clients send extras.
+pub async fn register(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
+    if !ctx.app.settings.auth.allow_registration {
+        return Err(ApiError::RegistrationClosed);
+    }
+    let mut fields = ctx.read_body().await?;
+    let app = &ctx.app;
+    let name = valid_name(&fields.required("name")?)?;
+    let email = valid_email(&fields.required("email")?)?;
+    let password = fields.required("password")?;
+    valid_password(&password, app.settings.auth.min_password_len)?;
+    // Spare a bcrypt hash when the answer is already known; the store's
+    // transaction still decides races.
+    if app.store.user_by_email(&email).await?.is_some() {
+        return Err(ApiError::EmailTaken);
+    }
+    let hash = app.passwords.hash(password).await?;
+    let user = User::new(name, email, Role::User, hash, unix_now());
+    let user = app.store.insert_user(user).await?;
+    tracing::info!(user = %user.id, "registered");
+    token_response(app, &user)
+}
+
+/// `POST /api/auth/login {email, password}`.
+pub async fn login(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
+    let mut fields = ctx.read_body().await?;
+    let app = &ctx.app;
+    let client = ctx.client_ip();
+    let email = normalize_email(&fields.required("email")?);
+    let password = fields.required("password")?;
+    app.throttle.begin(&email, client)?;
+    let user = app.store.user_by_email(&email).await?;
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    match (app.passwords.verify(password, hash).await?, user) {
+        (true, Some(user)) => {
+            app.throttle.succeeded(&email, client);
+            token_response(app, &user)
+        }
+        _ => Err(ApiError::InvalidCredentials),
+    }
+}
+
+/// `GET /api/auth/me`: the caller's user object.
+pub fn me(caller: AuthUser) -> Result<HttpResponse, ApiError> {
+    Ok(json(StatusCode::OK, &caller.user().view()))
+}
+
+/// `GET|POST /api/auth/logout`: always 200; a valid token sent with it is
+/// revoked, durably, until it expires.
+pub async fn logout(ctx: RequestContext) -> Result<HttpResponse, ApiError> {
+    if let Ok(Some(token)) = presented_token(&ctx.parts.headers) {
+        match check_token(&ctx.app, token).await {
+            Ok(caller) => {
+                let claims = caller.claims();
+                ctx.app.store.revoke(&claims.jti, claims.exp).await?;
+            }
+            Err(ApiError::StoreUnavailable) => return Err(ApiError::StoreUnavailable),
+            Err(_) => {} // An invalid token has nothing left to revoke.
+        }
+    }
+    Ok(json(StatusCode::OK, &json!({"auth": false, "token": null})))
+}
+
+fn token_response(app: &App, user: &User) -> Result<HttpResponse, ApiError> {
+    let (token, _) = app.tokens.issue(user, unix_now())?;
+    Ok(json(StatusCode::OK, &json!({"auth": true, "token": token})))
+}

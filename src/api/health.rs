@@ -1,0 +1,23 @@
+//! `GET /api` (the tutorial's liveness answer) and `GET /healthz`.
+
+use hyper::StatusCode;
+use serde_json::json;
+
+use crate::http::error::ApiError;
+use crate::http::router::RequestContext;
+use crate::http::{json, text, HttpResponse};
+
+pub fn api_root() -> HttpResponse {
+    text(StatusCode::OK, "API works.")
+}
+
+/// 200 when the store answers, 503 `store_unavailable` when it does not.
+pub async fn healthz(ctx: RequestContext) -> Result<HttpResponse, ApiError> {
+    match ctx.app.store.health().await {
+        Ok(()) => Ok(json(StatusCode::OK, &json!({"status": "ok"}))),
+        Err(error) => {
+            tracing::error!(%error, "health check failed");
+            Err(ApiError::StoreUnavailable)
+        }
+    }
+}

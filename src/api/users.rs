@@ -1,0 +1,150 @@
+//! `/api/users`: user management. A user may read, change and delete only
+//! themself; an admin may do anything, and only an admin lists users, creates
+//! them, or sets a `role`. These routes refuse unknown fields.
+
+use hyper::header::{HeaderValue, LINK};
+use hyper::StatusCode;
+use serde_json::json;
+
+use crate::domain::unix_now;
+use crate::domain::user::{valid_email, valid_name, valid_password, Role, User, UserView};
+use crate::http::auth::AuthUser;
+use crate::http::body::{parse_query, Fields};
+use crate::http::error::ApiError;
+use crate::http::router::RequestContext;
+use crate::http::{json, HttpResponse};
+use crate::store::UserPatch;
+
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1000;
+
+/// `GET /api/users?limit=&after=` (admin): users in `_id` order, with a
+/// `Link: <…>; rel="next"` header when more follow.
+pub async fn list(ctx: RequestContext, caller: AuthUser) -> Result<HttpResponse, ApiError> {
+    if !caller.is_admin() {
+        return Err(ApiError::Forbidden);
+    }
+    let mut query = parse_query(ctx.parts.uri.query().unwrap_or_default())?;
+    let limit = match query.optional("limit")? {
+        None => DEFAULT_PAGE,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                ApiError::InvalidInput(format!(
+                    "limit must be an integer between 1 and {MAX_PAGE}"
+                ))
+            })?,
+    };
+    let after = query.optional("after")?;
+    let (users, more) = ctx.app.store.list_users(after.as_deref(), limit).await?;
+    let views: Vec<UserView> = users.iter().map(User::view).collect();
+    let mut response = json(StatusCode::OK, &views);
+    if let (true, Some(last)) = (more, users.last()) {
+        let after: String =
+            percent_encoding::utf8_percent_encode(&last.id, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
+        let link = format!("</api/users?limit={limit}&after={after}>; rel=\"next\"");
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            response.headers_mut().insert(LINK, value);
+        }
+    }
+    Ok(response)
+}
+
+/// `POST /api/users {name, email, password, role?}` (admin): 201 and the user.
+pub async fn create(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpResponse, ApiError> {
+    if !caller.is_admin() {
+        return Err(ApiError::Forbidden);
+    }
+    let mut fields = ctx.read_body().await?;
+    let app = &ctx.app;
+    let name = valid_name(&fields.required("name")?)?;
+    let email = valid_email(&fields.required("email")?)?;
+    let password = fields.required("password")?;
+    let role = role(&mut fields)?.unwrap_or(Role::User);
+    fields.refuse_unknown()?;
+    valid_password(&password, app.settings.auth.min_password_len)?;
+    if app.store.user_by_email(&email).await?.is_some() {
+        return Err(ApiError::EmailTaken);
+    }
+    let hash = app.passwords.hash(password).await?;
+    let user = User::new(name, email, role, hash, unix_now());
+    let user = app.store.insert_user(user).await?;
+    tracing::info!(user = %user.id, by = %caller.user().id, "user created");
+    Ok(json(StatusCode::CREATED, &user.view()))
+}
+
+/// `GET /api/users/{id}` (themself or admin). Anyone else gets 403 whether or
+/// not the id exists, so ids cannot be probed.
+pub async fn get(ctx: RequestContext, caller: AuthUser) -> Result<HttpResponse, ApiError> {
+    let id = ctx.id();
+    if !caller.may_access(id) {
+        return Err(ApiError::Forbidden);
+    }
+    let user = ctx.app.store.user_by_id(id).await?.ok_or(ApiError::NotFound)?;
+    Ok(json(StatusCode::OK, &user.view()))
+}
+
+/// `PUT|PATCH /api/users/{id} {name?, email?, password?, role?}` (themself or
+/// admin; only an admin sets `role`). A new password revokes the user's
+/// earlier tokens.
+pub async fn update(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpResponse, ApiError> {
+    if !caller.may_access(ctx.id()) {
+        return Err(ApiError::Forbidden);
+    }
+    let mut fields = ctx.read_body().await?;
+    let app = &ctx.app;
+    let id = ctx.id.as_deref().unwrap_or_default();
+    let name = fields.optional("name")?.map(|n| valid_name(&n)).transpose()?;
+    let email = fields.optional("email")?.map(|e| valid_email(&e)).transpose()?;
+    let password = fields.optional("password")?;
+    let role = role(&mut fields)?;
+    fields.refuse_unknown()?;
+    if role.is_some() && !caller.is_admin() {
+        return Err(ApiError::Forbidden);
+    }
+    if let Some(password) = &password {
+        valid_password(password, app.settings.auth.min_password_len)?;
+    }
+    let password_hash = match password {
+        Some(password) => Some(app.passwords.hash(password).await?),
+        None => None,
+    };
+    let patch = UserPatch {
+        name,
+        email,
+        role,
+        password_hash,
+    };
+    let user = if patch.is_empty() {
+        app.store.user_by_id(id).await?.ok_or(ApiError::NotFound)?
+    } else {
+        app.store.update_user(id, patch, unix_now()).await?
+    };
+    Ok(json(StatusCode::OK, &user.view()))
+}
+
+/// `DELETE /api/users/{id}` (themself or admin): the email is free again and
+/// the user's tokens stop working.
+pub async fn delete(ctx: RequestContext, caller: AuthUser) -> Result<HttpResponse, ApiError> {
+    let id = ctx.id();
+    if !caller.may_access(id) {
+        return Err(ApiError::Forbidden);
+    }
+    let user = ctx.app.store.delete_user(id).await?;
+    tracing::info!(user = %user.id, by = %caller.user().id, "user deleted");
+    let message = format!("User {} was deleted.", user.name);
+    Ok(json(StatusCode::OK, &json!({ "message": message })))
+}
+
+fn role(fields: &mut Fields) -> Result<Option<Role>, ApiError> {
+    fields
+        .optional("role")?
+        .map(|r| {
+            Role::parse(&r)
+                .ok_or_else(|| ApiError::InvalidInput("role must be \"user\" or \"admin\"".into()))
+        })
+        .transpose()
+}

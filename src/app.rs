@@ -1,0 +1,151 @@
+//! [`App`]: the one piece of shared state: validated settings, the store, the
+//! token keys, the password hasher and the login throttle. It is built once at
+//! start-up and passed explicitly (as `Arc<App>`) to whatever needs it; there is
+//! no global state.
+//!
+//! This module also owns the generated signing key: when `auth.secret` is
+//! unset, a random 32-byte key is created in `data_dir` (mode 0600) on first
+//! start and reused afterwards.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+
+use crate::config::Settings;
+use crate::domain::password::PasswordHasher;
+use crate::domain::throttle::LoginThrottle;
+use crate::domain::token::TokenKeys;
+use crate::store::Store;
+
+pub struct App {
+    pub settings: Settings,
+    pub store: Store,
+    pub tokens: TokenKeys,
+    pub passwords: PasswordHasher,
+    pub throttle: LoginThrottle,
+}
+
+impl App {
+    /// Opens the data dir, the database and the signing key. Errors name the
+    /// file or key at fault.
+    pub fn open(settings: Settings) -> anyhow::Result<App> {
+        let data_dir = &settings.data_dir;
+        fs::create_dir_all(data_dir)
+            .with_context(|| format!("data_dir: cannot create {}", data_dir.display()))?;
+        let secret = match &settings.auth.secret {
+            Some(secret) => secret.expose().as_bytes().to_vec(),
+            None => load_or_create_key(&settings.secret_file())?,
+        };
+        let store = open_store(&settings)?;
+        let tokens = TokenKeys::new(&secret, &settings.auth.issuer, settings.auth.token_ttl_secs)
+            .context("auth.secret: unusable signing key")?;
+        let limits = &settings.limits;
+        Ok(App {
+            passwords: PasswordHasher::new(settings.auth.bcrypt_cost),
+            throttle: LoginThrottle::new(
+                limits.login_failures_per_account,
+                limits.login_failures_per_address,
+                limits.login_window_secs,
+            ),
+            store,
+            tokens,
+            settings,
+        })
+    }
+}
+
+/// Opens the sled database in `data_dir`, with a hint when another process
+/// (a running server) holds it.
+pub fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let dir = settings.database_dir();
+    Store::open(&dir).with_context(|| {
+        format!(
+            "data_dir: cannot open the database in {} (is another gatehouse using it?)",
+            dir.display()
+        )
+    })
+}
+
+/// Bytes in a generated signing key.
+const GENERATED_KEY_BYTES: usize = 32;
+
+fn load_or_create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let key = decode_hex(text.trim())
+                .with_context(|| format!("{}: not a hex-encoded key", path.display()))?;
+            if key.len() < GENERATED_KEY_BYTES {
+                bail!(
+                    "{}: the key is shorter than {GENERATED_KEY_BYTES} bytes",
+                    path.display()
+                );
+            }
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key(path),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut key = vec![0u8; GENERATED_KEY_BYTES];
+    getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(hex.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated a new signing key");
+    Ok(key)
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_key_is_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.key");
+        let first = load_or_create_key(&path).unwrap();
+        assert_eq!(first.len(), 32);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(load_or_create_key(&path).unwrap(), first);
+    }
+
+    #[test]
+    fn a_damaged_key_file_is_an_error_not_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.key");
+        fs::write(&path, "abcd").unwrap();
+        assert!(load_or_create_key(&path).is_err());
+        fs::write(&path, "not hex at all").unwrap();
+        assert!(load_or_create_key(&path).is_err());
+    }
+}

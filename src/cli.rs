@@ -1,0 +1,199 @@
+//! The command line: `gatehouse [serve]` runs the server, `gatehouse admin
+//! create` creates or promotes an admin while the server is stopped. This is
+//! the one place where an error becomes an exit code (and one line on stderr).
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use crate::app::{open_store, App};
+use crate::config::{Overrides, Settings};
+use crate::domain::password::PasswordHasher;
+use crate::domain::unix_now;
+use crate::domain::user::{valid_email, valid_name, valid_password};
+use crate::server;
+
+#[derive(Debug, Parser)]
+#[command(name = "gatehouse", version, about = "User authentication over JWTs, database included.")]
+struct Cli {
+    /// Config file to read instead of ./config.toml.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Listen address (server.host).
+    #[arg(long, global = true)]
+    host: Option<String>,
+    /// Listen port (server.port); 0 picks a free one.
+    #[arg(long, global = true)]
+    port: Option<u16>,
+    /// Database and key folder (data_dir).
+    #[arg(long, global = true, value_name = "PATH")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Manage admins while the server is stopped.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminAction {
+    /// Create an admin, or make an existing user admin with this password.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("gatehouse: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gatehouse: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        config_file: cli.config,
+        host: cli.host,
+        port: cli.port,
+        data_dir: cli.data_dir,
+    };
+    let settings = Settings::load(&overrides)?;
+    match cli.command {
+        None | Some(Command::Serve) => serve(settings).await,
+        Some(Command::Admin {
+            action:
+                AdminAction::Create {
+                    email,
+                    name,
+                    password_stdin,
+                },
+        }) => admin_create(settings, &email, &name, password_stdin).await,
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let app = Arc::new(App::open(settings)?);
+    let listener = server::bind(&app).await?;
+    server::serve(listener, app, shutdown_signal()).await
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {},
+                    _ = terminate.recv() => {},
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+async fn admin_create(
+    settings: Settings,
+    email: &str,
+    name: &str,
+    password_stdin: bool,
+) -> anyhow::Result<()> {
+    let email = valid_email(email).map_err(|e| anyhow::anyhow!("--email: {}", e.0))?;
+    let name = valid_name(name).map_err(|e| anyhow::anyhow!("--name: {}", e.0))?;
+    let password = if password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    } else {
+        prompt_password()?
+    };
+    valid_password(&password, settings.auth.min_password_len)
+        .map_err(|e| anyhow::anyhow!("{}", e.0))?;
+    let store = open_store(&settings)?;
+    let hash = PasswordHasher::new(settings.auth.bcrypt_cost)
+        .hash(password)
+        .await?;
+    let (user, created) = store.upsert_admin(name, email, hash, unix_now()).await?;
+    let what = if created { "created admin" } else { "made admin" };
+    println!("{what} {} (_id {})", user.email, user.id);
+    Ok(())
+}
+
+fn prompt_password() -> anyhow::Result<String> {
+    if !std::io::stdin().is_terminal() {
+        bail!("no terminal to ask for a password: use --password-stdin");
+    }
+    let first = rpassword::prompt_password("Password: ")?;
+    let second = rpassword::prompt_password("Password again: ")?;
+    if first != second {
+        bail!("the passwords differ");
+    }
+    Ok(first)
+}
+
+fn init_logging() {
+    // RUST_LOG takes a plain level (error, warn, info, debug, trace).
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

@@ -1,0 +1,399 @@
+//! Configuration: built-in defaults, then `config.toml` (or the file named by
+//! `--config`), then `GATEHOUSE_<SECTION>__<KEY>` environment variables, then
+//! command-line flags; later sources win. The merged result is extracted with
+//! figment and validated into [`Settings`] before the port is bound or the
+//! database opened, so a bad value stops start-up with one line naming its key.
+//!
+//! This module owns the key names, their defaults and their rules. It must not
+//! open the store or generate secrets: that is `app`'s job.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that configure gatehouse.
+pub const ENV_PREFIX: &str = "GATEHOUSE_";
+
+/// The config file read when `--config` is not given (silently skipped if absent).
+pub const DEFAULT_CONFIG_FILE: &str = "config.toml";
+
+/// Everything gatehouse can be told, validated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    /// Folder of the sled database and of the generated signing key.
+    pub data_dir: PathBuf,
+    pub auth: AuthSettings,
+    pub limits: LimitSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: IpAddr,
+    /// 0 picks a free port; the chosen address is logged.
+    pub port: u16,
+    /// Time a client has to send its headers, and separately its body.
+    pub header_timeout_secs: u64,
+    /// Accepted connections beyond this wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Header carrying the client address, set by a trusted proxy (e.g.
+    /// `x-forwarded-for`). Unset means the TCP peer address is used.
+    pub client_ip_header: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HS256 key. Unset means a generated key kept in `data_dir`.
+    pub secret: Option<Secret>,
+    pub token_ttl_secs: u64,
+    pub issuer: String,
+    pub bcrypt_cost: u32,
+    pub min_password_len: usize,
+    pub allow_registration: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    pub body_bytes: usize,
+    pub login_failures_per_account: u32,
+    pub login_failures_per_address: u32,
+    pub login_window_secs: u64,
+}
+
+/// A secret string whose `Debug` never shows its value, so settings can be
+/// logged or printed in an error without leaking the key.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            server: ServerSettings::default(),
+            data_dir: PathBuf::from("./data"),
+            auth: AuthSettings::default(),
+            limits: LimitSettings::default(),
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 3000,
+            header_timeout_secs: 10,
+            max_connections: 1024,
+            client_ip_header: None,
+        }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            secret: None,
+            token_ttl_secs: 86_400,
+            issuer: "gatehouse".to_string(),
+            bcrypt_cost: 12,
+            min_password_len: 8,
+            allow_registration: true,
+        }
+    }
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            body_bytes: 65_536,
+            login_failures_per_account: 5,
+            login_failures_per_address: 100,
+            login_window_secs: 900,
+        }
+    }
+}
+
+/// Values given on the command line; they win over every other source.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Top-level keys an environment variable may set. Other `GATEHOUSE_*`
+/// variables (say, a test suite's own) are not configuration and are ignored;
+/// an unknown key *inside* a section is still refused.
+const ENV_SECTIONS: &[&str] = &["server", "auth", "limits", "data_dir"];
+
+impl Settings {
+    /// Merges every source, then validates. The error is one line naming the
+    /// offending key (or file).
+    pub fn load(overrides: &Overrides) -> anyhow::Result<Settings> {
+        Self::from_figment(Self::figment(overrides)?)
+    }
+
+    /// The merged sources, before extraction.
+    pub fn figment(overrides: &Overrides) -> anyhow::Result<Figment> {
+        let file = match &overrides.config_file {
+            Some(path) => {
+                if !path.is_file() {
+                    bail!("config file {} does not exist", path.display());
+                }
+                path.clone()
+            }
+            None => PathBuf::from(DEFAULT_CONFIG_FILE),
+        };
+        let env = Env::prefixed(ENV_PREFIX).split("__").filter(|key| {
+            let section = key.as_str().split('.').next().unwrap_or_default();
+            ENV_SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
+        });
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::file(&file))
+            .merge(env);
+        if let Some(host) = &overrides.host {
+            figment = figment.merge(("server.host", host));
+        }
+        if let Some(port) = overrides.port {
+            figment = figment.merge(("server.port", port));
+        }
+        if let Some(dir) = &overrides.data_dir {
+            figment = figment.merge(("data_dir", dir));
+        }
+        Ok(figment)
+    }
+
+    pub fn from_figment(figment: Figment) -> anyhow::Result<Settings> {
+        let settings: Settings = figment.extract().map_err(|error| {
+            // figment lists every error; the first one, with its key and
+            // source, is the line an operator needs.
+            let first = error.into_iter().next();
+            match first {
+                Some(e) => anyhow!("invalid configuration: {e}"),
+                None => anyhow!("invalid configuration"),
+            }
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Rules serde cannot express. Each error names its key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        fn check(ok: bool, key: &str, rule: &str) -> anyhow::Result<()> {
+            if ok {
+                Ok(())
+            } else {
+                Err(anyhow!("invalid configuration: {key} {rule}"))
+            }
+        }
+        let s = &self.server;
+        check(
+            (1..=3600).contains(&s.header_timeout_secs),
+            "server.header_timeout_secs",
+            "must be between 1 and 3600",
+        )?;
+        check(
+            (1..=1_000_000).contains(&s.max_connections),
+            "server.max_connections",
+            "must be between 1 and 1000000",
+        )?;
+        if let Some(header) = &s.client_ip_header {
+            check(
+                hyper::header::HeaderName::from_bytes(header.as_bytes()).is_ok(),
+                "server.client_ip_header",
+                "must be a valid HTTP header name",
+            )?;
+        }
+        check(
+            !self.data_dir.as_os_str().is_empty(),
+            "data_dir",
+            "must not be empty",
+        )?;
+        let a = &self.auth;
+        if let Some(secret) = &a.secret {
+            check(
+                secret.expose().len() >= 32,
+                "auth.secret",
+                "must be at least 32 bytes long",
+            )?;
+        }
+        check(
+            (1..=31_536_000).contains(&a.token_ttl_secs),
+            "auth.token_ttl_secs",
+            "must be between 1 and 31536000 (one year)",
+        )?;
+        check(
+            !a.issuer.trim().is_empty(),
+            "auth.issuer",
+            "must not be empty",
+        )?;
+        check(
+            (4..=31).contains(&a.bcrypt_cost),
+            "auth.bcrypt_cost",
+            "must be between 4 and 31",
+        )?;
+        check(
+            (1..=72).contains(&a.min_password_len),
+            "auth.min_password_len",
+            "must be between 1 and 72",
+        )?;
+        let l = &self.limits;
+        check(
+            (1024..=64 * 1024 * 1024).contains(&l.body_bytes),
+            "limits.body_bytes",
+            "must be between 1024 and 67108864",
+        )?;
+        check(
+            l.login_failures_per_account >= 1,
+            "limits.login_failures_per_account",
+            "must be at least 1",
+        )?;
+        check(
+            (1..=10_000).contains(&l.login_failures_per_address),
+            "limits.login_failures_per_address",
+            "must be between 1 and 10000",
+        )?;
+        check(
+            (1..=86_400).contains(&l.login_window_secs),
+            "limits.login_window_secs",
+            "must be between 1 and 86400",
+        )?;
+        check(
+            l.login_failures_per_account <= 10_000,
+            "limits.login_failures_per_account",
+            "must be at most 10000",
+        )?;
+        Ok(())
+    }
+
+    /// Where the generated signing key lives when `auth.secret` is unset.
+    pub fn secret_file(&self) -> PathBuf {
+        self.data_dir.join("secret.key")
+    }
+
+    pub fn database_dir(&self) -> PathBuf {
+        database_dir(&self.data_dir)
+    }
+}
+
+/// The sled folder inside a data dir (shared with `admin create`).
+pub fn database_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("db")
+}
+
+#[cfg(test)]
+// figment's `Jail` closures return its large error type; that is its API.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load_in(jail: &Jail, overrides: Overrides) -> anyhow::Result<Settings> {
+        let _ = jail;
+        Settings::load(&overrides)
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        Jail::expect_with(|jail| {
+            let s = load_in(jail, Overrides::default()).unwrap();
+            assert_eq!(s.server.port, 3000);
+            assert_eq!(s.server.host.to_string(), "127.0.0.1");
+            assert_eq!(s.auth.bcrypt_cost, 12);
+            assert_eq!(s.auth.token_ttl_secs, 86_400);
+            assert_eq!(s.limits.body_bytes, 65_536);
+            assert!(s.auth.secret.is_none());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn later_sources_win() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "config.toml",
+                "data_dir = \"/from/file\"\n[server]\nport = 4000\nheader_timeout_secs = 3\n",
+            )?;
+            jail.set_env("GATEHOUSE_SERVER__PORT", "5000");
+            jail.set_env("GATEHOUSE_AUTH__BCRYPT_COST", "4");
+            jail.set_env("GATEHOUSE_TEST_DATABASE_URL", "not config");
+            let s = load_in(jail, Overrides::default()).unwrap();
+            assert_eq!(s.server.port, 5000);
+            assert_eq!(s.server.header_timeout_secs, 3);
+            assert_eq!(s.auth.bcrypt_cost, 4);
+            assert_eq!(s.data_dir, PathBuf::from("/from/file"));
+            let flags = Overrides {
+                port: Some(6000),
+                data_dir: Some("/from/flag".into()),
+                ..Overrides::default()
+            };
+            let s = load_in(jail, flags).unwrap();
+            assert_eq!(s.server.port, 6000);
+            assert_eq!(s.data_dir, PathBuf::from("/from/flag"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("GATEHOUSE_AUTH__BCRYPT_COST", "3", "auth.bcrypt_cost"),
+            ("GATEHOUSE_AUTH__SECRET", "too short", "auth.secret"),
+            ("GATEHOUSE_SERVER__PORT", "eighty", "port"),
+            ("GATEHOUSE_SERVER__HOST", "not an ip", "host"),
+            ("GATEHOUSE_LIMITS__BODY_BYTES", "0", "limits.body_bytes"),
+            ("GATEHOUSE_SERVER__PROT", "1", "prot"),
+        ];
+        for (var, value, key) in cases {
+            Jail::expect_with(|jail| {
+                jail.set_env(var, value);
+                let error = load_in(jail, Overrides::default()).unwrap_err().to_string();
+                assert!(error.to_lowercase().contains(key), "{var}={value}: {error}");
+                assert!(!error.contains('\n'), "one line: {error}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let secret = Secret::new("a".repeat(40));
+        assert_eq!(format!("{secret:?}"), "Secret(<redacted>)");
+    }
+
+    #[test]
+    fn a_missing_config_file_named_by_flag_is_an_error() {
+        let overrides = Overrides {
+            config_file: Some("/nonexistent/gatehouse.toml".into()),
+            ..Overrides::default()
+        };
+        let error = Settings::load(&overrides).unwrap_err().to_string();
+        assert!(error.contains("/nonexistent/gatehouse.toml"), "{error}");
+    }
+}

@@ -1,0 +1,229 @@
+//! Login throttling: failed logins counted per (email, client address) and per
+//! client address over a sliding window, in bounded memory.
+//!
+//! Each key keeps the times of at most `limit` recent failures, and each table
+//! keeps at most a fixed number of keys, evicting the least recently used; so
+//! memory stays bounded whatever emails or addresses an attacker sends. Keys
+//! are keyed hashes of the email and address, never the strings themselves.
+//!
+//! An attempt is counted as a failure when it *starts* ([`LoginThrottle::begin`])
+//! and forgiven when it succeeds, so a burst of concurrent guesses cannot slip
+//! past the limit while their bcrypt verifications are still running.
+
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use lru::LruCache;
+
+/// Most (email, address) pairs tracked at once (about 6 MB at most).
+pub const ACCOUNT_KEYS: usize = 50_000;
+/// Most client addresses tracked at once (about 5 MB at the default limit).
+pub const ADDRESS_KEYS: usize = 10_000;
+
+/// The login must wait this many seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfter(pub u64);
+
+pub struct LoginThrottle {
+    tables: Mutex<Tables>,
+    per_account: usize,
+    per_address: usize,
+    window_secs: u32,
+    /// Failure times are seconds since this instant, stored as `u32`.
+    epoch: Instant,
+    /// Random per process, so nobody can aim hash collisions at a victim's key.
+    hash_keys: std::collections::hash_map::RandomState,
+}
+
+struct Tables {
+    accounts: LruCache<u64, VecDeque<u32>>,
+    addresses: LruCache<u64, VecDeque<u32>>,
+}
+
+impl LoginThrottle {
+    pub fn new(per_account: u32, per_address: u32, window_secs: u64) -> LoginThrottle {
+        Self::with_capacity(per_account, per_address, window_secs, ACCOUNT_KEYS, ADDRESS_KEYS)
+    }
+
+    pub fn with_capacity(
+        per_account: u32,
+        per_address: u32,
+        window_secs: u64,
+        account_keys: usize,
+        address_keys: usize,
+    ) -> LoginThrottle {
+        let cap = |n: usize| NonZeroUsize::new(n.max(1)).unwrap_or(NonZeroUsize::MIN);
+        LoginThrottle {
+            tables: Mutex::new(Tables {
+                accounts: LruCache::new(cap(account_keys)),
+                addresses: LruCache::new(cap(address_keys)),
+            }),
+            per_account: per_account.max(1) as usize,
+            per_address: per_address.max(1) as usize,
+            window_secs: u32::try_from(window_secs).unwrap_or(u32::MAX),
+            epoch: Instant::now(),
+            hash_keys: Default::default(),
+        }
+    }
+
+    /// Starts a login attempt: refused with the wait if either count is at its
+    /// limit, otherwise counted as a failure until [`Self::succeeded`].
+    pub fn begin(&self, email: &str, addr: IpAddr) -> Result<(), RetryAfter> {
+        self.begin_at(email, addr, self.now())
+    }
+
+    /// The attempt begun for this pair succeeded: the pair's count is reset and
+    /// the address is not charged for it.
+    pub fn succeeded(&self, email: &str, addr: IpAddr) {
+        let (account, address) = (self.account_key(email, addr), self.address_key(addr));
+        let mut tables = self.lock();
+        tables.accounts.pop(&account);
+        if let Some(times) = tables.addresses.peek_mut(&address) {
+            times.pop_back();
+        }
+    }
+
+    /// Keys tracked in (accounts, addresses); bounded by the capacities.
+    pub fn len(&self) -> (usize, usize) {
+        let tables = self.lock();
+        (tables.accounts.len(), tables.addresses.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == (0, 0)
+    }
+
+    fn begin_at(&self, email: &str, addr: IpAddr, now: u32) -> Result<(), RetryAfter> {
+        let (account, address) = (self.account_key(email, addr), self.address_key(addr));
+        let window = self.window_secs;
+        let mut tables = self.lock();
+        let Tables {
+            accounts,
+            addresses,
+        } = &mut *tables;
+        let account_wait = wait(accounts, account, self.per_account, now, window);
+        let address_wait = wait(addresses, address, self.per_address, now, window);
+        if let Some(seconds) = account_wait.max(address_wait) {
+            return Err(RetryAfter(seconds));
+        }
+        record(accounts, account, self.per_account, now);
+        record(addresses, address, self.per_address, now);
+        Ok(())
+    }
+
+    fn now(&self) -> u32 {
+        u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
+        // The tables hold counters only; a panic elsewhere cannot leave them
+        // in a state worse than slightly wrong counts.
+        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn account_key(&self, email: &str, addr: IpAddr) -> u64 {
+        self.hash_keys.hash_one((0u8, email, addr))
+    }
+
+    fn address_key(&self, addr: IpAddr) -> u64 {
+        self.hash_keys.hash_one((1u8, addr))
+    }
+}
+
+/// Drops failures older than the window; if `limit` remain, the seconds until
+/// the oldest leaves it.
+fn wait(
+    table: &mut LruCache<u64, VecDeque<u32>>,
+    key: u64,
+    limit: usize,
+    now: u32,
+    window: u32,
+) -> Option<u64> {
+    let times = table.peek_mut(&key)?;
+    while times
+        .front()
+        .is_some_and(|&t| now.saturating_sub(t) >= window)
+    {
+        times.pop_front();
+    }
+    if times.is_empty() {
+        table.pop(&key);
+        return None;
+    }
+    if times.len() < limit {
+        return None;
+    }
+    let oldest = times.front().copied().unwrap_or(now);
+    Some(u64::from((oldest + window).saturating_sub(now).max(1)))
+}
+
+fn record(table: &mut LruCache<u64, VecDeque<u32>>, key: u64, limit: usize, now: u32) {
+    let times = table.get_or_insert_mut(key, || VecDeque::with_capacity(limit.min(16)));
+    times.push_back(now);
+    while times.len() > limit {
+        times.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ADDR: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+
+    #[test]
+    fn the_limit_blocks_until_the_oldest_failure_leaves_the_window() {
+        let t = LoginThrottle::new(3, 100, 60);
+        for now in [0, 10, 20] {
+            assert_eq!(t.begin_at("a@x.io", ADDR, now), Ok(()));
+        }
+        assert_eq!(t.begin_at("a@x.io", ADDR, 21), Err(RetryAfter(39)));
+        // Other emails and other addresses are not affected.
+        assert_eq!(t.begin_at("b@x.io", ADDR, 21), Ok(()));
+        assert_eq!(t.begin_at("a@x.io", OTHER, 21), Ok(()));
+        assert_eq!(t.begin_at("a@x.io", ADDR, 59), Err(RetryAfter(1)));
+        assert_eq!(t.begin_at("a@x.io", ADDR, 60), Ok(()));
+    }
+
+    #[test]
+    fn success_resets_the_account_and_does_not_charge_the_address() {
+        let t = LoginThrottle::new(2, 3, 60);
+        t.begin_at("a@x.io", ADDR, 0).unwrap();
+        t.begin_at("a@x.io", ADDR, 0).unwrap();
+        t.succeeded("a@x.io", ADDR);
+        t.begin_at("a@x.io", ADDR, 1).unwrap();
+        t.begin_at("b@x.io", ADDR, 1).unwrap();
+        // Address count: 2 failures + 1 in flight = 3 → the next is refused.
+        assert!(t.begin_at("c@x.io", ADDR, 1).is_err());
+    }
+
+    #[test]
+    fn the_address_limit_spans_emails() {
+        let t = LoginThrottle::new(5, 4, 60);
+        for i in 0..4 {
+            t.begin_at(&format!("{i}@x.io"), ADDR, 0).unwrap();
+        }
+        assert_eq!(t.begin_at("new@x.io", ADDR, 0), Err(RetryAfter(60)));
+    }
+
+    #[test]
+    fn memory_stays_bounded_whatever_emails_arrive() {
+        let t = LoginThrottle::with_capacity(5, 1_000_000, 900, 1_000, 50);
+        for i in 0..100_000u32 {
+            let addr = IpAddr::V4(std::net::Ipv4Addr::from(i));
+            let _ = t.begin_at(&format!("victim{i}@example.com"), addr, 0);
+        }
+        assert_eq!(t.len(), (1_000, 50));
+        // Each key holds at most `limit` times, however many failures it saw.
+        for _ in 0..1_000 {
+            let _ = t.begin_at("one@example.com", ADDR, 0);
+        }
+        let tables = t.lock();
+        assert!(tables.accounts.iter().all(|(_, times)| times.len() <= 5));
+    }
+}

@@ -1,0 +1,143 @@
+//! Access tokens: HS256 JWTs with the tutorial's claims plus the standard ones.
+//!
+//! Verification pins HS256, requires `exp`, `iss` and `sub`, checks `nbf` when
+//! present, refuses tokens issued in the future, and allows only a few seconds
+//! of clock leeway. It says nothing about revocation or the user's existence:
+//! the token check in `http::auth` does that against the store.
+
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use super::user::User;
+
+/// Clock skew we tolerate between the issuing and the verifying machine.
+pub const LEEWAY_SECS: u64 = 5;
+
+/// Tokens longer than this are refused before any parsing: ours are ~350 bytes.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Claims {
+    /// The user's `_id`.
+    pub sub: String,
+    /// The user's `_id` again: the tutorial's clients read `id`.
+    pub id: String,
+    pub iat: u64,
+    pub exp: u64,
+    /// Random and unique per token; the key of a logout's revocation.
+    pub jti: String,
+    pub iss: String,
+    /// The user's password version at issue time (see `User::password_version`).
+    pub pwv: u64,
+}
+
+/// Why a token was refused. Clients only ever see one answer; this goes to the
+/// debug log.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("token longer than {MAX_TOKEN_BYTES} bytes")]
+    TooLong,
+    #[error("token issued in the future")]
+    IssuedInFuture,
+    #[error("{0}")]
+    Jwt(#[from] jsonwebtoken::errors::Error),
+}
+
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    issuer: String,
+    ttl_secs: u64,
+}
+
+impl TokenKeys {
+    /// `secret` must be non-empty (config enforces 32 bytes or more).
+    pub fn new(secret: &[u8], issuer: &str, ttl_secs: u64) -> anyhow::Result<TokenKeys> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        validation.set_issuer(&[issuer]);
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.leeway = LEEWAY_SECS;
+        Ok(TokenKeys {
+            encoding: EncodingKey::from_secret(secret)?,
+            decoding: DecodingKey::from_secret(secret)?,
+            validation,
+            issuer: issuer.to_string(),
+            ttl_secs,
+        })
+    }
+
+    pub fn issue(&self, user: &User, now: u64) -> Result<(String, Claims), TokenError> {
+        let claims = Claims {
+            sub: user.id.clone(),
+            id: user.id.clone(),
+            iat: now,
+            exp: now + self.ttl_secs,
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+            iss: self.issuer.clone(),
+            pwv: user.password_version,
+        };
+        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
+        Ok((token, claims))
+    }
+
+    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLong);
+        }
+        let claims = decode::<Claims>(token, &self.decoding, &self.validation)?.claims;
+        if claims.iat > now + LEEWAY_SECS {
+            return Err(TokenError::IssuedInFuture);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::user::Role;
+
+    fn keys() -> TokenKeys {
+        TokenKeys::new(&[7u8; 32], "gatehouse", 3600).unwrap()
+    }
+
+    fn user() -> User {
+        User::new("M".into(), "m@example.com".into(), Role::User, "h".into(), 0)
+    }
+
+    #[test]
+    fn issued_tokens_verify_with_their_claims() {
+        let (token, claims) = keys().issue(&user(), 1_000).unwrap();
+        // `verify` checks `exp` against the real clock, so issue near now.
+        let now = crate::domain::unix_now();
+        let (token2, _) = keys().issue(&user(), now).unwrap();
+        let verified = keys().verify(&token2, now).unwrap();
+        assert_eq!(verified.sub, verified.id);
+        assert_eq!(verified.exp, now + 3600);
+        assert_eq!(verified.iss, "gatehouse");
+        assert!(keys().verify(&token, now).is_err(), "expired long ago");
+        assert_ne!(claims.jti, verified.jti);
+    }
+
+    #[test]
+    fn other_keys_issuers_and_future_tokens_fail() {
+        let now = crate::domain::unix_now();
+        let (token, _) = keys().issue(&user(), now).unwrap();
+        let other_key = TokenKeys::new(&[8u8; 32], "gatehouse", 3600).unwrap();
+        assert!(other_key.verify(&token, now).is_err());
+        let other_issuer = TokenKeys::new(&[7u8; 32], "someone-else", 3600).unwrap();
+        assert!(other_issuer.verify(&token, now).is_err());
+        let (future, _) = keys().issue(&user(), now + 60).unwrap();
+        assert!(matches!(
+            keys().verify(&future, now),
+            Err(TokenError::IssuedInFuture)
+        ));
+        assert!(matches!(
+            keys().verify(&"a".repeat(MAX_TOKEN_BYTES + 1), now),
+            Err(TokenError::TooLong)
+        ));
+    }
+}

@@ -1,0 +1,243 @@
+//! Users: the stored record, its public view, roles, and the input rules for
+//! names, emails and passwords.
+//!
+//! The stored record holds the password hash; only [`UserView`] ever leaves the
+//! process, and it has no field that could carry a password or a hash.
+
+use std::fmt;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Admin,
+}
+
+impl Role {
+    /// Parses the wire form (`"user"` or `"admin"`).
+    pub fn parse(value: &str) -> Option<Role> {
+        match value {
+            "user" => Some(Role::User),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A user as the store keeps it.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct User {
+    /// A UUIDv7 string: unique, never reused, and sorting by it sorts by
+    /// creation time (the order of `GET /api/users`).
+    pub id: String,
+    pub name: String,
+    /// Trimmed and lower-cased; the key of the email index.
+    pub email: String,
+    pub role: Role,
+    pub password_hash: String,
+    /// Bumped on every password change. Tokens carry the value they were
+    /// issued under, so a change revokes every earlier token at once.
+    pub password_version: u64,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+// Hand-written so a logged user can never print its password hash.
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("role", &self.role)
+            .field("password_version", &self.password_version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl User {
+    pub fn new(name: String, email: String, role: Role, password_hash: String, now: u64) -> User {
+        User {
+            id: uuid::Uuid::now_v7().to_string(),
+            name,
+            email,
+            role,
+            password_hash,
+            password_version: 0,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    pub fn view(&self) -> UserView {
+        UserView {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            email: self.email.clone(),
+            role: self.role,
+            created_at: rfc3339(self.created_at),
+            updated_at: rfc3339(self.updated_at),
+        }
+    }
+}
+
+/// The user object of the contract. It has no password field by construction.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UserView {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub role: Role,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+fn rfc3339(unix_secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_secs)).to_string()
+}
+
+/// A broken input rule; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleError(pub String);
+
+/// bcrypt reads at most this many bytes of a password.
+pub const MAX_PASSWORD_BYTES: usize = 72;
+pub const MAX_NAME_CHARS: usize = 100;
+pub const MAX_EMAIL_CHARS: usize = 254;
+
+/// The canonical form of an email: trimmed and lower-cased. Used for storage,
+/// uniqueness and lookups alike.
+pub fn normalize_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+/// Checks and normalizes a name: 1 to 100 characters after trimming.
+pub fn valid_name(name: &str) -> Result<String, RuleError> {
+    let name = name.trim();
+    let chars = name.chars().count();
+    if chars == 0 {
+        return Err(RuleError("name must not be empty".into()));
+    }
+    if chars > MAX_NAME_CHARS {
+        return Err(RuleError(format!(
+            "name must be at most {MAX_NAME_CHARS} characters"
+        )));
+    }
+    Ok(name.to_string())
+}
+
+/// Checks and normalizes an email: at most 254 characters, one `@`, a
+/// non-empty local part and a dotted domain, no spaces or control characters.
+pub fn valid_email(email: &str) -> Result<String, RuleError> {
+    let email = normalize_email(email);
+    let invalid = || RuleError("email must be a valid email address".into());
+    if email.chars().count() > MAX_EMAIL_CHARS {
+        return Err(RuleError(format!(
+            "email must be at most {MAX_EMAIL_CHARS} characters"
+        )));
+    }
+    if email
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(invalid());
+    }
+    let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
+    if local.is_empty() || domain.contains('@') {
+        return Err(invalid());
+    }
+    let dotted = domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..");
+    if !dotted {
+        return Err(invalid());
+    }
+    Ok(email)
+}
+
+/// Checks a password: at least `min_chars` characters and at most 72 bytes,
+/// because bcrypt would silently ignore everything past the 72nd byte.
+pub fn valid_password(password: &str, min_chars: usize) -> Result<(), RuleError> {
+    if password.chars().count() < min_chars {
+        return Err(RuleError(format!(
+            "password must be at least {min_chars} characters"
+        )));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(RuleError(format!(
+            "password must be at most {MAX_PASSWORD_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(valid_name("  Mike \n").unwrap(), "Mike");
+        assert!(valid_name("   ").is_err());
+        assert!(valid_name(&"é".repeat(100)).is_ok());
+        assert!(valid_name(&"é".repeat(101)).is_err());
+        assert_eq!(valid_name("a\0b 🦀").unwrap(), "a\0b 🦀");
+    }
+
+    #[test]
+    fn emails_are_normalized_and_checked() {
+        assert_eq!(valid_email(" Mike@Example.COM ").unwrap(), "mike@example.com");
+        for bad in [
+            "",
+            "mike",
+            "@example.com",
+            "mike@example",
+            "mike@@example.com",
+            "a@b@example.com",
+            "mi ke@example.com",
+            "mike@.com",
+            "mike@example.",
+            "mike@example..com",
+        ] {
+            assert!(valid_email(bad).is_err(), "{bad:?} accepted");
+        }
+        let long = format!("{}@example.com", "a".repeat(243));
+        assert_eq!(long.len(), 255);
+        assert!(valid_email(&long).is_err());
+        assert!(valid_email(&long[1..]).is_ok());
+    }
+
+    #[test]
+    fn passwords_are_bounded_in_bytes_not_truncated() {
+        assert!(valid_password("1234567", 8).is_err());
+        assert!(valid_password("12345678", 8).is_ok());
+        assert!(valid_password(&"a".repeat(72), 8).is_ok());
+        assert!(valid_password(&"a".repeat(73), 8).is_err());
+        // 25 three-byte characters: 25 characters but 75 bytes.
+        assert!(valid_password(&"€".repeat(25), 8).is_err());
+    }
+
+    #[test]
+    fn the_view_has_no_secret_and_debug_hides_the_hash() {
+        let user = User::new(
+            "Mike".into(),
+            "mike@example.com".into(),
+            Role::User,
+            "$2b$04$secrethash".into(),
+            1_700_000_000,
+        );
+        let json = serde_json::to_string(&user.view()).unwrap();
+        assert!(!json.contains("secrethash") && !json.contains("password"));
+        assert!(json.contains("\"_id\""));
+        assert!(json.contains("2023-11-14T22:13:20Z"), "{json}");
+        assert!(!format!("{user:?}").contains("secrethash"));
+    }
+}

@@ -1,0 +1,144 @@
+//! The token check (the tutorial's `VerifyToken`) and [`AuthUser`], the proof
+//! that it passed.
+//!
+//! `AuthUser` has private fields and no public constructor: the only way to get
+//! one is [`authenticate`], and every protected handler takes one as an
+//! argument, so no protected handler can run for an unauthenticated request.
+//! The check loads the user on every request, so logout, password changes,
+//! deletion and role changes take effect at once on every route.
+
+use hyper::header::{HeaderMap, AUTHORIZATION};
+
+use super::error::ApiError;
+use crate::app::App;
+use crate::domain::token::Claims;
+use crate::domain::unix_now;
+use crate::domain::user::User;
+
+/// The tutorial's header.
+pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
+
+/// A request's user, proven by a valid, unrevoked token.
+#[derive(Debug)]
+pub struct AuthUser {
+    user: User,
+    claims: Claims,
+}
+
+impl AuthUser {
+    pub fn user(&self) -> &User {
+        &self.user
+    }
+
+    pub fn claims(&self) -> &Claims {
+        &self.claims
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.user.is_admin()
+    }
+
+    /// True if the caller is the user `id` or an admin.
+    pub fn may_access(&self, id: &str) -> bool {
+        self.user.id == id || self.is_admin()
+    }
+}
+
+/// Runs the token check on a request's headers.
+pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<AuthUser, ApiError> {
+    let token = presented_token(headers)?.ok_or(ApiError::MissingToken)?;
+    check_token(app, token).await
+}
+
+/// The token a request carries, from `x-access-token` or `Authorization:
+/// Bearer`. Two different tokens are refused: which one would be meant is a
+/// guess we will not make.
+pub fn presented_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let access = match headers.get(ACCESS_TOKEN_HEADER) {
+        Some(value) => Some(value.to_str().map_err(|_| ApiError::InvalidToken)?.trim()),
+        None => None,
+    }
+    .filter(|t| !t.is_empty());
+    let bearer = match headers.get(AUTHORIZATION) {
+        Some(value) => {
+            let value = value.to_str().map_err(|_| ApiError::InvalidToken)?;
+            match value.split_once(' ') {
+                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                    Some(token.trim())
+                }
+                _ => None,
+            }
+        }
+        None => None,
+    }
+    .filter(|t| !t.is_empty());
+    match (access, bearer) {
+        (Some(a), Some(b)) if a != b => Err(ApiError::InvalidToken),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+/// Verifies a token and loads its user; every failure is the same
+/// `invalid_token` to the client (the reason is logged at debug).
+pub async fn check_token(app: &App, token: &str) -> Result<AuthUser, ApiError> {
+    let claims = app.tokens.verify(token, unix_now())?;
+    let refuse = |reason: &str| {
+        tracing::debug!(reason, "token refused");
+        ApiError::InvalidToken
+    };
+    if claims.sub != claims.id {
+        return Err(refuse("sub and id differ"));
+    }
+    if app.store.is_revoked(&claims.jti).await? {
+        return Err(refuse("revoked"));
+    }
+    let user = match app.store.user_by_id(&claims.sub).await? {
+        Some(user) => user,
+        None => return Err(refuse("user deleted")),
+    };
+    if user.password_version != claims.pwv {
+        return Err(refuse("issued before a password change"));
+    }
+    Ok(AuthUser { user, claims })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    #[test]
+    fn tokens_come_from_either_header_but_must_agree() {
+        assert_eq!(presented_token(&headers(&[])).unwrap(), None);
+        assert_eq!(
+            presented_token(&headers(&[("x-access-token", "abc")])).unwrap(),
+            Some("abc")
+        );
+        assert_eq!(
+            presented_token(&headers(&[("authorization", "Bearer abc")])).unwrap(),
+            Some("abc")
+        );
+        assert_eq!(
+            presented_token(&headers(&[("authorization", "Basic abc")])).unwrap(),
+            None
+        );
+        assert_eq!(
+            presented_token(&headers(&[("x-access-token", "abc"), ("authorization", "bearer abc")]))
+                .unwrap(),
+            Some("abc")
+        );
+        assert!(presented_token(&headers(&[
+            ("x-access-token", "abc"),
+            ("authorization", "Bearer xyz")
+        ]))
+        .is_err());
+    }
+}

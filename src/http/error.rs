@@ -1,0 +1,209 @@
+//! [`ApiError`]: every way a request can fail, and the one place where a
+//! failure becomes a status code and the contract's `{error, message}` body.
+//!
+//! Lower layers keep their own small error types and convert with `From`.
+//! Internal details (store and hashing failures) go to the log, never to the
+//! client.
+
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::StatusCode;
+use serde_json::{json, Map, Value};
+
+use super::{json, HttpResponse};
+use crate::domain::password::HashError;
+use crate::domain::throttle::RetryAfter;
+use crate::domain::token::TokenError;
+use crate::domain::user::RuleError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not well-formed JSON or form data.
+    #[error("{0}")]
+    InvalidBody(String),
+    /// A field or parameter breaks a rule; the message names it.
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("No token provided.")]
+    MissingToken,
+    #[error("Failed to authenticate token.")]
+    InvalidToken,
+    #[error("Invalid email or password.")]
+    InvalidCredentials,
+    #[error("You are not allowed to do this.")]
+    Forbidden,
+    #[error("Registration is closed.")]
+    RegistrationClosed,
+    #[error("No such resource.")]
+    NotFound,
+    #[error("Method not allowed on this path.")]
+    MethodNotAllowed { allow: String },
+    #[error("This email is already registered.")]
+    EmailTaken,
+    #[error("The request body is larger than {limit} bytes.")]
+    PayloadTooLarge { limit: usize },
+    #[error("Send the body as application/json or application/x-www-form-urlencoded.")]
+    UnsupportedMediaType,
+    #[error("Too many failed logins; try again later.")]
+    TooManyAttempts { retry_after_secs: u64 },
+    #[error("The user store is unavailable; try again later.")]
+    StoreUnavailable,
+    /// A bug or an unexpected failure; the detail is logged, not shown.
+    #[error("Internal server error.")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidBody(_) | ApiError::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            ApiError::MissingToken | ApiError::InvalidToken | ApiError::InvalidCredentials => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::Forbidden | ApiError::RegistrationClosed => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::EmailTaken => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The contract's error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::InvalidInput(_) => "invalid_input",
+            ApiError::MissingToken => "missing_token",
+            ApiError::InvalidToken => "invalid_token",
+            ApiError::InvalidCredentials => "invalid_credentials",
+            ApiError::Forbidden => "forbidden",
+            ApiError::RegistrationClosed => "registration_closed",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::EmailTaken => "email_taken",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::TooManyAttempts { .. } => "too_many_attempts",
+            ApiError::StoreUnavailable => "store_unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn into_response(self) -> HttpResponse {
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let mut body = Map::new();
+        body.insert("error".into(), json!(self.code()));
+        body.insert("message".into(), json!(self.to_string()));
+        match &self {
+            ApiError::MissingToken | ApiError::InvalidToken => {
+                body.insert("auth".into(), json!(false));
+            }
+            ApiError::InvalidCredentials => {
+                body.insert("auth".into(), json!(false));
+                body.insert("token".into(), Value::Null);
+            }
+            _ => {}
+        }
+        let mut response = json(self.status(), &body);
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::MissingToken => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::InvalidToken => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            ApiError::MethodNotAllowed { allow } => {
+                if let Ok(value) = HeaderValue::from_str(allow) {
+                    headers.insert(ALLOW, value);
+                }
+            }
+            ApiError::TooManyAttempts { retry_after_secs } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            // The rest of the body is left unread; tell the client this
+            // connection ends here rather than leaving it to guess.
+            ApiError::PayloadTooLarge { .. } => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<RuleError> for ApiError {
+    fn from(error: RuleError) -> Self {
+        ApiError::InvalidInput(error.0)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::EmailTaken => ApiError::EmailTaken,
+            StoreError::NotFound => ApiError::NotFound,
+            StoreError::Database(e) => {
+                tracing::error!(error = %e, "store failure");
+                ApiError::StoreUnavailable
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<HashError> for ApiError {
+    fn from(error: HashError) -> Self {
+        ApiError::Internal(error.to_string())
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(error: TokenError) -> Self {
+        tracing::debug!(reason = %error, "token refused");
+        ApiError::InvalidToken
+    }
+}
+
+impl From<RetryAfter> for ApiError {
+    fn from(wait: RetryAfter) -> Self {
+        ApiError::TooManyAttempts {
+            retry_after_secs: wait.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_errors_carry_the_tutorial_fields_and_rfc6750_header() {
+        let response = ApiError::InvalidToken.into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers()[WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\""
+        );
+        let response = ApiError::TooManyAttempts {
+            retry_after_secs: 42,
+        }
+        .into_response();
+        assert_eq!(response.headers()[RETRY_AFTER], "42");
+    }
+
+    #[test]
+    fn internal_details_never_reach_the_body() {
+        let error = ApiError::Internal("secret detail".into());
+        assert_eq!(error.to_string(), "Internal server error.");
+    }
+}

@@ -1,0 +1,42 @@
+//! The HTTP layer between the server's IO edge and the handlers: the route
+//! table and router, [`error::ApiError`] and its bodies, the token check, and
+//! request-body decoding. Only this module and `api` know status codes and
+//! headers.
+
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod router;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+
+/// Every response gatehouse sends: a complete, small body.
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: &impl Serialize) -> HttpResponse {
+    // Our bodies are plain structs and `serde_json::Value`s: serializing them
+    // cannot fail, and an empty body would still be answered with its status.
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A plain-text response (only `GET /api` uses one).
+pub fn text(status: StatusCode, body: &'static str) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,36 @@
+//! gatehouse: a user-authentication REST API (register, login, logout, "who am
+//! I", user management) over JSON Web Tokens, with its database inside.
+//!
+//! It speaks the wire contract of the Node.js tutorial "Securing RESTful APIs
+//! with JSON Web Tokens" (see `API.md` in the shared folder) and closes that
+//! tutorial's security holes.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command line (`serve`, `admin create`) and the one place where
+//!   errors become exit codes.
+//! - [`config`]: defaults → `config.toml` → `GATEHOUSE_*` env → flags, validated
+//!   into [`config::Settings`] before anything binds or opens.
+//! - [`app`]: [`app::App`], the only shared state: settings, store, signing keys,
+//!   password hasher, login throttle. Passed explicitly, never global.
+//! - [`server`]: the IO edge: accept loop, connection cap, timeouts, request log,
+//!   graceful shutdown.
+//! - [`http`]: the route table and router, `ApiError` and its JSON bodies, the
+//!   token check ([`http::auth::AuthUser`]), request-body decoding.
+//! - [`api`]: the handlers, one file per resource (auth, users, health).
+//! - [`domain`]: users and their input rules, password hashing, tokens, login
+//!   throttling. Knows nothing of hyper or sled.
+//! - [`store`]: the only module that names sled: trees, key layout, transactions,
+//!   durability.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod server;
+pub mod store;
+
+pub use app::App;
+pub use config::Settings;
