@@ -115,6 +115,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    tracing::debug!(?settings, "configuration");
     let app = Arc::new(App::open(settings)?);
     let listener = server::bind(&app).await?;
     server::serve(listener, app, shutdown_signal()).await

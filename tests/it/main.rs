@@ -1,0 +1,10 @@
+//! The integration tests: one binary, one module per area. Every test talks to
+//! a real gatehouse over HTTP (see `support`).
+
+mod support;
+
+mod auth;
+mod binary;
+mod bodies;
+mod tokens;
+mod users;

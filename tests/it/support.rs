@@ -1,0 +1,410 @@
+//! Test support: a real gatehouse server on port 0 with a temporary data dir
+//! and bcrypt cost 4 (in-process, or the built binary as a child process),
+//! and a small request DSL over a real HTTP client.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gatehouse::config::Secret;
+use gatehouse::{App, Settings};
+use reqwest::header::HeaderMap;
+use reqwest::Method;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const PASSWORD: &str = "correct horse";
+
+/// Settings every test server starts from.
+pub fn test_settings(data_dir: &std::path::Path) -> Settings {
+    let mut settings = Settings::default();
+    settings.data_dir = data_dir.to_path_buf();
+    settings.server.port = 0;
+    settings.auth.bcrypt_cost = 4;
+    settings.auth.secret = Some(Secret::new("test-secret-test-secret-test-secret!"));
+    settings
+}
+
+/// A server running inside the test's runtime.
+pub struct TestServer {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub app: Arc<App>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    _dir: Option<TempDir>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut Settings)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut settings = test_settings(dir.path());
+        configure(&mut settings);
+        let mut server = Self::start_settings(settings).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    /// Starts on the given settings (the caller owns the data dir).
+    pub async fn start_settings(settings: Settings) -> TestServer {
+        settings.validate().expect("valid test settings");
+        let app = Arc::new(App::open(settings).expect("app opens"));
+        let listener = gatehouse::server::bind(&app).await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(gatehouse::server::serve(listener, app.clone(), async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            base,
+            client: reqwest::Client::new(),
+            app,
+            shutdown: Some(shutdown),
+            task: Some(task),
+            _dir: None,
+        }
+    }
+
+    /// Graceful shutdown; returns what `serve` returned.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> Req {
+        Req {
+            builder: self.client.request(method, self.url(path)),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Req {
+        self.request(Method::GET, path)
+    }
+
+    pub fn post(&self, path: &str) -> Req {
+        self.request(Method::POST, path)
+    }
+
+    pub fn patch(&self, path: &str) -> Req {
+        self.request(Method::PATCH, path)
+    }
+
+    pub fn put(&self, path: &str) -> Req {
+        self.request(Method::PUT, path)
+    }
+
+    pub fn delete(&self, path: &str) -> Req {
+        self.request(Method::DELETE, path)
+    }
+
+    /// Registers a user and returns it with its token.
+    pub async fn register(&self, name: &str, email: &str) -> TestUser {
+        let reply = self
+            .post("/api/auth/register")
+            .json(json!({"name": name, "email": email, "password": PASSWORD}))
+            .send()
+            .await;
+        assert_eq!(reply.status, 200, "register {email}: {}", reply.body);
+        let token = reply.body["token"].as_str().expect("token").to_string();
+        let me = self.get("/api/auth/me").token(&token).send().await;
+        assert_eq!(me.status, 200, "{}", me.body);
+        TestUser {
+            id: me.body["_id"].as_str().unwrap().to_string(),
+            email: me.body["email"].as_str().unwrap().to_string(),
+            token,
+        }
+    }
+
+    /// Creates an admin the way `gatehouse admin create` does, then logs in.
+    pub async fn admin(&self) -> TestUser {
+        let email = "admin@example.com";
+        let hash = bcrypt::hash(PASSWORD, 4).unwrap();
+        let (user, _) = self
+            .app
+            .store
+            .upsert_admin("Admin".into(), email.into(), hash, gatehouse::domain::unix_now())
+            .await
+            .expect("admin created");
+        TestUser {
+            id: user.id,
+            email: email.into(),
+            token: self.login(email, PASSWORD).await,
+        }
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let reply = self
+            .post("/api/auth/login")
+            .json(json!({"email": email, "password": password}))
+            .send()
+            .await;
+        assert_eq!(reply.status, 200, "login {email}: {}", reply.body);
+        reply.body["token"].as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+pub struct TestUser {
+    pub id: String,
+    pub email: String,
+    pub token: String,
+}
+
+/// A request being built.
+pub struct Req {
+    builder: reqwest::RequestBuilder,
+}
+
+impl Req {
+    pub fn token(self, token: &str) -> Self {
+        self.header("x-access-token", token)
+    }
+
+    pub fn bearer(self, token: &str) -> Self {
+        self.header("authorization", &format!("Bearer {token}"))
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.builder = self.builder.header(name, value);
+        self
+    }
+
+    pub fn json(mut self, body: Value) -> Self {
+        self.builder = self.builder.json(&body);
+        self
+    }
+
+    /// A form body from `name=value` pairs (encoded here).
+    pub fn form(self, pairs: &[(&str, &str)]) -> Self {
+        let body: Vec<String> = pairs
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect();
+        self.raw("application/x-www-form-urlencoded", body.join("&").into_bytes())
+    }
+
+    pub fn raw(mut self, content_type: &str, body: Vec<u8>) -> Self {
+        self.builder = self
+            .builder
+            .header("content-type", content_type)
+            .body(body);
+        self
+    }
+
+    pub async fn send(self) -> Reply {
+        let response = self.builder.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("body read");
+        let text = String::from_utf8(bytes.to_vec()).expect("UTF-8 body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+        Reply {
+            status,
+            headers,
+            text,
+            body,
+        }
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub text: String,
+    /// The body as JSON (a JSON string holding the text if it is not JSON).
+    pub body: Value,
+}
+
+impl Reply {
+    /// Asserts an error reply of the contract: status, code, JSON content type,
+    /// and a non-empty message.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) -> &Self {
+        assert_eq!(
+            (self.status, self.body["error"].as_str()),
+            (status, Some(code)),
+            "body: {}",
+            self.text
+        );
+        assert!(!self.body["message"].as_str().unwrap_or_default().is_empty());
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_ok(&self, status: u16) -> &Self {
+        assert_eq!(self.status, status, "body: {}", self.text);
+        self
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// The built binary, as a child process.
+pub struct Binary {
+    pub child: Child,
+    pub base: String,
+    lines: mpsc::Receiver<String>,
+}
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+impl Binary {
+    /// Starts `gatehouse --port 0 --data-dir DIR` with bcrypt cost 4 and waits
+    /// (with a deadline) for it to log its address.
+    pub fn start(data_dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Binary {
+        let mut command = Command::new(BINARY);
+        command
+            .args(["--port", "0", "--data-dir"])
+            .arg(data_dir)
+            .env("GATEHOUSE_AUTH__BCRYPT_COST", "4")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in extra_env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut binary = Binary {
+            child,
+            base: String::new(),
+            lines,
+        };
+        let line = binary
+            .wait_for_line("gatehouse listening", Duration::from_secs(20))
+            .expect("the server logs its address");
+        let address = line
+            .split("address=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("address in the log line");
+        binary.base = format!("http://{address}");
+        binary
+    }
+
+    /// Reads log lines until one contains `needle`, or the deadline passes.
+    pub fn wait_for_line(&mut self, needle: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Every log line received so far (and until the pipe is drained).
+    pub fn drain_lines(&mut self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits (with a deadline) for the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion (for start-up failures and `admin create`).
+pub fn run_binary(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &str,
+) -> (std::process::ExitStatus, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(BINARY)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("GATEHOUSE_AUTH__BCRYPT_COST", "4")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .expect("stdin written");
+    let output = child.wait_with_output().expect("binary exits");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
