@@ -18,7 +18,11 @@ use crate::domain::user::{valid_email, valid_name, valid_password};
 use crate::server;
 
 #[derive(Debug, Parser)]
-#[command(name = "gatehouse", version, about = "User authentication over JWTs, database included.")]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "User authentication over JWTs, database included."
+)]
 struct Cli {
     /// Config file to read instead of ./config.toml.
     #[arg(long, global = true, value_name = "PATH")]
@@ -169,7 +173,11 @@ async fn admin_create(
         .hash(password)
         .await?;
     let (user, created) = store.upsert_admin(name, email, hash, unix_now()).await?;
-    let what = if created { "created admin" } else { "made admin" };
+    let what = if created {
+        "created admin"
+    } else {
+        "made admin"
+    };
     println!("{what} {} (_id {})", user.email, user.id);
     Ok(())
 }

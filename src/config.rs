@@ -382,6 +382,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_file_holds_the_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
+        let shipped = Settings::from_figment(Figment::from(Toml::file_exact(path))).unwrap();
+        assert_eq!(
+            serde_json::to_value(&shipped).unwrap(),
+            serde_json::to_value(Settings::default()).unwrap()
+        );
+    }
+
+    #[test]
     fn secret_debug_is_redacted() {
         let secret = Secret::new("a".repeat(40));
         assert_eq!(format!("{secret:?}"), "Secret(<redacted>)");

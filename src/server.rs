@@ -105,7 +105,10 @@ pub async fn serve(
     {
         tracing::warn!("drain timed out; closing remaining connections");
     }
-    app.store.flush().await.context("final flush of the store")?;
+    app.store
+        .flush()
+        .await
+        .context("final flush of the store")?;
     tracing::info!("stopped");
     Ok(())
 }

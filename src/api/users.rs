@@ -32,9 +32,7 @@ pub async fn list(ctx: RequestContext, caller: AuthUser) -> Result<HttpResponse,
             .ok()
             .filter(|n| (1..=MAX_PAGE).contains(n))
             .ok_or_else(|| {
-                ApiError::InvalidInput(format!(
-                    "limit must be an integer between 1 and {MAX_PAGE}"
-                ))
+                ApiError::InvalidInput(format!("limit must be an integer between 1 and {MAX_PAGE}"))
             })?,
     };
     let after = query.optional("after")?;
@@ -83,7 +81,12 @@ pub async fn get(ctx: RequestContext, caller: AuthUser) -> Result<HttpResponse, 
     if !caller.may_access(id) {
         return Err(ApiError::Forbidden);
     }
-    let user = ctx.app.store.user_by_id(id).await?.ok_or(ApiError::NotFound)?;
+    let user = ctx
+        .app
+        .store
+        .user_by_id(id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     Ok(json(StatusCode::OK, &user.view()))
 }
 
@@ -97,8 +100,14 @@ pub async fn update(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
     let mut fields = ctx.read_body().await?;
     let app = &ctx.app;
     let id = ctx.id.as_deref().unwrap_or_default();
-    let name = fields.optional("name")?.map(|n| valid_name(&n)).transpose()?;
-    let email = fields.optional("email")?.map(|e| valid_email(&e)).transpose()?;
+    let name = fields
+        .optional("name")?
+        .map(|n| valid_name(&n))
+        .transpose()?;
+    let email = fields
+        .optional("email")?
+        .map(|e| valid_email(&e))
+        .transpose()?;
     let password = fields.optional("password")?;
     let role = role(&mut fields)?;
     fields.refuse_unknown()?;

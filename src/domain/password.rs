@@ -118,10 +118,19 @@ mod tests {
         let hasher = PasswordHasher::new(4);
         let hash = hasher.hash("correct horse".into()).await.unwrap();
         assert!(hash.starts_with("$2"));
-        assert!(hasher.verify("correct horse".into(), Some(hash.clone())).await.unwrap());
-        assert!(!hasher.verify("wrong horse".into(), Some(hash.clone())).await.unwrap());
+        assert!(hasher
+            .verify("correct horse".into(), Some(hash.clone()))
+            .await
+            .unwrap());
+        assert!(!hasher
+            .verify("wrong horse".into(), Some(hash.clone()))
+            .await
+            .unwrap());
         assert!(!hasher.verify("correct horse".into(), None).await.unwrap());
-        assert!(!hasher.verify("x".into(), Some("not a hash".into())).await.unwrap());
+        assert!(!hasher
+            .verify("x".into(), Some("not a hash".into()))
+            .await
+            .unwrap());
     }
 
     #[tokio::test]
@@ -129,7 +138,10 @@ mod tests {
         let hasher = PasswordHasher::new(4);
         let seventy_two = "a".repeat(72);
         let hash = hasher.hash(seventy_two.clone()).await.unwrap();
-        assert!(hasher.verify(seventy_two.clone(), Some(hash.clone())).await.unwrap());
+        assert!(hasher
+            .verify(seventy_two.clone(), Some(hash.clone()))
+            .await
+            .unwrap());
         // bcrypt alone would accept this: it reads only the first 72 bytes.
         let longer = format!("{seventy_two}b");
         assert!(!hasher.verify(longer, Some(hash)).await.unwrap());

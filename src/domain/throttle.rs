@@ -46,7 +46,13 @@ struct Tables {
 
 impl LoginThrottle {
     pub fn new(per_account: u32, per_address: u32, window_secs: u64) -> LoginThrottle {
-        Self::with_capacity(per_account, per_address, window_secs, ACCOUNT_KEYS, ADDRESS_KEYS)
+        Self::with_capacity(
+            per_account,
+            per_address,
+            window_secs,
+            ACCOUNT_KEYS,
+            ADDRESS_KEYS,
+        )
     }
 
     pub fn with_capacity(

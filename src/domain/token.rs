@@ -105,7 +105,13 @@ mod tests {
     }
 
     fn user() -> User {
-        User::new("M".into(), "m@example.com".into(), Role::User, "h".into(), 0)
+        User::new(
+            "M".into(),
+            "m@example.com".into(),
+            Role::User,
+            "h".into(),
+            0,
+        )
     }
 
     #[test]

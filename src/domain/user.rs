@@ -143,10 +143,7 @@ pub fn valid_email(email: &str) -> Result<String, RuleError> {
             "email must be at most {MAX_EMAIL_CHARS} characters"
         )));
     }
-    if email
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control())
-    {
+    if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid());
     }
     let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
@@ -194,7 +191,10 @@ mod tests {
 
     #[test]
     fn emails_are_normalized_and_checked() {
-        assert_eq!(valid_email(" Mike@Example.COM ").unwrap(), "mike@example.com");
+        assert_eq!(
+            valid_email(" Mike@Example.COM ").unwrap(),
+            "mike@example.com"
+        );
         for bad in [
             "",
             "mike",

@@ -131,8 +131,11 @@ mod tests {
             None
         );
         assert_eq!(
-            presented_token(&headers(&[("x-access-token", "abc"), ("authorization", "bearer abc")]))
-                .unwrap(),
+            presented_token(&headers(&[
+                ("x-access-token", "abc"),
+                ("authorization", "bearer abc")
+            ]))
+            .unwrap(),
             Some("abc")
         );
         assert!(presented_token(&headers(&[

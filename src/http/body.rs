@@ -187,11 +187,8 @@ mod tests {
             br#"{"name":"Mike O'Hara","email":"m@x.io","extra":1}"#,
         )
         .unwrap();
-        let mut from_form = decode(
-            Encoding::Form,
-            b"name=Mike+O%27Hara&email=m%40x.io&extra=1",
-        )
-        .unwrap();
+        let mut from_form =
+            decode(Encoding::Form, b"name=Mike+O%27Hara&email=m%40x.io&extra=1").unwrap();
         for fields in [&mut from_json, &mut from_form] {
             assert_eq!(fields.required("name").unwrap(), "Mike O'Hara");
             assert_eq!(fields.required("email").unwrap(), "m@x.io");
@@ -203,12 +200,20 @@ mod tests {
     #[test]
     fn bad_bodies_get_the_right_errors() {
         let invalid_body = |e: &ApiError| matches!(e, ApiError::InvalidBody(_));
-        assert!(invalid_body(&decode(Encoding::Json, b"{\"a\":").unwrap_err()));
+        assert!(invalid_body(
+            &decode(Encoding::Json, b"{\"a\":").unwrap_err()
+        ));
         assert!(invalid_body(&decode(Encoding::Json, b"").unwrap_err()));
-        assert!(invalid_body(&decode(Encoding::Json, b"{\"a\":\"\xff\"}").unwrap_err()));
+        assert!(invalid_body(
+            &decode(Encoding::Json, b"{\"a\":\"\xff\"}").unwrap_err()
+        ));
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-        assert!(invalid_body(&decode(Encoding::Json, deep.as_bytes()).unwrap_err()));
-        assert!(invalid_body(&decode(Encoding::Form, b"name=%ff").unwrap_err()));
+        assert!(invalid_body(
+            &decode(Encoding::Json, deep.as_bytes()).unwrap_err()
+        ));
+        assert!(invalid_body(
+            &decode(Encoding::Form, b"name=%ff").unwrap_err()
+        ));
         assert!(matches!(
             decode(Encoding::Json, b"[1]").unwrap_err(),
             ApiError::InvalidInput(_)
@@ -221,6 +226,9 @@ mod tests {
         let error = fields.required("name").unwrap_err().to_string();
         assert_eq!(error, "name must be a string");
         let mut fields = decode(Encoding::Json, b"{}").unwrap();
-        assert_eq!(fields.required("email").unwrap_err().to_string(), "email is required");
+        assert_eq!(
+            fields.required("email").unwrap_err().to_string(),
+            "email is required"
+        );
     }
 }

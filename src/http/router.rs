@@ -243,7 +243,10 @@ mod tests {
 
     #[test]
     fn paths_resolve_to_their_endpoints() {
-        assert_eq!(found(Method::GET, "/api").0, Endpoint::Public(Public::ApiRoot));
+        assert_eq!(
+            found(Method::GET, "/api").0,
+            Endpoint::Public(Public::ApiRoot)
+        );
         assert_eq!(
             found(Method::GET, "/api/auth/me/"),
             (Endpoint::Protected(Protected::Me), None)
@@ -261,7 +264,10 @@ mod tests {
     #[test]
     fn unknown_paths_and_methods() {
         assert_eq!(resolve(&Method::GET, "/nope"), Resolution::NotFound);
-        assert_eq!(resolve(&Method::GET, "/api/users/a/b"), Resolution::NotFound);
+        assert_eq!(
+            resolve(&Method::GET, "/api/users/a/b"),
+            Resolution::NotFound
+        );
         assert_eq!(resolve(&Method::GET, "/api/users//"), Resolution::NotFound);
         assert_eq!(resolve(&Method::GET, "/"), Resolution::NotFound);
         assert_eq!(

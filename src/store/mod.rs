@@ -111,12 +111,10 @@ impl Store {
         limit: usize,
     ) -> Result<(Vec<User>, bool), StoreError> {
         let range = match after {
-            Some(after) => self
-                .users
-                .range::<&[u8], _>((
-                    std::ops::Bound::Excluded(after.as_bytes()),
-                    std::ops::Bound::Unbounded,
-                )),
+            Some(after) => self.users.range::<&[u8], _>((
+                std::ops::Bound::Excluded(after.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
             None => self.users.iter(),
         };
         let mut users = Vec::with_capacity(limit.min(1000));
@@ -303,7 +301,9 @@ fn tx_error(error: TransactionError<StoreError>) -> StoreError {
 
 fn load(users: &TransactionalTree, id: &str) -> TxResult<User> {
     match users.get(id.as_bytes())? {
-        Some(bytes) => decode_user(id.as_bytes(), &bytes).map_err(ConflictableTransactionError::Abort),
+        Some(bytes) => {
+            decode_user(id.as_bytes(), &bytes).map_err(ConflictableTransactionError::Abort)
+        }
         None => abort(StoreError::NotFound),
     }
 }
@@ -371,7 +371,10 @@ mod tests {
         let a2 = store.update_user(&a.id, moved, 2).await.unwrap();
         assert_eq!(a2.password_version, 1);
         assert!(store.user_by_email("a@x.io").await.unwrap().is_none());
-        assert_eq!(store.user_by_email("c@x.io").await.unwrap().unwrap().id, a.id);
+        assert_eq!(
+            store.user_by_email("c@x.io").await.unwrap().unwrap().id,
+            a.id
+        );
         store.delete_user(&b.id).await.unwrap();
         assert!(store.user_by_email("b@x.io").await.unwrap().is_none());
         assert!(matches!(
@@ -387,12 +390,21 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let mut ids = Vec::new();
         for i in 0..5 {
-            ids.push(store.insert_user(user(&format!("{i}@x.io"))).await.unwrap().id);
+            ids.push(
+                store
+                    .insert_user(user(&format!("{i}@x.io")))
+                    .await
+                    .unwrap()
+                    .id,
+            );
         }
         ids.sort();
         let (page, more) = store.list_users(None, 2).await.unwrap();
         assert!(more);
-        assert_eq!(page.iter().map(|u| &u.id).collect::<Vec<_>>(), [&ids[0], &ids[1]]);
+        assert_eq!(
+            page.iter().map(|u| &u.id).collect::<Vec<_>>(),
+            [&ids[0], &ids[1]]
+        );
         let (page, more) = store.list_users(Some(&ids[3]), 2).await.unwrap();
         assert!(!more);
         assert_eq!(page.len(), 1);

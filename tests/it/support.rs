@@ -139,7 +139,12 @@ impl TestServer {
         let (user, _) = self
             .app
             .store
-            .upsert_admin("Admin".into(), email.into(), hash, gatehouse::domain::unix_now())
+            .upsert_admin(
+                "Admin".into(),
+                email.into(),
+                hash,
+                gatehouse::domain::unix_now(),
+            )
             .await
             .expect("admin created");
         TestUser {
@@ -204,14 +209,14 @@ impl Req {
             .iter()
             .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
             .collect();
-        self.raw("application/x-www-form-urlencoded", body.join("&").into_bytes())
+        self.raw(
+            "application/x-www-form-urlencoded",
+            body.join("&").into_bytes(),
+        )
     }
 
     pub fn raw(mut self, content_type: &str, body: Vec<u8>) -> Self {
-        self.builder = self
-            .builder
-            .header("content-type", content_type)
-            .body(body);
+        self.builder = self.builder.header("content-type", content_type).body(body);
         self
     }
 
