@@ -120,32 +120,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::debug!(?settings, "configuration");
+    // Install the signal handlers before the port is bound, so a SIGTERM
+    // that arrives right after start-up still shuts down gracefully.
+    let shutdown = shutdown_signal()?;
     let app = Arc::new(App::open(settings)?);
     let listener = server::bind(&app).await?;
-    server::serve(listener, app, shutdown_signal()).await
+    server::serve(listener, app, shutdown).await
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {},
-                    _ = terminate.recv() => {},
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                let _ = interrupt.await;
-            }
+/// A future that completes on SIGINT or SIGTERM; the handlers are installed
+/// when this returns, not when the future is first polled.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+    })
 }
 
 async fn admin_create(

@@ -63,6 +63,10 @@ pub async fn serve(
     let connections = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
     let purger = tokio::spawn(purge_revocations(app.clone()));
+    let warm_up = tokio::spawn({
+        let app = app.clone();
+        async move { app.passwords.warm_up().await }
+    });
     tokio::pin!(shutdown);
 
     loop {
@@ -97,8 +101,10 @@ pub async fn serve(
 
     drop(listener);
     tracing::info!("shutting down: draining in-flight requests");
-    purger.abort();
-    let _ = purger.await;
+    for task in [purger, warm_up] {
+        task.abort();
+        let _ = task.await;
+    }
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
         .is_err()

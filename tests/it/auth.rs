@@ -397,6 +397,20 @@ async fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
     assert_eq!(allowed, HashSet::from(["GET", "POST"]));
 }
 
+#[tokio::test]
+async fn a_stopped_server_releases_its_data_to_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_settings(test_settings(dir.path())).await;
+    let user = server.register("Kept", "kept@example.com").await;
+    server.stop().await.expect("graceful stop succeeds");
+    // The database lock is released and every write is there.
+    let server = TestServer::start_settings(test_settings(dir.path())).await;
+    let me = server.get("/api/auth/me").token(&user.token).send().await;
+    me.assert_ok(200);
+    assert_eq!(me.body["_id"], user.id.as_str());
+    server.login("kept@example.com", PASSWORD).await;
+}
+
 /// No user-facing body may carry a password or a bcrypt hash.
 pub fn assert_no_secrets(text: &str) {
     assert!(!text.contains("password"), "{text}");

@@ -21,8 +21,10 @@ pub const PASSWORD: &str = "correct horse";
 
 /// Settings every test server starts from.
 pub fn test_settings(data_dir: &std::path::Path) -> Settings {
-    let mut settings = Settings::default();
-    settings.data_dir = data_dir.to_path_buf();
+    let mut settings = Settings {
+        data_dir: data_dir.to_path_buf(),
+        ..Settings::default()
+    };
     settings.server.port = 0;
     settings.auth.bcrypt_cost = 4;
     settings.auth.secret = Some(Secret::new("test-secret-test-secret-test-secret!"));

@@ -103,7 +103,19 @@ fn assert_unauthorized(reply: &Reply, code: &str) {
     reply.assert_error(401, code);
     assert_eq!(reply.body["auth"], false, "{}", reply.text);
     let challenge = reply.header("www-authenticate").unwrap_or_default();
-    assert!(challenge.starts_with("Bearer"), "{challenge:?}");
+    assert!(challenge.starts_with("Bearer"), "{code}: {challenge:?}");
+}
+
+/// A refused login: 401 `invalid_credentials`, `"auth": false, "token": null`.
+#[track_caller]
+fn assert_login_refused(reply: &Reply) {
+    reply.assert_error(401, "invalid_credentials");
+    assert_eq!(
+        (&reply.body["auth"], &reply.body["token"]),
+        (&json!(false), &Value::Null),
+        "{}",
+        reply.text
+    );
 }
 
 async fn get_user(server: &TestServer, token: &str, id: &str) -> Reply {
@@ -266,12 +278,19 @@ async fn run_case(
             "{context}"
         ),
     }
-    let created = login_reply(server, &created_email, PASSWORD).await;
-    if method == Method::POST && succeeded {
-        created.assert_ok(200);
-    } else {
-        assert_unauthorized(&created, "invalid_credentials");
-    }
+    let everyone = server
+        .get("/api/users?limit=1000")
+        .token(&admin.token)
+        .send()
+        .await;
+    list_ids(&everyone);
+    let created = everyone
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|u| u["email"] == created_email.as_str());
+    assert_eq!(created, method == Method::POST && succeeded, "{context}");
 }
 
 #[tokio::test]
@@ -507,10 +526,7 @@ async fn changing_ones_own_email_frees_the_old_one() {
     );
 
     server.login("mike.new@example.com", PASSWORD).await;
-    assert_unauthorized(
-        &login_reply(&server, "mike@example.com", PASSWORD).await,
-        "invalid_credentials",
-    );
+    assert_login_refused(&login_reply(&server, "mike@example.com", PASSWORD).await);
     let newcomer = server.register("Newcomer", "mike@example.com").await;
     assert_ne!(newcomer.id, mike.id);
     // And the new one is taken.
@@ -520,6 +536,35 @@ async fn changing_ones_own_email_frees_the_old_one() {
         .send()
         .await
         .assert_error(409, "email_taken");
+}
+
+#[tokio::test]
+async fn two_users_racing_for_one_new_email_yield_exactly_one_winner() {
+    let server = TestServer::start().await;
+    let mike = server.register("Mike", "mike@example.com").await;
+    let olga = server.register("Olga", "olga@example.com").await;
+    let body = json!({"email": "shared@example.com"});
+    let (a, b) = tokio::join!(
+        patch_user(&server, &mike.token, &mike.id, body.clone()),
+        patch_user(&server, &olga.token, &olga.id, body),
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "{} / {}", a.text, b.text);
+    let (winner, loser) = if a.status == 200 {
+        (&mike, &olga)
+    } else {
+        (&olga, &mike)
+    };
+    let winner_email = user_body(&me(&server, &winner.token).await, 200)["email"].clone();
+    let loser_email = user_body(&me(&server, &loser.token).await, 200)["email"].clone();
+    assert_eq!(winner_email, "shared@example.com");
+    assert_eq!(loser_email, loser.email.as_str());
+    let token = server.login("shared@example.com", PASSWORD).await;
+    assert_eq!(
+        user_body(&me(&server, &token).await, 200)["_id"],
+        winner.id.as_str()
+    );
 }
 
 // --- PUT and PATCH bodies -------------------------------------------------------
@@ -653,8 +698,7 @@ async fn a_password_change_revokes_old_tokens_and_the_old_password() {
         assert_unauthorized(&get_user(&server, token, &user.id).await, "invalid_token");
     }
     let reply = login_reply(&server, "mike@example.com", PASSWORD).await;
-    assert_unauthorized(&reply, "invalid_credentials");
-    assert_eq!(reply.body["token"], Value::Null);
+    assert_login_refused(&reply);
 
     let token = server.login("mike@example.com", NEW_PASSWORD).await;
     assert_eq!(
@@ -716,10 +760,7 @@ async fn delete_names_the_user_ends_its_tokens_and_frees_its_email() {
             .await,
         "invalid_token",
     );
-    assert_unauthorized(
-        &login_reply(&server, "mike@example.com", PASSWORD).await,
-        "invalid_credentials",
-    );
+    assert_login_refused(&login_reply(&server, "mike@example.com", PASSWORD).await);
 
     let again = server.register("Mike Again", "MIKE@example.com").await;
     assert_ne!(again.id, user.id);
