@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod health;
+pub mod openapi;
 pub mod users;
 
 use crate::http::auth::AuthUser;
@@ -17,6 +18,7 @@ use crate::http::HttpResponse;
 pub async fn call_public(endpoint: Public, ctx: RequestContext) -> Result<HttpResponse, ApiError> {
     match endpoint {
         Public::ApiRoot => Ok(health::api_root()),
+        Public::OpenApi => Ok(openapi::document()),
         Public::Health => health::healthz(ctx).await,
         Public::Register => auth::register(ctx).await,
         Public::Login => auth::login(ctx).await,

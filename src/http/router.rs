@@ -26,6 +26,7 @@ use crate::app::App;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Public {
     ApiRoot,
+    OpenApi,
     Health,
     Register,
     Login,
@@ -75,6 +76,7 @@ const fn protected(method: Method, path: &'static str, endpoint: Protected) -> R
 /// Everything gatehouse serves.
 pub const ROUTES: &[Route] = &[
     public(Method::GET, "/api", Public::ApiRoot),
+    public(Method::GET, "/api/openapi.json", Public::OpenApi),
     public(Method::GET, "/healthz", Public::Health),
     public(Method::POST, "/api/auth/register", Public::Register),
     public(Method::POST, "/api/auth/login", Public::Login),

@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod binary;
+mod openapi;
 mod bodies;
 mod tokens;
 mod users;
