@@ -123,6 +123,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Install the signal handlers before the port is bound, so a SIGTERM
     // that arrives right after start-up still shuts down gracefully.
     let shutdown = shutdown_signal()?;
+    raise_open_files_limit(settings.server.max_connections);
     let app = Arc::new(App::open(settings)?);
     let listener = server::bind(&app).await?;
     server::serve(listener, app, shutdown).await
@@ -186,6 +187,22 @@ fn prompt_password() -> anyhow::Result<String> {
         bail!("the passwords differ");
     }
     Ok(first)
+}
+
+/// Each connection is a file descriptor; many systems start processes with a
+/// soft limit of 1024. Raise it to the hard limit, and say so if that is still
+/// too low for `server.max_connections` (plus the database's own files).
+fn raise_open_files_limit(max_connections: usize) {
+    let wanted = max_connections as u64 + 256;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            limit,
+            max_connections,
+            "the open-files limit is below server.max_connections; excess accepts will fail"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read or raise the open-files limit"),
+    }
 }
 
 fn init_logging() {

@@ -4,8 +4,9 @@
 //! Everything the network sends is bounded here or in `http::body`: headers by
 //! size (16 KiB, else 431) and time (`server.header_timeout_secs`), bodies by
 //! `limits.body_bytes` and the same time, connections by
-//! `server.max_connections` (a permit is taken before `accept`, so excess
-//! clients wait in the kernel's backlog and cost us nothing).
+//! `server.max_connections`: a connection over the limit is answered at once
+//! with `503 server_busy` and closed, without reading its request, so a flood
+//! of clients costs a few bytes each instead of memory and waiting.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,17 +15,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::app::App;
 use crate::domain::unix_now;
+use crate::http::error::ApiError;
 use crate::http::router;
 
 /// How long shutdown waits for in-flight requests before closing anyway.
@@ -69,11 +73,10 @@ pub async fn serve(
     });
     tokio::pin!(shutdown);
 
+    let busy_reply = Arc::new(busy_response().await);
+    let rejectors = Arc::new(Semaphore::new(MAX_REJECTORS));
+    let mut last_busy_warning: Option<Instant> = None;
     loop {
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            permit = connections.clone().acquire_owned() => permit?,
-        };
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -86,6 +89,19 @@ pub async fn serve(
                     continue;
                 }
             },
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            if last_busy_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                tracing::warn!(
+                    limit = settings.max_connections,
+                    "connection limit reached; answering 503"
+                );
+                last_busy_warning = Some(Instant::now());
+            }
+            if let Ok(rejector) = rejectors.clone().try_acquire_owned() {
+                tokio::spawn(reject(stream, busy_reply.clone(), rejector));
+            }
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
@@ -117,6 +133,46 @@ pub async fn serve(
         .context("final flush of the store")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Connections over the limit being answered at once; beyond this many, an
+/// excess connection is simply closed.
+const MAX_REJECTORS: usize = 64;
+
+/// The whole HTTP response sent to a connection over the limit, without
+/// reading its request: `503 server_busy`, `Retry-After: 1`, then close.
+async fn busy_response() -> Vec<u8> {
+    let (parts, body) = ApiError::ServerBusy.into_response().into_parts();
+    // A `Full` body cannot fail to collect.
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut head = format!("HTTP/1.1 {}\r\n", parts.status);
+    for (name, value) in &parts.headers {
+        if let Ok(value) = value.to_str() {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+/// Answers an excess connection with the busy response, then lets the client
+/// finish sending (at most briefly) so that closing does not reset the
+/// connection before the client has read the answer.
+async fn reject(mut stream: TcpStream, reply: Arc<Vec<u8>>, _permit: OwnedSemaphorePermit) {
+    let linger = async {
+        stream.write_all(&reply).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), linger).await;
 }
 
 /// One request: route it, then log one line (never the query, headers or body,

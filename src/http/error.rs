@@ -48,6 +48,9 @@ pub enum ApiError {
     TooManyAttempts { retry_after_secs: u64 },
     #[error("The user store is unavailable; try again later.")]
     StoreUnavailable,
+    /// Too many open connections; sent by the server before any request is read.
+    #[error("Too many connections; try again shortly.")]
+    ServerBusy,
     /// A bug or an unexpected failure; the detail is logged, not shown.
     #[error("Internal server error.")]
     Internal(String),
@@ -67,7 +70,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreUnavailable | ApiError::ServerBusy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -89,6 +92,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::TooManyAttempts { .. } => "too_many_attempts",
             ApiError::StoreUnavailable => "store_unavailable",
+            ApiError::ServerBusy => "server_busy",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -133,6 +137,10 @@ impl ApiError {
             // The rest of the body is left unread; tell the client this
             // connection ends here rather than leaving it to guess.
             ApiError::PayloadTooLarge { .. } => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            ApiError::ServerBusy => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
                 headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}

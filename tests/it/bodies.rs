@@ -1,10 +1,10 @@
 //! Request bodies and the network's bounds: content types, size and time
 //! limits, malformed input, and text stored verbatim.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::support::*;
@@ -198,51 +198,4 @@ async fn a_silent_connection_is_closed() {
         .await
         .unwrap();
     assert!(closed_within(&mut silent, Duration::from_secs(10)).await);
-}
-
-/// True if the server closes the connection (EOF or reset) before `within`;
-/// anything it sends first (such as a 408) is read and dropped.
-async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    let mut buffer = [0u8; 1024];
-    loop {
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            return false;
-        };
-        match tokio::time::timeout(left, stream.read(&mut buffer)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-        }
-    }
-}
-
-/// Reads one response's head and body (up to a deadline) as text.
-async fn read_response(stream: &mut TcpStream) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut received = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match tokio::time::timeout(left, stream.read(&mut buffer)).await {
-            Ok(Ok(n)) if n > 0 => {
-                received.extend_from_slice(&buffer[..n]);
-                let text = String::from_utf8_lossy(&received);
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let length = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length: ")
-                                .map(str::to_string)
-                        })
-                        .and_then(|v| v.trim().parse::<usize>().ok());
-                    if length.is_some_and(|n| body.len() >= n) {
-                        break;
-                    }
-                }
-            }
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&received).into_owned()
 }

@@ -5,7 +5,9 @@ mod support;
 
 mod auth;
 mod binary;
-mod openapi;
 mod bodies;
+mod network;
+mod openapi;
+mod properties;
 mod tokens;
 mod users;
