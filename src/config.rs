@@ -41,7 +41,7 @@ pub struct ServerSettings {
     pub port: u16,
     /// Time a client has to send its headers, and separately its body.
     pub header_timeout_secs: u64,
-    /// Accepted connections beyond this wait in the kernel's backlog.
+    /// Open connections at most; one more gets an immediate 503.
     pub max_connections: usize,
     /// Header carrying the client address, set by a trusted proxy (e.g.
     /// `x-forwarded-for`). Unset means the TCP peer address is used.

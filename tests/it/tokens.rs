@@ -200,6 +200,14 @@ async fn forged_and_stale_tokens_all_fail_the_same_way() {
                 genuine_parts[2],
             ),
         ),
+        (
+            "x5u header pointing elsewhere",
+            raw_token(
+                &json!({"alg": "HS256", "x5u": "http://127.0.0.1:1/cert.pem", "kid": "0; DROP TABLE keys"}),
+                &claims(id),
+                genuine_parts[2],
+            ),
+        ),
         ("100 KB token", format!("{genuine}{}", "A".repeat(100_000))),
     ];
     for (case, token) in cases {
@@ -230,6 +238,40 @@ impl TapId for Value {
         self["id"] = json!(id);
         self
     }
+}
+
+#[tokio::test]
+async fn a_logged_out_token_fails_on_every_route() {
+    let server = TestServer::start().await;
+    let user = server.register("Out", "out@example.com").await;
+    let user_path = format!("/api/users/{}", user.id);
+    server
+        .get(&user_path)
+        .token(&user.token)
+        .send()
+        .await
+        .assert_ok(200);
+    server
+        .post("/api/auth/logout")
+        .token(&user.token)
+        .send()
+        .await
+        .assert_ok(200);
+    for path in ["/api/auth/me", user_path.as_str()] {
+        server
+            .get(path)
+            .token(&user.token)
+            .send()
+            .await
+            .assert_error(401, "invalid_token");
+    }
+    server
+        .patch(&user_path)
+        .token(&user.token)
+        .json(json!({"name": "Replayed"}))
+        .send()
+        .await
+        .assert_error(401, "invalid_token");
 }
 
 #[tokio::test]
