@@ -1,15 +1,17 @@
-//! Password hashing with bcrypt, off the async worker threads.
+//! Password hashing with bcrypt, on dedicated low-priority threads.
 //!
-//! bcrypt blocks a thread for tens to hundreds of milliseconds, so every hash
-//! and verify runs on tokio's blocking pool behind a semaphore with one permit
-//! per core: a flood of logins queues here instead of starving token-checked
-//! reads on the async workers. This module must never see a password longer
-//! than bcrypt reads (72 bytes): `verify` refuses one itself, `hash` expects
-//! callers to have checked the input rules.
+//! bcrypt blocks a thread for tens to hundreds of milliseconds. Every hash and
+//! verify runs on one of this module's own threads (one per core), never on an
+//! async worker; requests wait for a free thread asynchronously, in a bounded
+//! queue. The threads run at idle CPU priority (Linux `SCHED_IDLE`, else nice
+//! 19), so a flood of logins uses only the CPU time that token-checked reads
+//! leave over: hashing can never starve them. This module must never hash a
+//! password longer than bcrypt reads (72 bytes): `verify` refuses one itself,
+//! `hash` expects callers to have checked the input rules.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{mpsc, oneshot, OnceCell};
 
 use super::user::MAX_PASSWORD_BYTES;
 
@@ -17,36 +19,66 @@ use super::user::MAX_PASSWORD_BYTES;
 pub enum HashError {
     #[error("bcrypt failed: {0}")]
     Bcrypt(#[from] bcrypt::BcryptError),
-    #[error("the hashing task did not finish: {0}")]
-    Task(#[from] tokio::task::JoinError),
-    #[error("the hasher is shut down")]
+    #[error("the hashing threads are gone")]
     Closed,
+    #[error("no system randomness for the dummy hash")]
+    Randomness,
 }
+
+/// Jobs waiting for a hashing thread, at most; more callers wait to enqueue.
+const QUEUE: usize = 1024;
+
+type Job = Box<dyn FnOnce() + Send>;
 
 pub struct PasswordHasher {
     cost: u32,
-    /// One permit per concurrent hash: more would only make each slower.
-    permits: Arc<Semaphore>,
+    /// Dropping the sender (with the hasher) ends the threads.
+    jobs: mpsc::Sender<Job>,
     /// A hash of a random password at our cost, verified against when the
     /// email is unknown so that such a login takes as long as a wrong password.
     dummy_hash: OnceCell<String>,
 }
 
 impl PasswordHasher {
+    /// Starts one hashing thread per available core.
     pub fn new(cost: u32) -> PasswordHasher {
-        let cores = std::thread::available_parallelism()
+        let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
+        let (jobs, queue) = mpsc::channel::<Job>(QUEUE);
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..threads {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("bcrypt-{i}"))
+                .spawn(move || {
+                    lower_thread_priority();
+                    loop {
+                        // The lock is held only while waiting for the next job.
+                        let job = match queue.lock() {
+                            Ok(mut queue) => queue.blocking_recv(),
+                            Err(_) => None,
+                        };
+                        match job {
+                            Some(job) => job(),
+                            None => break,
+                        }
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot start a hashing thread");
+            }
+        }
         PasswordHasher {
             cost,
-            permits: Arc::new(Semaphore::new(cores)),
+            jobs,
             dummy_hash: OnceCell::new(),
         }
     }
 
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
         let cost = self.cost;
-        self.run_blocking(move || bcrypt::hash(password, cost))
+        self.run(move || bcrypt::hash(password, cost))
             .await?
             .map_err(HashError::from)
     }
@@ -60,10 +92,7 @@ impl PasswordHasher {
             Some(hash) if !too_long => (hash, true),
             _ => (self.dummy_hash().await?.to_string(), false),
         };
-        let matched = self
-            .run_blocking(move || bcrypt::verify(password, &hash))
-            .await?;
-        match matched {
+        match self.run(move || bcrypt::verify(password, &hash)).await? {
             Ok(matched) => Ok(matched && real),
             // A malformed stored hash fails closed.
             Err(error) => {
@@ -86,34 +115,41 @@ impl PasswordHasher {
             .dummy_hash
             .get_or_try_init(|| async {
                 let mut random = [0u8; 32];
-                getrandom::fill(&mut random).map_err(|_| HashError::Closed)?;
-                let password = format!("{:x?}", random);
-                let cost = self.cost;
-                self.run_blocking(move || bcrypt::hash(&password[..MAX_PASSWORD_BYTES], cost))
-                    .await?
-                    .map_err(HashError::from)
+                getrandom::fill(&mut random).map_err(|_| HashError::Randomness)?;
+                let password: String = random.iter().map(|b| format!("{b:02x}")).collect();
+                self.hash(password).await
             })
             .await?;
         Ok(hash.as_str())
     }
 
-    async fn run_blocking<T: Send + 'static>(
+    /// Runs `work` on a hashing thread and waits for its result.
+    async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| HashError::Closed)?;
-        let result = tokio::task::spawn_blocking(move || {
-            let result = work();
-            drop(permit);
-            result
-        })
-        .await?;
-        Ok(result)
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = done.send(work());
+        });
+        self.jobs.send(job).await.map_err(|_| HashError::Closed)?;
+        result.await.map_err(|_| HashError::Closed)
+    }
+}
+
+/// Puts the calling thread in the idle scheduling class, or at nice 19 where
+/// that is refused. Both only lower priority, which needs no privilege.
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: both calls take plain values and act on the calling thread
+        // only (pid 0); `param` outlives the call.
+        let lowered = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0
+            || unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } == 0;
+        if !lowered {
+            tracing::warn!("cannot lower the priority of a hashing thread");
+        }
     }
 }
 
@@ -153,5 +189,18 @@ mod tests {
         // bcrypt alone would accept this: it reads only the first 72 bytes.
         let longer = format!("{seventy_two}b");
         assert!(!hasher.verify(longer, Some(hash)).await.unwrap());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn hashing_threads_run_at_idle_priority() {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            lower_thread_priority();
+            // SAFETY: reads the calling thread's policy; no pointers.
+            let _ = sender.send(unsafe { libc::sched_getscheduler(0) });
+        });
+        let policy = receiver.recv().unwrap();
+        assert_eq!(policy, libc::SCHED_IDLE);
     }
 }

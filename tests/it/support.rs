@@ -60,7 +60,20 @@ impl TestServer {
     /// Starts on the given settings (the caller owns the data dir).
     pub async fn start_settings(settings: Settings) -> TestServer {
         settings.validate().expect("valid test settings");
-        let app = Arc::new(App::open(settings).expect("app opens"));
+        // sled releases a database's lock when its last handle (and its
+        // flusher thread) is gone, which can lag a just-stopped server in this
+        // process by a moment: poll for it, with a deadline.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let app = loop {
+            match App::open(settings.clone()) {
+                Ok(app) => break Arc::new(app),
+                Err(error) if Instant::now() < deadline => {
+                    let _ = error;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(error) => panic!("app opens: {error:#}"),
+            }
+        };
         let listener = gatehouse::server::bind(&app).await.expect("bind");
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown, stopped) = oneshot::channel::<()>();
