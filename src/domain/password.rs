@@ -3,9 +3,9 @@
 //! bcrypt blocks a thread for tens to hundreds of milliseconds. Every hash and
 //! verify runs on one of this module's own threads (one per core), never on an
 //! async worker; requests wait for a free thread asynchronously, in a bounded
-//! queue. The threads run at idle CPU priority (Linux `SCHED_IDLE`, else nice
-//! 19), so a flood of logins uses only the CPU time that token-checked reads
-//! leave over: hashing can never starve them. This module must never hash a
+//! queue. The threads run at a lower CPU priority (nice 5), so a flood of
+//! logins cannot starve token-checked reads of CPU, while logins still get a
+//! share when reads keep the CPU busy. This module must never hash a
 //! password longer than bcrypt reads (72 bytes): `verify` refuses one itself,
 //! `hash` expects callers to have checked the input rules.
 
@@ -137,16 +137,28 @@ impl PasswordHasher {
     }
 }
 
-/// Puts the calling thread in the idle scheduling class, or at nice 19 where
-/// that is refused. Both only lower priority, which needs no privilege.
+/// The nice value of hashing threads. Under full CPU contention the kernel
+/// gives a nice-5 thread about a quarter of a core against a nice-0 one: token
+/// checks keep about three quarters of their speed during a login flood, and
+/// logins still progress during a flood of reads. (`SCHED_IDLE` would starve
+/// logins outright whenever reads keep the CPU busy.)
+pub const HASHING_NICE: i32 = 5;
+
+/// Lowers the calling thread's priority to [`HASHING_NICE`] (never raises
+/// it: a process started with a higher nice value keeps it). Lowering needs no
+/// privilege.
 fn lower_thread_priority() {
     #[cfg(target_os = "linux")]
     {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: both calls take plain values and act on the calling thread
-        // only (pid 0); `param` outlives the call.
-        let lowered = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0
-            || unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } == 0;
+        // SAFETY: plain values; on Linux, PRIO_PROCESS with pid 0 acts on
+        // the calling thread only. (-1 is also a valid nice value, but then
+        // it is below HASHING_NICE anyway.)
+        let current = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        if current >= HASHING_NICE {
+            return;
+        }
+        // SAFETY: as above.
+        let lowered = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HASHING_NICE) } == 0;
         if !lowered {
             tracing::warn!("cannot lower the priority of a hashing thread");
         }
@@ -193,14 +205,17 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn hashing_threads_run_at_idle_priority() {
+    fn hashing_threads_run_at_a_lower_priority() {
+        // SAFETY: reads the calling thread's nice value; no pointers.
+        let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let before = nice();
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             lower_thread_priority();
-            // SAFETY: reads the calling thread's policy; no pointers.
-            let _ = sender.send(unsafe { libc::sched_getscheduler(0) });
+            let _ = sender.send(nice());
         });
-        let policy = receiver.recv().unwrap();
-        assert_eq!(policy, libc::SCHED_IDLE);
+        assert_eq!(receiver.recv().unwrap(), before.max(HASHING_NICE));
+        // Only the hashing thread was lowered, not this one.
+        assert_eq!(nice(), before);
     }
 }

@@ -1,0 +1,459 @@
+#!/usr/bin/env bash
+# bench/run.sh: gatehouse's side-by-side load benchmark, in one run.
+#
+# Usage:
+#   bench/run.sh            the real run (release build, cost 10, 10 s per
+#                           scenario, 100,000 users); ~2-3 minutes after the build
+#   bench/run.sh --smoke    smoke mode (also BENCH_SMOKE=1): debug build, cost 4,
+#                           1 s per scenario, 1,000 users. It checks only that
+#                           every scenario ran and produced numbers.
+#
+# What it does:
+#   1. builds the server and the examples (`cargo build --bins --examples`);
+#      installs wrk from Debian's packages if it is missing (needs root);
+#   2. starts gatehouse on a fresh temporary data dir, pinned to CPU 0, with
+#      the default log level (info: one log line per request, as in
+#      production; stderr goes to a file), and drives it with wrk pinned to
+#      CPU 1: GET /api/auth/me (64 connections), /me again while a second wrk
+#      floods POST /api/auth/login (16 connections), login (16), register
+#      with unique emails (16), PATCH /api/users/{id} name changes by the user
+#      itself (64); notes the idle RSS;
+#   3. stops it, starts examples/baseline.rs (a bare hyper server, fixed
+#      ~150-byte JSON) on CPU 0 and drives it like /me: the ceiling for /me;
+#   4. measures one core's bcrypt verify rate at the benchmark's cost
+#      (examples/bcrypt_ceiling.rs on CPU 0): the ceiling for login/register;
+#   5. seeds a second data dir with BENCH_USERS users (examples/seed.rs, server
+#      stopped) plus an admin, starts gatehouse on it and times its cold start
+#      to the first 200 from GET /healthz, pages through all users as the
+#      admin, runs /me briefly, then reads the RSS (VmRSS) and, once it is
+#      stopped, the data dir's size (du -sk).
+#   Only one server runs at a time. The tables go to stdout and to
+#   target/bench/results.md; wrk's raw outputs to target/bench/raw/.
+#
+# Environment (defaults: real run / smoke):
+#   DURATION     per wrk scenario               10s / 1s
+#   BENCH_USERS  users seeded for RSS, disk, cold start   100000 / 1000
+#   BENCH_COST   bcrypt cost                    10 / 4
+#   PROFILE      cargo profile: release or dev (debug)    release / dev
+#   BENCH_CEILING_SECS   bcrypt ceiling measurement time  3 / 1
+#   WRK_THREADS  wrk threads per wrk process    2
+#   SERVER_CPU, CLIENT_CPU   CPUs for the servers and for wrk   0, 1
+#   BENCH_OUT_DIR  where results go             target/bench
+#
+# Exit status: non-zero if a step fails or a scenario produced no requests or
+# unexpected errors. There are no timing assertions: the ratios are reported,
+# not enforced. Every process it starts and every temp dir is removed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+SMOKE=${BENCH_SMOKE:-0}
+for arg in "$@"; do
+  case $arg in
+    --smoke) SMOKE=1 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench/run.sh: unknown argument: $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+if [[ $SMOKE == 1 ]]; then
+  DURATION=${DURATION:-1s}
+  USERS=${BENCH_USERS:-1000}
+  COST=${BENCH_COST:-4}
+  PROFILE=${PROFILE:-dev}
+  CEILING_SECS=${BENCH_CEILING_SECS:-1}
+  MODE=smoke
+else
+  DURATION=${DURATION:-10s}
+  USERS=${BENCH_USERS:-100000}
+  COST=${BENCH_COST:-10}
+  PROFILE=${PROFILE:-release}
+  CEILING_SECS=${BENCH_CEILING_SECS:-3}
+  MODE=full
+fi
+WRK_THREADS=${WRK_THREADS:-2}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+OUT_DIR=${BENCH_OUT_DIR:-$TARGET_DIR/bench}
+case $PROFILE in
+  dev | debug) PROFILE=dev; BIN_DIR=$TARGET_DIR/debug ;;
+  *) BIN_DIR=$TARGET_DIR/$PROFILE ;;
+esac
+# The secret only signs benchmark tokens; 32+ bytes as config requires.
+SECRET=gatehouse-benchmark-secret-0123456789abcdef
+PASSWORD=benchmark-password
+RUN_ID=$(date +%s)-$$
+export BENCH_LUA_DIR=$ROOT/bench BENCH_PASSWORD=$PASSWORD BENCH_RUN_ID=$RUN_ID
+
+log() { printf '== %s\n' "$*" >&2; }
+die() { printf 'bench/run.sh: %s\n' "$*" >&2; exit 1; }
+
+# --- processes and temp dirs: everything started is stopped on exit ---------
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-bench.XXXXXX")
+PIDS=()
+cleanup() {
+  local status=$? pid
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    stop_pid "$pid" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Stops a child: SIGTERM, then SIGKILL if it has not exited within 15 s.
+stop_pid() {
+  local pid=$1 deadline=$((SECONDS + 15))
+  kill -TERM "$pid" 2>/dev/null || return 0
+  while kill -0 "$pid" 2>/dev/null; do
+    if ((SECONDS >= deadline)); then
+      kill -KILL "$pid" 2>/dev/null || true
+      break
+    fi
+    sleep 0.05
+  done
+  wait "$pid" 2>/dev/null || true
+}
+forget_pid() {
+  local pid=$1 kept=() p
+  for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || kept+=("$p"); done
+  PIDS=("${kept[@]}")
+}
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# Polls LOG for "listening address=IP:PORT" until DEADLINE_S; prints the address.
+wait_for_address() {
+  local log=$1 pid=$2 deadline=$((SECONDS + ${3:-60})) address
+  while :; do
+    address=$(sed -n 's/.*listening address=\([0-9.]*:[0-9]*\).*/\1/p' "$log" | head -n 1)
+    if [[ -n $address ]]; then
+      echo "$address"
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 20 "$log" >&2
+      die "the server (pid $pid) exited before listening"
+    fi
+    ((SECONDS < deadline)) || die "no 'listening address=' line in $log in time"
+    sleep 0.005
+  done
+}
+
+# Polls GET http://ADDRESS/healthz until it answers 200.
+wait_for_health() {
+  local address=$1 deadline=$((SECONDS + ${2:-60}))
+  until [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$address/healthz") == 200 ]]; do
+    ((SECONDS < deadline)) || die "GET /healthz on $address never answered 200"
+    sleep 0.005
+  done
+}
+
+# Starts gatehouse on DATA_DIR pinned to SERVER_CPU; sets GH_PID and GH_LOG.
+start_gatehouse() {
+  local data_dir=$1 name=$2
+  GH_LOG=$WORK/$name.log
+  (
+    cd "$WORK"
+    export GATEHOUSE_AUTH__BCRYPT_COST=$COST GATEHOUSE_AUTH__SECRET=$SECRET \
+      GATEHOUSE_LIMITS__LOGIN_FAILURES_PER_ACCOUNT=10000 \
+      GATEHOUSE_LIMITS__LOGIN_FAILURES_PER_ADDRESS=10000
+    unset RUST_LOG
+    exec taskset -c "$SERVER_CPU" "$BIN_DIR/gatehouse" --port 0 --data-dir "$data_dir"
+  ) 2>"$GH_LOG" >/dev/null &
+  GH_PID=$!
+  PIDS+=("$GH_PID")
+}
+
+stop_server() {
+  stop_pid "$1"
+  forget_pid "$1"
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+
+# JSON field extraction good enough for gatehouse's flat answers.
+json_field() { sed -n "s/.*\"$1\":\"\\([^\"]*\\)\".*/\\1/p"; }
+
+post_json() { # ADDRESS PATH BODY [TOKEN]
+  curl -sS --max-time 60 -X POST "http://$1$2" -H 'content-type: application/json' \
+    ${4:+-H "x-access-token: $4"} -d "$3"
+}
+
+register() { # ADDRESS EMAIL -> token
+  local token
+  token=$(post_json "$1" /api/auth/register \
+    "{\"name\":\"Bench\",\"email\":\"$2\",\"password\":\"$PASSWORD\"}" | json_field token)
+  [[ -n $token ]] || die "registering $2 gave no token"
+  echo "$token"
+}
+
+login() { # ADDRESS EMAIL -> token
+  local token
+  token=$(post_json "$1" /api/auth/login "{\"email\":\"$2\",\"password\":\"$PASSWORD\"}" |
+    json_field token)
+  [[ -n $token ]] || die "logging in as $2 gave no token"
+  echo "$token"
+}
+
+me_id() { # ADDRESS TOKEN -> _id
+  local id
+  id=$(curl -sS --max-time 10 "http://$1/api/auth/me" -H "x-access-token: $2" | json_field _id)
+  [[ -n $id ]] || die "GET /api/auth/me gave no _id"
+  echo "$id"
+}
+
+# --- wrk runs and their numbers ----------------------------------------------
+declare -A REQ RPS P50 P99 NON2XX SOCKERR
+
+# wrk_command KEY SCRIPT CONNECTIONS URL: sets WRK_CMD to wrk pinned to
+# CLIENT_CPU for DURATION, and WRK_OUT to its output file (OUT_DIR/raw/KEY.txt).
+# Callers run "${WRK_CMD[@]}" with the script's env variables in front, in the
+# background where two must run at once (then $! is wrk itself).
+wrk_command() {
+  local key=$1 script=$2 connections=$3 url=$4 threads=$WRK_THREADS
+  ((threads <= connections)) || threads=$connections
+  WRK_CMD=(taskset -c "$CLIENT_CPU" wrk --latency --timeout 30s -t "$threads"
+    -c "$connections" -d "$DURATION" -s "$ROOT/bench/$script" "$url")
+  WRK_OUT=$OUT_DIR/raw/$key.txt
+}
+
+# Reads the BENCH line of OUT_DIR/raw/KEY.txt into the arrays above.
+collect() {
+  local key=$1 line field requests=0 duration_us=0 p50_us=0 p99_us=0 non2xx=0 socket_errors=0
+  line=$(grep '^BENCH ' "$OUT_DIR/raw/$key.txt" | tail -n 1 || true)
+  if [[ -z $line ]]; then
+    cat "$OUT_DIR/raw/$key.txt" >&2
+    die "wrk printed no BENCH line for $key"
+  fi
+  for field in ${line#BENCH }; do
+    case ${field%%=*} in
+      requests | duration_us | p50_us | p99_us | non2xx | socket_errors)
+        printf -v "${field%%=*}" '%s' "${field#*=}" ;;
+    esac
+  done
+  REQ[$key]=$requests
+  RPS[$key]=$(awk -v r="$requests" -v d="$duration_us" 'BEGIN { printf "%.1f", (d > 0 ? r / (d / 1e6) : 0) }')
+  P50[$key]=$p50_us
+  P99[$key]=$p99_us
+  NON2XX[$key]=$non2xx
+  SOCKERR[$key]=$socket_errors
+  log "$key: ${RPS[$key]} req/s, p50 ${p50_us} us, p99 ${p99_us} us, non-2xx $non2xx, socket errors $socket_errors"
+}
+
+# --- build and tools -----------------------------------------------------------
+need() { # COMMAND DEBIAN-PACKAGE
+  command -v "$1" >/dev/null && return 0
+  log "installing $2 (for $1)"
+  [[ $(id -u) == 0 ]] || die "$1 is missing; install the Debian package $2 (needs root)"
+  { apt-get update -qq >/dev/null && apt-get install -y -qq "$2" >/dev/null; } ||
+    die "cannot install $2"
+  command -v "$1" >/dev/null || die "$1 still missing after installing $2"
+}
+need wrk wrk
+need curl curl
+need taskset util-linux
+
+CPUS=$(nproc)
+if ((CPUS < 2)); then
+  log "only $CPUS CPU: server and load generator share CPU 0"
+  SERVER_CPU=0 CLIENT_CPU=0
+fi
+
+log "cargo build --profile $PROFILE --bins --examples"
+cargo build --profile "$PROFILE" --bins --examples
+for binary in gatehouse examples/baseline examples/seed examples/bcrypt_ceiling; do
+  [[ -x $BIN_DIR/$binary ]] || die "missing $BIN_DIR/$binary after the build"
+done
+mkdir -p "$OUT_DIR/raw"
+rm -f "$OUT_DIR"/raw/*.txt
+STARTED=$SECONDS
+
+# --- 1. gatehouse on a fresh data dir ----------------------------------------
+log "gatehouse on a fresh data dir (cost $COST, $DURATION per scenario)"
+start_gatehouse "$WORK/data-fresh" fresh
+ADDRESS=$(wait_for_address "$GH_LOG" "$GH_PID")
+wait_for_health "$ADDRESS"
+RSS_IDLE=$(rss_kib "$GH_PID")
+
+ME_EMAIL=bench-me-$RUN_ID@bench.example
+ME_TOKEN=$(register "$ADDRESS" "$ME_EMAIL")
+PATCH_TOKEN=$(register "$ADDRESS" "bench-patch-$RUN_ID@bench.example")
+PATCH_ID=$(me_id "$ADDRESS" "$PATCH_TOKEN")
+me_id "$ADDRESS" "$ME_TOKEN" >/dev/null
+
+log "GET /api/auth/me, 64 connections"
+wrk_command me me.lua 64 "http://$ADDRESS/api/auth/me"
+BENCH_TOKEN=$ME_TOKEN "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+collect me
+
+log "GET /api/auth/me, 64 connections, during a login flood of 16 connections"
+wrk_command flood_me me.lua 64 "http://$ADDRESS/api/auth/me"
+BENCH_TOKEN=$ME_TOKEN "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1 &
+FLOOD_ME_PID=$!
+wrk_command flood_login login.lua 16 "http://$ADDRESS/api/auth/login"
+BENCH_EMAIL=$ME_EMAIL "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1 &
+FLOOD_LOGIN_PID=$!
+PIDS+=("$FLOOD_ME_PID" "$FLOOD_LOGIN_PID")
+wait "$FLOOD_ME_PID" || die "wrk for /me during the flood failed"
+wait "$FLOOD_LOGIN_PID" || die "wrk for the login flood failed"
+forget_pid "$FLOOD_ME_PID"
+forget_pid "$FLOOD_LOGIN_PID"
+collect flood_me
+collect flood_login
+
+log "POST /api/auth/login, 16 connections"
+wrk_command login login.lua 16 "http://$ADDRESS/api/auth/login"
+BENCH_EMAIL=$ME_EMAIL "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+collect login
+
+log "POST /api/auth/register with unique emails, 16 connections"
+wrk_command register register.lua 16 "http://$ADDRESS/api/auth/register"
+"${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+collect register
+
+log "PATCH /api/users/{id} name changes, 64 connections"
+wrk_command patch patch.lua 64 "http://$ADDRESS/api/users/$PATCH_ID"
+BENCH_TOKEN=$PATCH_TOKEN "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+collect patch
+
+stop_server "$GH_PID"
+
+# --- 2. the bare hyper baseline -------------------------------------------------
+log "baseline (bare hyper), 64 connections"
+BASELINE_LOG=$WORK/baseline.log
+taskset -c "$SERVER_CPU" "$BIN_DIR/examples/baseline" 127.0.0.1:0 >"$BASELINE_LOG" 2>&1 &
+BASELINE_PID=$!
+PIDS+=("$BASELINE_PID")
+BASELINE_ADDRESS=$(wait_for_address "$BASELINE_LOG" "$BASELINE_PID")
+wrk_command baseline me.lua 64 "http://$BASELINE_ADDRESS/api/auth/me"
+BENCH_TOKEN=$ME_TOKEN "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+collect baseline
+stop_server "$BASELINE_PID"
+
+# --- 3. one core's bcrypt verify rate ---------------------------------------------
+log "bcrypt verify ceiling on CPU $SERVER_CPU (cost $COST, ${CEILING_SECS}s)"
+CEILING=$(taskset -c "$SERVER_CPU" "$BIN_DIR/examples/bcrypt_ceiling" "$COST" "$CEILING_SECS")
+
+# --- 4. many users: seed, cold start, RSS, disk -------------------------------------
+log "seeding $USERS users (server stopped)"
+SEEDED=$WORK/data-seeded
+SEED_OUTPUT=$("$BIN_DIR/examples/seed" "$SEEDED" "$USERS" "$COST")
+log "$SEED_OUTPUT"
+SEED_SECS=$(sed -n 's/.* in \([0-9.]*\) s .*/\1/p' <<<"$SEED_OUTPUT")
+ADMIN_EMAIL=admin@bench.example
+(
+  cd "$WORK"
+  GATEHOUSE_AUTH__BCRYPT_COST=$COST "$BIN_DIR/gatehouse" --data-dir "$SEEDED" \
+    admin create --email "$ADMIN_EMAIL" --name Admin --password-stdin <<<"$PASSWORD" >/dev/null
+)
+
+log "cold start with $USERS users"
+COLD_START_T0=$(now_ms)
+start_gatehouse "$SEEDED" seeded
+ADDRESS=$(wait_for_address "$GH_LOG" "$GH_PID")
+wait_for_health "$ADDRESS"
+COLD_START_MS=$(($(now_ms) - COLD_START_T0))
+RSS_COLD=$(rss_kib "$GH_PID")
+
+log "listing all users as the admin, then /me as a seeded user"
+ADMIN_TOKEN=$(login "$ADDRESS" "$ADMIN_EMAIL")
+LISTED=0 AFTER=
+while :; do
+  PAGE=$(curl -sS --max-time 60 "http://$ADDRESS/api/users?limit=1000${AFTER:+&after=$AFTER}" \
+    -H "x-access-token: $ADMIN_TOKEN")
+  COUNT=$({ grep -o '"_id":"[^"]*"' <<<"$PAGE" || true; } | wc -l)
+  LISTED=$((LISTED + COUNT))
+  ((COUNT == 1000)) || break
+  AFTER=$(grep -o '"_id":"[^"]*"' <<<"$PAGE" | tail -n 1 | cut -d '"' -f 4)
+done
+((LISTED == USERS + 1)) || die "listed $LISTED users, expected $((USERS + 1))"
+SEED_TOKEN=$(login "$ADDRESS" seed-0@bench.example)
+wrk_command seeded_me me.lua 64 "http://$ADDRESS/api/auth/me"
+BENCH_TOKEN=$SEED_TOKEN "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+collect seeded_me
+RSS_USERS=$(rss_kib "$GH_PID")
+HWM_USERS=$(hwm_kib "$GH_PID")
+stop_server "$GH_PID"
+DISK_KIB=$(du -sk "$SEEDED" | cut -f 1)
+
+# --- report ---------------------------------------------------------------------
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+ms() { awk -v u="$1" 'BEGIN { m = u / 1000; f = m >= 100 ? "%.0f ms" : "%.2f ms"; printf f, m }'; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
+errors() {
+  local total=$((NON2XX[$1] + SOCKERR[$1]))
+  if ((total == 0)); then echo 0; else echo "$total (non-2xx ${NON2XX[$1]}, socket ${SOCKERR[$1]})"; fi
+}
+row() { # KEY LABEL RATIO
+  local p50=n/a p99=n/a
+  if ((REQ[$1] > 0)); then p50=$(ms "${P50[$1]}") p99=$(ms "${P99[$1]}"); fi
+  printf '| %s | %s | %s | %s | %s | %s |\n' "$2" "${RPS[$1]}" "$p50" "$p99" "$(errors "$1")" "$3"
+}
+CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD 2>/dev/null || COMMIT="$COMMIT (with uncommitted changes)"
+PATCH_FLOOR=2000
+RESULTS=$OUT_DIR/results.md
+{
+  echo "## gatehouse load benchmark ($MODE run)"
+  echo
+  echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), commit $COMMIT, profile $PROFILE, bcrypt cost $COST,"
+  echo "$DURATION per scenario, $USERS seeded users; $CPUS CPUs ($CPU_MODEL); servers on CPU"
+  echo "$SERVER_CPU, wrk ($WRK_THREADS threads) on CPU $CLIENT_CPU; command: \`bench/run.sh$([[ $SMOKE == 1 ]] && echo ' --smoke')\`"
+  echo
+  echo "| scenario | requests/s | p50 | p99 | errors | ratio to its ceiling |"
+  echo "| --- | ---: | ---: | ---: | ---: | --- |"
+  row baseline "baseline: bare hyper, fixed JSON (c64)" "(ceiling for /me)"
+  row me "GET /api/auth/me (c64)" "$(ratio "${RPS[me]}" "${RPS[baseline]}") × baseline"
+  row login "POST /api/auth/login (c16)" "$(ratio "${RPS[login]}" "$CEILING") × bcrypt ceiling"
+  row register "POST /api/auth/register (c16)" "$(ratio "${RPS[register]}" "$CEILING") × bcrypt ceiling"
+  row patch "PATCH /api/users/{id} (c64)" "$(ratio "${RPS[patch]}" "$PATCH_FLOOR") × 2,000/s"
+  row flood_me "/me during a login flood (c64)" \
+    "rps $(ratio "${RPS[flood_me]}" "${RPS[me]}") × solo, p99 $(ratio "${P99[flood_me]}" "${P99[me]}") × solo"
+  row flood_login "the login flood itself (c16)" "$(ratio "${RPS[flood_login]}" "$CEILING") × bcrypt ceiling"
+  row seeded_me "/me with $USERS users stored (c64)" "$(ratio "${RPS[seeded_me]}" "${RPS[me]}") × /me on a fresh store"
+  echo
+  echo "| measure | value | against |"
+  echo "| --- | ---: | --- |"
+  echo "| bcrypt verify, one core (cost $COST) | $CEILING /s | (ceiling for login, register) |"
+  echo "| RSS idle (fresh data dir) | $(mib "$RSS_IDLE") | |"
+  echo "| RSS after start with $USERS users | $(mib "$RSS_COLD") | |"
+  echo "| RSS after listing all $USERS users and /me load | $(mib "$RSS_USERS") (peak $(mib "$HWM_USERS")) | $(ratio "$RSS_USERS" 65536) × 64 MiB |"
+  echo "| data dir on disk, $USERS users | $(mib "$DISK_KIB") | |"
+  echo "| cold start to first 200, $USERS users | $COLD_START_MS ms | $(ratio "$COLD_START_MS" 1000) × 1 s |"
+  echo "| seeding $USERS users (64 concurrent inserts) | ${SEED_SECS:-?} s | |"
+} >"$RESULTS"
+echo
+cat "$RESULTS"
+echo
+log "results in $RESULTS; wrk outputs in $OUT_DIR/raw/ ($((SECONDS - STARTED)) s after the build)"
+
+# --- checks: every scenario ran and produced numbers; no timing assertions ------
+FAILED=()
+for key in me flood_me flood_login login register patch baseline seeded_me; do
+  ((NON2XX[$key] == 0)) || FAILED+=("$key: ${NON2XX[$key]} responses with status >= 400")
+  ((SOCKERR[$key] == 0)) || FAILED+=("$key: ${SOCKERR[$key]} socket errors or timeouts")
+  if ((REQ[$key] == 0)) && [[ $key == flood_login ]]; then
+    # Hashing runs at idle CPU priority: while /me keeps the server's CPU
+    # busy, logins may legitimately not finish within a short run.
+    log "note: the login flood completed no login while /me ran (hashing got no CPU)"
+    continue
+  fi
+  ((REQ[$key] > 0)) || FAILED+=("$key: no requests completed")
+  ((P99[$key] > 0)) || FAILED+=("$key: no latency recorded")
+done
+awk -v c="$CEILING" 'BEGIN { exit !(c > 0) }' || FAILED+=("bcrypt ceiling: no rate")
+for measure in RSS_IDLE RSS_COLD RSS_USERS DISK_KIB COLD_START_MS; do
+  [[ ${!measure} =~ ^[0-9]+$ ]] && ((${!measure} > 0)) || FAILED+=("$measure: no number")
+done
+if ((${#FAILED[@]} > 0)); then
+  printf 'bench/run.sh: FAILED: %s\n' "${FAILED[@]}" >&2
+  exit 1
+fi
+log "every scenario ran and produced numbers"
