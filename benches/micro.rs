@@ -11,7 +11,7 @@ use gatehouse::domain::token::TokenKeys;
 use gatehouse::domain::unix_now;
 use gatehouse::domain::user::{Role, User};
 use gatehouse::http::router::{resolve, Resolution};
-use gatehouse::store::Store;
+use gatehouse::store::SledStore;
 use hyper::Method;
 
 /// Users in the store read by `store/user_by_id`.
@@ -65,7 +65,8 @@ fn store_read(c: &mut Criterion) {
         .build()
         .expect("tokio runtime");
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(&gatehouse::config::database_dir(dir.path())).expect("open the store");
+    let store =
+        SledStore::open(&gatehouse::config::database_dir(dir.path())).expect("open the store");
     // Insert from many tasks at once, so the per-write flushes are shared.
     let ids: Vec<String> = runtime.block_on(async {
         let tasks: Vec<_> = (0..STORED_USERS)

@@ -8,7 +8,8 @@
 //! 100,000 passwords would take hours and measures nothing here). Inserts go
 //! through `Store::insert_user`, as the server's do (one transaction and one
 //! flush each), from 64 concurrent tasks so that concurrent flushes are shared.
-//! Run it while no server holds the data dir. It opens only the database: the
+//! Run it while no server holds the data dir. With GATEHOUSE_STORE__URL set
+//! it seeds that PostgreSQL database instead. It opens only the database: the
 //! signing key is left for the server to create.
 
 use std::path::PathBuf;
@@ -41,8 +42,15 @@ async fn main() -> anyhow::Result<()> {
 
     let started = Instant::now();
     let hash = bcrypt::hash(PASSWORD, cost).context("hashing the seed password")?;
-    let store = Store::open(&gatehouse::config::database_dir(&data_dir))
-        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    // The store the server would use: sled in DATA_DIR, or PostgreSQL when
+    // GATEHOUSE_STORE__URL (or a config file) says so.
+    let settings = gatehouse::Settings::load(&gatehouse::config::Overrides {
+        data_dir: Some(data_dir.clone()),
+        ..Default::default()
+    })?;
+    let store = Store::open(&settings)
+        .await
+        .with_context(|| format!("opening the {} store", data_dir.display()))?;
     let next = Arc::new(AtomicUsize::new(0));
     let now = unix_now();
     let mut tasks = Vec::with_capacity(TASKS);

@@ -15,7 +15,6 @@ use anyhow::{bail, Context};
 
 use crate::config::Settings;
 use crate::domain::password::PasswordHasher;
-use crate::domain::throttle::LoginThrottle;
 use crate::domain::token::TokenKeys;
 use crate::store::Store;
 
@@ -24,13 +23,12 @@ pub struct App {
     pub store: Store,
     pub tokens: TokenKeys,
     pub passwords: PasswordHasher,
-    pub throttle: LoginThrottle,
 }
 
 impl App {
-    /// Opens the data dir, the database and the signing key. Errors name the
+    /// Opens the data dir, the store and the signing key. Errors name the
     /// file or key at fault.
-    pub fn open(settings: Settings) -> anyhow::Result<App> {
+    pub async fn open(settings: Settings) -> anyhow::Result<App> {
         let data_dir = &settings.data_dir;
         fs::create_dir_all(data_dir)
             .with_context(|| format!("data_dir: cannot create {}", data_dir.display()))?;
@@ -38,17 +36,11 @@ impl App {
             Some(secret) => secret.expose().as_bytes().to_vec(),
             None => load_or_create_key(&settings.secret_file())?,
         };
-        let store = open_store(&settings)?;
+        let store = open_store(&settings).await?;
         let tokens = TokenKeys::new(&secret, &settings.auth.issuer, settings.auth.token_ttl_secs)
             .context("auth.secret: unusable signing key")?;
-        let limits = &settings.limits;
         Ok(App {
             passwords: PasswordHasher::new(settings.auth.bcrypt_cost),
-            throttle: LoginThrottle::new(
-                limits.login_failures_per_account,
-                limits.login_failures_per_address,
-                limits.login_window_secs,
-            ),
             store,
             tokens,
             settings,
@@ -56,16 +48,20 @@ impl App {
     }
 }
 
-/// Opens the sled database in `data_dir`, with a hint when another process
-/// (a running server) holds it.
-pub fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    let dir = settings.database_dir();
-    Store::open(&dir).with_context(|| {
-        format!(
-            "data_dir: cannot open the database in {} (is another gatehouse using it?)",
-            dir.display()
-        )
-    })
+/// Opens the configured store, with an error naming the setting at fault.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let store = Store::open(settings).await;
+    if settings.store.url.is_some() {
+        store.context("store.url: cannot use the PostgreSQL database")
+    } else {
+        let dir = settings.database_dir();
+        store.with_context(|| {
+            format!(
+                "data_dir: cannot open the database in {} (is another gatehouse using it?)",
+                dir.display()
+            )
+        })
+    }
 }
 
 /// Bytes in a generated signing key.

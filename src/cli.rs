@@ -124,7 +124,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     // that arrives right after start-up still shuts down gracefully.
     let shutdown = shutdown_signal()?;
     raise_open_files_limit(settings.server.max_connections);
-    let app = Arc::new(App::open(settings)?);
+    let app = Arc::new(App::open(settings).await?);
     let listener = server::bind(&app).await?;
     server::serve(listener, app, shutdown).await
 }
@@ -163,7 +163,7 @@ async fn admin_create(
     };
     valid_password(&password, settings.auth.min_password_len)
         .map_err(|e| anyhow::anyhow!("{}", e.0))?;
-    let store = open_store(&settings)?;
+    let store = open_store(&settings).await?;
     let hash = PasswordHasher::new(settings.auth.bcrypt_cost)
         .hash(password)
         .await?;

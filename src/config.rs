@@ -31,6 +31,16 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub auth: AuthSettings,
     pub limits: LimitSettings,
+    pub store: StoreSettings,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// A `postgres://` URL selects the PostgreSQL store, shared by every
+    /// instance using it. Unset: sled in `data_dir`. A secret: it may hold a
+    /// password.
+    pub url: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,6 +108,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("./data"),
             auth: AuthSettings::default(),
             limits: LimitSettings::default(),
+            store: StoreSettings::default(),
         }
     }
 }
@@ -150,7 +161,7 @@ pub struct Overrides {
 /// Top-level keys an environment variable may set. Other `GATEHOUSE_*`
 /// variables (say, a test suite's own) are not configuration and are ignored;
 /// an unknown key *inside* a section is still refused.
-const ENV_SECTIONS: &[&str] = &["server", "auth", "limits", "data_dir"];
+const ENV_SECTIONS: &[&str] = &["server", "auth", "limits", "data_dir", "store"];
 
 impl Settings {
     /// Merges every source, then validates. The error is one line naming the
@@ -263,6 +274,26 @@ impl Settings {
             "auth.min_password_len",
             "must be between 1 and 72",
         )?;
+        if let Some(url) = &self.store.url {
+            let url = url.expose();
+            check(
+                url.starts_with("postgres://") || url.starts_with("postgresql://"),
+                "store.url",
+                "must be a postgres:// URL",
+            )?;
+            check(
+                url.parse::<tokio_postgres::Config>().is_ok(),
+                "store.url",
+                "is not a valid PostgreSQL URL",
+            )?;
+            // A key generated in one instance's data_dir would make its
+            // tokens fail on every other instance sharing the database.
+            check(
+                self.auth.secret.is_some(),
+                "auth.secret",
+                "must be set when store.url is: every instance sharing the database must sign with the same key",
+            )?;
+        }
         let l = &self.limits;
         check(
             (1024..=64 * 1024 * 1024).contains(&l.body_bytes),
@@ -369,6 +400,7 @@ mod tests {
             ("GATEHOUSE_SERVER__HOST", "not an ip", "host"),
             ("GATEHOUSE_LIMITS__BODY_BYTES", "0", "limits.body_bytes"),
             ("GATEHOUSE_SERVER__PROT", "1", "prot"),
+            ("GATEHOUSE_STORE__URL", "mysql://localhost/x", "store.url"),
         ];
         for (var, value, key) in cases {
             Jail::expect_with(|jail| {

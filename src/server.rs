@@ -201,7 +201,7 @@ async fn purge_revocations(app: Arc<App>) {
     let mut interval = tokio::time::interval(PURGE_INTERVAL);
     loop {
         interval.tick().await;
-        match app.store.purge_revoked(unix_now()).await {
+        match app.store.purge_expired(unix_now()).await {
             Ok(0) => {}
             Ok(removed) => tracing::info!(removed, "purged expired revocations"),
             Err(error) => tracing::warn!(%error, "purging revocations failed"),

@@ -46,12 +46,12 @@ pub async fn login(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
     let client = ctx.client_ip();
     let email = normalize_email(&fields.required("email")?);
     let password = fields.required("password")?;
-    app.throttle.begin(&email, client)?;
+    let attempt = app.store.begin_login(&email, client).await??;
     let user = app.store.user_by_email(&email).await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     match (app.passwords.verify(password, hash).await?, user) {
         (true, Some(user)) => {
-            app.throttle.succeeded(&email, client);
+            app.store.login_succeeded(attempt).await?;
             token_response(app, &user)
         }
         _ => Err(ApiError::InvalidCredentials),

@@ -24,6 +24,24 @@ pub const ACCOUNT_KEYS: usize = 50_000;
 /// Most client addresses tracked at once (about 5 MB at the default limit).
 pub const ADDRESS_KEYS: usize = 10_000;
 
+/// The configured limits (`limits.login_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleLimits {
+    pub per_account: u32,
+    pub per_address: u32,
+    pub window_secs: u64,
+}
+
+impl From<&crate::config::LimitSettings> for ThrottleLimits {
+    fn from(limits: &crate::config::LimitSettings) -> Self {
+        ThrottleLimits {
+            per_account: limits.login_failures_per_account,
+            per_address: limits.login_failures_per_address,
+            window_secs: limits.login_window_secs,
+        }
+    }
+}
+
 /// The login must wait this many seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryAfter(pub u64);
@@ -45,23 +63,20 @@ struct Tables {
 }
 
 impl LoginThrottle {
-    pub fn new(per_account: u32, per_address: u32, window_secs: u64) -> LoginThrottle {
-        Self::with_capacity(
-            per_account,
-            per_address,
-            window_secs,
-            ACCOUNT_KEYS,
-            ADDRESS_KEYS,
-        )
+    pub fn new(limits: ThrottleLimits) -> LoginThrottle {
+        Self::with_capacity(limits, ACCOUNT_KEYS, ADDRESS_KEYS)
     }
 
     pub fn with_capacity(
-        per_account: u32,
-        per_address: u32,
-        window_secs: u64,
+        limits: ThrottleLimits,
         account_keys: usize,
         address_keys: usize,
     ) -> LoginThrottle {
+        let ThrottleLimits {
+            per_account,
+            per_address,
+            window_secs,
+        } = limits;
         let cap = |n: usize| NonZeroUsize::new(n.max(1)).unwrap_or(NonZeroUsize::MIN);
         LoginThrottle {
             tables: Mutex::new(Tables {
@@ -179,12 +194,20 @@ fn record(table: &mut LruCache<u64, VecDeque<u32>>, key: u64, limit: usize, now:
 mod tests {
     use super::*;
 
+    fn limits(per_account: u32, per_address: u32, window_secs: u64) -> ThrottleLimits {
+        ThrottleLimits {
+            per_account,
+            per_address,
+            window_secs,
+        }
+    }
+
     const ADDR: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
 
     #[test]
     fn the_limit_blocks_until_the_oldest_failure_leaves_the_window() {
-        let t = LoginThrottle::new(3, 100, 60);
+        let t = LoginThrottle::new(limits(3, 100, 60));
         for now in [0, 10, 20] {
             assert_eq!(t.begin_at("a@x.io", ADDR, now), Ok(()));
         }
@@ -198,7 +221,7 @@ mod tests {
 
     #[test]
     fn success_resets_the_account_and_does_not_charge_the_address() {
-        let t = LoginThrottle::new(2, 3, 60);
+        let t = LoginThrottle::new(limits(2, 3, 60));
         t.begin_at("a@x.io", ADDR, 0).unwrap();
         t.begin_at("a@x.io", ADDR, 0).unwrap();
         t.succeeded("a@x.io", ADDR);
@@ -210,7 +233,7 @@ mod tests {
 
     #[test]
     fn the_address_limit_spans_emails() {
-        let t = LoginThrottle::new(5, 4, 60);
+        let t = LoginThrottle::new(limits(5, 4, 60));
         for i in 0..4 {
             t.begin_at(&format!("{i}@x.io"), ADDR, 0).unwrap();
         }
@@ -219,7 +242,7 @@ mod tests {
 
     #[test]
     fn memory_stays_bounded_whatever_emails_arrive() {
-        let t = LoginThrottle::with_capacity(5, 1_000_000, 900, 1_000, 50);
+        let t = LoginThrottle::with_capacity(limits(5, 1_000_000, 900), 1_000, 50);
         for i in 0..100_000u32 {
             let addr = IpAddr::V4(std::net::Ipv4Addr::from(i));
             let _ = t.begin_at(&format!("victim{i}@example.com"), addr, 0);

@@ -164,6 +164,10 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %e, "store failure");
                 ApiError::StoreUnavailable
             }
+            StoreError::Unavailable(reason) => {
+                tracing::error!(%reason, "store unavailable");
+                ApiError::StoreUnavailable
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

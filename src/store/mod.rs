@@ -1,30 +1,29 @@
-//! The store: users, the email index and revoked tokens in an embedded sled
-//! database. This is the only module that names sled.
+//! The store: users by id and by email, atomic create / update / delete with
+//! the email uniqueness rule, token revocation and login-failure counting,
+//! behind one type with two implementations:
 //!
-//! Layout (one sled database under `<data_dir>/db`):
-//! - tree `users`: user id → JSON [`User`] (ids are UUIDv7, so key order is
-//!   creation order, the order of `GET /api/users`);
-//! - tree `emails`: normalized email → user id;
-//! - tree `revoked`: token `jti` → expiry (u64, big-endian), purged once expired.
+//! - [`sled::SledStore`] (the default): an embedded database in `data_dir`,
+//!   with login failures counted in this process's memory;
+//! - [`postgres::PgStore`] (when `store.url` is a `postgres://` URL): tables
+//!   shared by every gatehouse instance on that database, login failures
+//!   included.
 //!
-//! Invariants: the email index and the user records change together, in one
-//! sled transaction, so an email maps to at most one user and every user's
-//! email maps back to it. Every write method returns only after the write is
-//! flushed to disk, so a 2xx built on it survives `kill -9`.
-//!
-//! The async methods run sled on tokio's blocking pool for writes (a flush
-//! waits on the disk); reads are in-memory lookups and run inline.
+//! [`Store`] is an enum over the two rather than a trait object: the set is
+//! closed, dispatch is static, and every method's contract is written once,
+//! here. Every write returns only once it is durable.
 
-use std::path::Path;
+pub mod postgres;
+pub mod sled;
 
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::Transactional;
+use std::net::IpAddr;
+use std::sync::Arc;
 
+use crate::config::Settings;
+use crate::domain::throttle::{LoginThrottle, RetryAfter, ThrottleLimits};
 use crate::domain::user::{Role, User};
 
-/// sled's page cache. The default (1 GiB) would let the process grow far past
-/// what a small auth server needs; 32 MiB keeps ~100,000 users hot.
-const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+pub use self::postgres::PgStore;
+pub use self::sled::SledStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -33,7 +32,10 @@ pub enum StoreError {
     #[error("no such user")]
     NotFound,
     #[error("database error: {0}")]
-    Database(#[from] sled::Error),
+    Database(#[from] ::sled::Error),
+    /// The database cannot be reached or did not answer in time.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("corrupt record under key {key}: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("the storage task did not finish: {0}")]
@@ -61,45 +63,61 @@ impl UserPatch {
     }
 }
 
+/// A login attempt counted as a failure until [`Store::login_succeeded`].
+#[derive(Debug)]
+pub struct LoginAttempt {
+    email: String,
+    client: IpAddr,
+    id: uuid::Uuid,
+}
+
 #[derive(Clone)]
-pub struct Store {
-    db: sled::Db,
-    users: sled::Tree,
-    emails: sled::Tree,
-    revoked: sled::Tree,
+pub enum Store {
+    Sled {
+        db: SledStore,
+        throttle: Arc<LoginThrottle>,
+    },
+    Postgres {
+        db: PgStore,
+        limits: ThrottleLimits,
+    },
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir`. Fails if another process
-    /// holds it: sled allows one process per database.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .open()?;
-        Ok(Store {
-            users: db.open_tree("users")?,
-            emails: db.open_tree("emails")?,
-            revoked: db.open_tree("revoked")?,
-            db,
-        })
+    /// Opens the store `settings` select: PostgreSQL if `store.url` is set
+    /// (connecting and migrating), else sled in `data_dir`.
+    pub async fn open(settings: &Settings) -> Result<Store, StoreError> {
+        let limits = ThrottleLimits::from(&settings.limits);
+        match &settings.store.url {
+            Some(url) => Ok(Store::Postgres {
+                db: PgStore::connect(url.expose()).await?,
+                limits,
+            }),
+            None => Ok(Store::Sled {
+                db: SledStore::open(&settings.database_dir())?,
+                throttle: Arc::new(LoginThrottle::new(limits)),
+            }),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Sled { .. } => "sled",
+            Store::Postgres { .. } => "postgres",
+        }
     }
 
     pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
-        self.users
-            .get(id.as_bytes())?
-            .map(|bytes| decode_user(id.as_bytes(), &bytes))
-            .transpose()
+        match self {
+            Store::Sled { db, .. } => db.user_by_id(id).await,
+            Store::Postgres { db, .. } => db.user_by_id(id).await,
+        }
     }
 
     pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-        match self.emails.get(email.as_bytes())? {
-            Some(id) => self
-                .users
-                .get(&id)?
-                .map(|bytes| decode_user(&id, &bytes))
-                .transpose(),
-            None => Ok(None),
+        match self {
+            Store::Sled { db, .. } => db.user_by_email(email).await,
+            Store::Postgres { db, .. } => db.user_by_email(email).await,
         }
     }
 
@@ -110,94 +128,46 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<User>, bool), StoreError> {
-        let range = match after {
-            Some(after) => self.users.range::<&[u8], _>((
-                std::ops::Bound::Excluded(after.as_bytes()),
-                std::ops::Bound::Unbounded,
-            )),
-            None => self.users.iter(),
-        };
-        let mut users = Vec::with_capacity(limit.min(1000));
-        for entry in range {
-            let (key, bytes) = entry?;
-            if users.len() == limit {
-                return Ok((users, true));
-            }
-            users.push(decode_user(&key, &bytes)?);
+        match self {
+            Store::Sled { db, .. } => db.list_users(after, limit).await,
+            Store::Postgres { db, .. } => db.list_users(after, limit).await,
         }
-        Ok((users, false))
     }
 
-    /// Adds a user and its email index entry; `EmailTaken` if the email is in
-    /// use, whatever other requests race for it.
+    /// Adds a user; `EmailTaken` if its email is in use, whatever other
+    /// requests race for it.
     pub async fn insert_user(&self, user: User) -> Result<User, StoreError> {
-        let store = self.clone();
-        self.write(move || {
-            let record = encode_user(&user);
-            (&store.users, &store.emails)
-                .transaction(|(users, emails)| {
-                    if emails.get(user.email.as_bytes())?.is_some() {
-                        return abort(StoreError::EmailTaken);
-                    }
-                    emails.insert(user.email.as_bytes(), user.id.as_bytes())?;
-                    users.insert(user.id.as_bytes(), record.as_slice())?;
-                    Ok(())
-                })
-                .map_err(tx_error)?;
-            Ok(user)
-        })
-        .await
+        match self {
+            Store::Sled { db, .. } => db.insert_user(user).await,
+            Store::Postgres { db, .. } => db.insert_user(user).await,
+        }
     }
 
-    /// Applies `patch` to the user `id` and returns the result.
+    /// Applies `patch` to the user `id` and returns the result; a new
+    /// password hash bumps the password version. `NotFound`, `EmailTaken`.
     pub async fn update_user(
         &self,
         id: &str,
         patch: UserPatch,
         now: u64,
     ) -> Result<User, StoreError> {
-        let store = self.clone();
-        let id = id.to_string();
-        self.write(move || {
-            (&store.users, &store.emails)
-                .transaction(|(users, emails)| {
-                    let mut user = load(users, &id)?;
-                    let old_email = user.email.clone();
-                    apply(&mut user, &patch, now);
-                    if user.email != old_email {
-                        if emails.get(user.email.as_bytes())?.is_some() {
-                            return abort(StoreError::EmailTaken);
-                        }
-                        emails.remove(old_email.as_bytes())?;
-                        emails.insert(user.email.as_bytes(), user.id.as_bytes())?;
-                    }
-                    users.insert(user.id.as_bytes(), encode_user(&user))?;
-                    Ok(user)
-                })
-                .map_err(tx_error)
-        })
-        .await
+        match self {
+            Store::Sled { db, .. } => db.update_user(id, patch, now).await,
+            Store::Postgres { db, .. } => db.update_user(id, patch, now).await,
+        }
     }
 
     /// Removes the user and frees its email; returns the removed user.
     pub async fn delete_user(&self, id: &str) -> Result<User, StoreError> {
-        let store = self.clone();
-        let id = id.to_string();
-        self.write(move || {
-            (&store.users, &store.emails)
-                .transaction(|(users, emails)| {
-                    let user = load(users, &id)?;
-                    users.remove(user.id.as_bytes())?;
-                    emails.remove(user.email.as_bytes())?;
-                    Ok(user)
-                })
-                .map_err(tx_error)
-        })
-        .await
+        match self {
+            Store::Sled { db, .. } => db.delete_user(id).await,
+            Store::Postgres { db, .. } => db.delete_user(id).await,
+        }
     }
 
     /// Creates an admin, or makes the user with this email an admin with this
-    /// password hash (which revokes that user's earlier tokens).
+    /// password hash (which revokes that user's earlier tokens). True if
+    /// created.
     pub async fn upsert_admin(
         &self,
         name: String,
@@ -223,202 +193,109 @@ impl Store {
 
     /// Records a logged-out token until its expiry.
     pub async fn revoke(&self, jti: &str, expires_at: u64) -> Result<(), StoreError> {
-        let store = self.clone();
-        let jti = jti.to_string();
-        self.write(move || {
-            store
-                .revoked
-                .insert(jti.as_bytes(), &expires_at.to_be_bytes())?;
-            Ok(())
-        })
-        .await
+        match self {
+            Store::Sled { db, .. } => db.revoke(jti, expires_at).await,
+            Store::Postgres { db, .. } => db.revoke(jti, expires_at).await,
+        }
     }
 
     pub async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-        Ok(self.revoked.contains_key(jti.as_bytes())?)
+        match self {
+            Store::Sled { db, .. } => db.is_revoked(jti).await,
+            Store::Postgres { db, .. } => db.is_revoked(jti).await,
+        }
     }
 
-    /// Deletes revocations whose token has expired (it would fail anyway).
-    /// Returns how many were removed.
-    pub async fn purge_revoked(&self, now: u64) -> Result<usize, StoreError> {
-        let store = self.clone();
-        self.write(move || {
-            let mut removed = 0;
-            for entry in store.revoked.iter() {
-                let (jti, expiry) = entry?;
-                let expiry = <[u8; 8]>::try_from(expiry.as_ref())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
-                if expiry < now {
-                    store.revoked.remove(jti)?;
-                    removed += 1;
-                }
-            }
-            Ok(removed)
-        })
-        .await
+    /// Deletes what has expired: revocations of expired tokens, and (shared
+    /// store) login failures older than the window. Returns how many.
+    pub async fn purge_expired(&self, now: u64) -> Result<usize, StoreError> {
+        match self {
+            Store::Sled { db, .. } => db.purge_revoked(now).await,
+            Store::Postgres { db, limits } => db.purge(now, limits.window_secs).await,
+        }
     }
 
-    /// Answers if the database can be read.
-    pub async fn health(&self) -> Result<(), StoreError> {
-        self.users.first()?;
-        Ok(())
-    }
-
-    /// Writes everything to disk; called at shutdown.
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        self.write(|| Ok(())).await
-    }
-
-    /// Runs a write on the blocking pool, then flushes before returning, so
-    /// the caller may acknowledge it. Concurrent flushes share one disk write.
-    async fn write<T: Send + 'static>(
+    /// Starts a login attempt for (email, client): refused with the wait when
+    /// a failure count is at its limit, otherwise counted as a failure until
+    /// [`Store::login_succeeded`].
+    pub async fn begin_login(
         &self,
-        work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let value = work()?;
-            db.flush()?;
-            Ok(value)
-        })
-        .await?
-    }
-}
-
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
-fn abort<T>(error: StoreError) -> TxResult<T> {
-    Err(ConflictableTransactionError::Abort(error))
-}
-
-fn tx_error(error: TransactionError<StoreError>) -> StoreError {
-    match error {
-        TransactionError::Abort(error) => error,
-        TransactionError::Storage(error) => StoreError::Database(error),
-    }
-}
-
-fn load(users: &TransactionalTree, id: &str) -> TxResult<User> {
-    match users.get(id.as_bytes())? {
-        Some(bytes) => {
-            decode_user(id.as_bytes(), &bytes).map_err(ConflictableTransactionError::Abort)
-        }
-        None => abort(StoreError::NotFound),
-    }
-}
-
-fn apply(user: &mut User, patch: &UserPatch, now: u64) {
-    if let Some(name) = &patch.name {
-        user.name = name.clone();
-    }
-    if let Some(email) = &patch.email {
-        user.email = email.clone();
-    }
-    if let Some(role) = patch.role {
-        user.role = role;
-    }
-    if let Some(hash) = &patch.password_hash {
-        user.password_hash = hash.clone();
-        user.password_version += 1;
-    }
-    user.updated_at = now;
-}
-
-fn encode_user(user: &User) -> Vec<u8> {
-    // Serializing a struct of strings and integers cannot fail.
-    serde_json::to_vec(user).unwrap_or_default()
-}
-
-fn decode_user(key: &[u8], bytes: &[u8]) -> Result<User, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn user(email: &str) -> User {
-        User::new("N".into(), email.into(), Role::User, "hash".into(), 1)
-    }
-
-    #[tokio::test]
-    async fn the_email_index_follows_inserts_updates_and_deletes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let a = store.insert_user(user("a@x.io")).await.unwrap();
-        assert!(matches!(
-            store.insert_user(user("a@x.io")).await,
-            Err(StoreError::EmailTaken)
-        ));
-        let b = store.insert_user(user("b@x.io")).await.unwrap();
-        let taken = UserPatch {
-            email: Some("b@x.io".into()),
-            ..UserPatch::default()
+        email: &str,
+        client: IpAddr,
+    ) -> Result<Result<LoginAttempt, RetryAfter>, StoreError> {
+        let attempt = LoginAttempt {
+            email: email.to_string(),
+            client,
+            id: uuid::Uuid::new_v4(),
         };
-        assert!(matches!(
-            store.update_user(&a.id, taken, 2).await,
-            Err(StoreError::EmailTaken)
-        ));
-        let moved = UserPatch {
-            email: Some("c@x.io".into()),
-            password_hash: Some("hash2".into()),
-            ..UserPatch::default()
+        let verdict = match self {
+            Store::Sled { throttle, .. } => throttle.begin(email, client),
+            Store::Postgres { db, limits } => {
+                let account = account_key(email, client);
+                let address = address_key(client);
+                db.begin_login(
+                    [
+                        (&account, limits.per_account),
+                        (&address, limits.per_address),
+                    ],
+                    attempt.id,
+                    crate::domain::unix_now(),
+                    limits.window_secs,
+                )
+                .await?
+            }
         };
-        let a2 = store.update_user(&a.id, moved, 2).await.unwrap();
-        assert_eq!(a2.password_version, 1);
-        assert!(store.user_by_email("a@x.io").await.unwrap().is_none());
-        assert_eq!(
-            store.user_by_email("c@x.io").await.unwrap().unwrap().id,
-            a.id
-        );
-        store.delete_user(&b.id).await.unwrap();
-        assert!(store.user_by_email("b@x.io").await.unwrap().is_none());
-        assert!(matches!(
-            store.delete_user(&b.id).await,
-            Err(StoreError::NotFound)
-        ));
-        store.insert_user(user("b@x.io")).await.unwrap();
+        Ok(verdict.map(|()| attempt))
     }
 
-    #[tokio::test]
-    async fn listing_pages_in_id_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let mut ids = Vec::new();
-        for i in 0..5 {
-            ids.push(
-                store
-                    .insert_user(user(&format!("{i}@x.io")))
+    /// The attempt succeeded: the (email, client) count is reset and the
+    /// client is not charged for it.
+    pub async fn login_succeeded(&self, attempt: LoginAttempt) -> Result<(), StoreError> {
+        match self {
+            Store::Sled { throttle, .. } => {
+                throttle.succeeded(&attempt.email, attempt.client);
+                Ok(())
+            }
+            Store::Postgres { db, .. } => {
+                db.login_succeeded(&account_key(&attempt.email, attempt.client), attempt.id)
                     .await
-                    .unwrap()
-                    .id,
-            );
+            }
         }
-        ids.sort();
-        let (page, more) = store.list_users(None, 2).await.unwrap();
-        assert!(more);
-        assert_eq!(
-            page.iter().map(|u| &u.id).collect::<Vec<_>>(),
-            [&ids[0], &ids[1]]
-        );
-        let (page, more) = store.list_users(Some(&ids[3]), 2).await.unwrap();
-        assert!(!more);
-        assert_eq!(page.len(), 1);
-        assert_eq!(page[0].id, ids[4]);
     }
 
-    #[tokio::test]
-    async fn revocations_are_purged_after_expiry() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store.revoke("old", 100).await.unwrap();
-        store.revoke("new", 300).await.unwrap();
-        assert_eq!(store.purge_revoked(200).await.unwrap(), 1);
-        assert!(!store.is_revoked("old").await.unwrap());
-        assert!(store.is_revoked("new").await.unwrap());
+    /// Answers if the store can be read.
+    pub async fn health(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sled { db, .. } => db.health().await,
+            Store::Postgres { db, .. } => db.health().await,
+        }
     }
+
+    /// Writes everything to disk (sled; PostgreSQL commits are already
+    /// durable). Called at shutdown.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sled { db, .. } => db.flush().await,
+            Store::Postgres { .. } => Ok(()),
+        }
+    }
+
+    /// In-memory login-failure keys tracked (accounts, addresses); `None` for
+    /// the shared store, whose counters live in the database.
+    pub fn throttle_len(&self) -> Option<(usize, usize)> {
+        match self {
+            Store::Sled { throttle, .. } => Some(throttle.len()),
+            Store::Postgres { .. } => None,
+        }
+    }
+}
+
+/// The shared counters' key for an (email, client) pair.
+fn account_key(email: &str, client: IpAddr) -> Vec<u8> {
+    format!("account {client} {email}").into_bytes()
+}
+
+/// The shared counters' key for a client address.
+fn address_key(client: IpAddr) -> Vec<u8> {
+    format!("address {client}").into_bytes()
 }

@@ -65,7 +65,7 @@ impl TestServer {
         // process by a moment: poll for it, with a deadline.
         let deadline = Instant::now() + Duration::from_secs(10);
         let app = loop {
-            match App::open(settings.clone()) {
+            match App::open(settings.clone()).await {
                 Ok(app) => break Arc::new(app),
                 Err(error) if Instant::now() < deadline => {
                     let _ = error;

@@ -1,0 +1,523 @@
+//! The PostgreSQL store, for several gatehouse instances sharing one user
+//! base: users, revocations and login-failure counters in tables.
+//!
+//! Driver: tokio-postgres with a deadpool pool (see ARCHITECTURE.md for why).
+//! Every operation is one SQL statement (the unique index on the normalized
+//! email decides registration races), runs within [`OP_TIMEOUT`], and is
+//! retried on serialization failures and deadlocks, so the SQL also suits
+//! PostgreSQL-compatible distributed engines: no advisory locks, no
+//! LISTEN/NOTIFY. A lost database is `StoreError::Unavailable` (503), never a
+//! hang, and the pool reconnects by itself when the database returns.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, Row};
+use uuid::Uuid;
+
+use super::{StoreError, UserPatch};
+use crate::domain::throttle::RetryAfter;
+use crate::domain::user::{Role, User};
+
+/// The longest any one store operation may take, waiting for a connection
+/// included, before it is answered as unavailable.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Attempts of one operation that keeps hitting serialization failures.
+const ATTEMPTS: usize = 5;
+
+/// Schema migrations, applied in order at start. Each is idempotent, so two
+/// instances starting at once may both run them.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE IF NOT EXISTS gatehouse_users (
+        id UUID PRIMARY KEY,
+        name BYTEA NOT NULL,
+        email TEXT NOT NULL,
+        role TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        password_version BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE UNIQUE INDEX IF NOT EXISTS gatehouse_users_email ON gatehouse_users (email);
+    CREATE TABLE IF NOT EXISTS gatehouse_revoked (
+        jti TEXT PRIMARY KEY,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS gatehouse_revoked_expiry ON gatehouse_revoked (expires_at);
+    CREATE TABLE IF NOT EXISTS gatehouse_login_failures (
+        key BYTEA NOT NULL,
+        attempt UUID NOT NULL,
+        failed_at BIGINT NOT NULL,
+        PRIMARY KEY (key, attempt)
+    );
+    CREATE INDEX IF NOT EXISTS gatehouse_login_failures_time ON gatehouse_login_failures (failed_at);",
+)];
+
+const USER_COLUMNS: &str =
+    "id, name, email, role, password_hash, password_version, created_at, updated_at";
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl PgStore {
+    /// Connects, checks the database answers, and applies the migrations.
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Unavailable(format!("store.url is not a valid URL: {e}")))?;
+        config
+            .connect_timeout(OP_TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30));
+        if config.get_application_name().is_none() {
+            config.application_name("gatehouse");
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(32)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(OP_TIMEOUT))
+            .create_timeout(Some(OP_TIMEOUT))
+            .recycle_timeout(Some(OP_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let store = PgStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.run(|client| async move {
+            client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS gatehouse_migrations (version INT PRIMARY KEY)",
+                )
+                .await?;
+            for (version, sql) in MIGRATIONS {
+                let applied = client
+                    .query_opt(
+                        "SELECT version FROM gatehouse_migrations WHERE version = $1",
+                        &[version],
+                    )
+                    .await?
+                    .is_some();
+                if !applied {
+                    client.batch_execute(sql).await?;
+                    client
+                        .execute(
+                            "INSERT INTO gatehouse_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING",
+                            &[version],
+                        )
+                        .await?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
+        let Ok(id) = Uuid::parse_str(id) else {
+            return Ok(None);
+        };
+        let sql = format!("SELECT {USER_COLUMNS} FROM gatehouse_users WHERE id = $1");
+        self.run(|client| {
+            let sql = sql.clone();
+            async move { client.query_opt(&sql, &[&id]).await }
+        })
+        .await?
+        .map(|row| user_from_row(&row))
+        .transpose()
+    }
+
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        // PostgreSQL text cannot hold NUL, so no stored email has one.
+        if email.contains('\0') {
+            return Ok(None);
+        }
+        let sql = format!("SELECT {USER_COLUMNS} FROM gatehouse_users WHERE email = $1");
+        let email = email.to_string();
+        self.run(|client| {
+            let (sql, email) = (sql.clone(), email.clone());
+            async move { client.query_opt(&sql, &[&email]).await }
+        })
+        .await?
+        .map(|row| user_from_row(&row))
+        .transpose()
+    }
+
+    pub async fn list_users(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<User>, bool), StoreError> {
+        // Our ids are UUIDs and order as such (index range scan). Any other
+        // cursor is compared as text in byte order, as the sled store does.
+        let (after_id, after_text) = match after {
+            Some(after) => match Uuid::parse_str(after) {
+                Ok(id) if id.to_string() == after => (Some(id), None),
+                _ => (None, Some(after.to_string())),
+            },
+            None => (None, None),
+        };
+        let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM gatehouse_users
+             WHERE ($1::uuid IS NULL OR id > $1)
+               AND ($2::text IS NULL OR id::text COLLATE \"C\" > $2)
+             ORDER BY id LIMIT $3"
+        );
+        let rows = self
+            .run(|client| {
+                let (sql, after_text) = (sql.clone(), after_text.clone());
+                async move { client.query(&sql, &[&after_id, &after_text, &fetch]).await }
+            })
+            .await?;
+        let more = rows.len() > limit;
+        let users = rows
+            .iter()
+            .take(limit)
+            .map(user_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((users, more))
+    }
+
+    pub async fn insert_user(&self, user: User) -> Result<User, StoreError> {
+        let id = parse_id(&user.id)?;
+        let stored = user.clone();
+        self.run(|client| {
+            let user = stored.clone();
+            async move {
+                client
+                    .execute(
+                        "INSERT INTO gatehouse_users (id, name, email, role, password_hash,
+                         password_version, created_at, updated_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                        &[
+                            &id,
+                            &user.name.as_bytes(),
+                            &user.email,
+                            &role_text(user.role),
+                            &user.password_hash,
+                            &to_i64(user.password_version),
+                            &to_i64(user.created_at),
+                            &to_i64(user.updated_at),
+                        ],
+                    )
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?;
+        Ok(user)
+    }
+
+    pub async fn update_user(
+        &self,
+        id: &str,
+        patch: UserPatch,
+        now: u64,
+    ) -> Result<User, StoreError> {
+        let Ok(id) = Uuid::parse_str(id) else {
+            return Err(StoreError::NotFound);
+        };
+        let sql = format!(
+            "UPDATE gatehouse_users SET
+                name = COALESCE($2, name),
+                email = COALESCE($3, email),
+                role = COALESCE($4, role),
+                password_hash = COALESCE($5, password_hash),
+                password_version = password_version + CASE WHEN $5::text IS NULL THEN 0 ELSE 1 END,
+                updated_at = $6
+             WHERE id = $1
+             RETURNING {USER_COLUMNS}"
+        );
+        let row = self
+            .run(|client| {
+                let (sql, patch) = (sql.clone(), patch.clone());
+                async move {
+                    let name = patch.name.as_ref().map(|n| n.as_bytes().to_vec());
+                    let role = patch.role.map(role_text);
+                    client
+                        .query_opt(
+                            &sql,
+                            &[
+                                &id,
+                                &name,
+                                &patch.email,
+                                &role,
+                                &patch.password_hash,
+                                &to_i64(now),
+                            ],
+                        )
+                        .await
+                }
+            })
+            .await?;
+        match row {
+            Some(row) => user_from_row(&row),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    pub async fn delete_user(&self, id: &str) -> Result<User, StoreError> {
+        let Ok(id) = Uuid::parse_str(id) else {
+            return Err(StoreError::NotFound);
+        };
+        let sql = format!("DELETE FROM gatehouse_users WHERE id = $1 RETURNING {USER_COLUMNS}");
+        let row = self
+            .run(|client| {
+                let sql = sql.clone();
+                async move { client.query_opt(&sql, &[&id]).await }
+            })
+            .await?;
+        match row {
+            Some(row) => user_from_row(&row),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    pub async fn revoke(&self, jti: &str, expires_at: u64) -> Result<(), StoreError> {
+        let jti = jti.replace('\0', "");
+        self.run(|client| {
+            let jti = jti.clone();
+            async move {
+                client
+                    .execute(
+                        "INSERT INTO gatehouse_revoked (jti, expires_at) VALUES ($1, $2)
+                         ON CONFLICT (jti) DO NOTHING",
+                        &[&jti, &to_i64(expires_at)],
+                    )
+                    .await?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    pub async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        let jti = jti.replace('\0', "");
+        self.run(|client| {
+            let jti = jti.clone();
+            async move {
+                Ok(client
+                    .query_opt("SELECT 1 FROM gatehouse_revoked WHERE jti = $1", &[&jti])
+                    .await?
+                    .is_some())
+            }
+        })
+        .await
+    }
+
+    /// Deletes expired revocations and login failures older than `window`.
+    pub async fn purge(&self, now: u64, window_secs: u64) -> Result<usize, StoreError> {
+        self.run(|client| async move {
+            let revoked = client
+                .execute(
+                    "DELETE FROM gatehouse_revoked WHERE expires_at < $1",
+                    &[&to_i64(now)],
+                )
+                .await?;
+            let failures = client
+                .execute(
+                    "DELETE FROM gatehouse_login_failures WHERE failed_at <= $1",
+                    &[&to_i64(now.saturating_sub(window_secs))],
+                )
+                .await?;
+            Ok(usize::try_from(revoked + failures).unwrap_or(usize::MAX))
+        })
+        .await
+    }
+
+    /// Starts a login attempt against shared counters (see
+    /// `domain::throttle`): refused with the wait if a key is at its limit,
+    /// otherwise recorded as a failure under `attempt` until it succeeds.
+    pub async fn begin_login(
+        &self,
+        keys: [(&[u8], u32); 2],
+        attempt: Uuid,
+        now: u64,
+        window_secs: u64,
+    ) -> Result<Result<(), RetryAfter>, StoreError> {
+        let keys: Vec<(Vec<u8>, i64)> = keys
+            .iter()
+            .map(|(k, l)| (k.to_vec(), i64::from(*l)))
+            .collect();
+        let since = to_i64(now.saturating_sub(window_secs));
+        self.run(|client| {
+            let keys = keys.clone();
+            async move {
+                let mut wait: Option<u64> = None;
+                for (key, limit) in &keys {
+                    // The `limit`-th newest failure in the window, if there is one.
+                    let row = client
+                        .query_opt(
+                            "SELECT failed_at FROM gatehouse_login_failures
+                             WHERE key = $1 AND failed_at > $2
+                             ORDER BY failed_at DESC OFFSET $3 LIMIT 1",
+                            &[key, &since, &(limit - 1)],
+                        )
+                        .await?;
+                    if let Some(row) = row {
+                        let oldest: i64 = row.get(0);
+                        let free_at = u64::try_from(oldest).unwrap_or(0) + window_secs;
+                        let seconds = free_at.saturating_sub(now).max(1);
+                        wait = Some(wait.map_or(seconds, |w| w.max(seconds)));
+                    }
+                }
+                if let Some(seconds) = wait {
+                    return Ok(Err(RetryAfter(seconds)));
+                }
+                for (key, _) in &keys {
+                    client
+                        .execute(
+                            "INSERT INTO gatehouse_login_failures (key, attempt, failed_at)
+                             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                            &[key, &attempt, &to_i64(now)],
+                        )
+                        .await?;
+                }
+                Ok(Ok(()))
+            }
+        })
+        .await
+    }
+
+    /// The attempt succeeded: the account's failures are cleared and the
+    /// address is not charged for this attempt.
+    pub async fn login_succeeded(
+        &self,
+        account_key: &[u8],
+        attempt: Uuid,
+    ) -> Result<(), StoreError> {
+        let key = account_key.to_vec();
+        self.run(|client| {
+            let key = key.clone();
+            async move {
+                client
+                    .execute(
+                        "DELETE FROM gatehouse_login_failures WHERE key = $1 OR attempt = $2",
+                        &[&key, &attempt],
+                    )
+                    .await?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    pub async fn health(&self) -> Result<(), StoreError> {
+        self.run(|client| async move {
+            client.query_one("SELECT 1", &[]).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs `op` on a pooled connection within [`OP_TIMEOUT`], retrying
+    /// serialization failures and deadlocks.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(deadpool_postgres::Object) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let attempt = async {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let client = self
+                    .pool
+                    .get()
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                match op(client).await {
+                    Ok(value) => return Ok(value),
+                    Err(error) if retryable(&error) && tries < ATTEMPTS => continue,
+                    Err(error) => return Err(map_error(error)),
+                }
+            }
+        };
+        match tokio::time::timeout(OP_TIMEOUT, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(
+                "the database did not answer in time".into(),
+            )),
+        }
+    }
+}
+
+fn retryable(error: &tokio_postgres::Error) -> bool {
+    matches!(
+        error.code(),
+        Some(&SqlState::T_R_SERIALIZATION_FAILURE) | Some(&SqlState::T_R_DEADLOCK_DETECTED)
+    )
+}
+
+fn map_error(error: tokio_postgres::Error) -> StoreError {
+    match error.code() {
+        Some(&SqlState::UNIQUE_VIOLATION) => StoreError::EmailTaken,
+        // Anything the server itself refused is a bug on our side; anything
+        // without a code is the connection.
+        Some(code) => StoreError::Corrupt {
+            key: format!("SQLSTATE {}", code.code()),
+            reason: error.to_string(),
+        },
+        None => StoreError::Unavailable(error.to_string()),
+    }
+}
+
+fn user_from_row(row: &Row) -> Result<User, StoreError> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        key: row
+            .try_get::<_, Uuid>(0)
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        reason: reason.to_string(),
+    };
+    let id: Uuid = row.try_get(0).map_err(|e| corrupt(&e.to_string()))?;
+    let name: Vec<u8> = row.try_get(1).map_err(|e| corrupt(&e.to_string()))?;
+    let role: String = row.try_get(3).map_err(|e| corrupt(&e.to_string()))?;
+    let get_u64 = |i: usize| -> Result<u64, StoreError> {
+        let value: i64 = row.try_get(i).map_err(|e| corrupt(&e.to_string()))?;
+        u64::try_from(value).map_err(|_| corrupt("negative number"))
+    };
+    Ok(User {
+        id: id.to_string(),
+        name: String::from_utf8(name).map_err(|_| corrupt("name is not UTF-8"))?,
+        email: row.try_get(2).map_err(|e| corrupt(&e.to_string()))?,
+        role: Role::parse(&role).ok_or_else(|| corrupt("unknown role"))?,
+        password_hash: row.try_get(4).map_err(|e| corrupt(&e.to_string()))?,
+        password_version: get_u64(5)?,
+        created_at: get_u64(6)?,
+        updated_at: get_u64(7)?,
+    })
+}
+
+fn role_text(role: Role) -> &'static str {
+    match role {
+        Role::User => "user",
+        Role::Admin => "admin",
+    }
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn parse_id(id: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(id).map_err(|_| StoreError::Corrupt {
+        key: id.to_string(),
+        reason: "not a UUID".into(),
+    })
+}
