@@ -24,6 +24,9 @@ use crate::domain::user::{Role, User};
 /// included, before it is answered as unavailable.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Connections per instance, at most.
+const POOL_SIZE: usize = 16;
+
 /// Attempts of one operation that keeps hitting serialization failures.
 const ATTEMPTS: usize = 5;
 
@@ -85,7 +88,7 @@ impl PgStore {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(32)
+            .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(OP_TIMEOUT))
             .create_timeout(Some(OP_TIMEOUT))

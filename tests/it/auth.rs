@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::support::*;
 
-#[tokio::test]
+store_test! {
 async fn api_root_and_health_answer() {
     let server = TestServer::start().await;
     let reply = server.get("/api").send().await;
@@ -21,8 +21,9 @@ async fn api_root_and_health_answer() {
     reply.assert_ok(200);
     assert_eq!(reply.body, json!({"status": "ok"}));
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn register_me_login_logout_then_the_old_token_fails() {
     let server = TestServer::start().await;
     let reply = server
@@ -81,8 +82,9 @@ async fn register_me_login_logout_then_the_old_token_fails() {
         .await
         .assert_error(401, "invalid_token");
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn logout_without_a_valid_token_still_answers_200() {
     let server = TestServer::start().await;
     for reply in [
@@ -97,8 +99,9 @@ async fn logout_without_a_valid_token_still_answers_200() {
         assert_eq!(reply.body, json!({"auth": false, "token": null}));
     }
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn forms_work_like_json_and_unknown_fields_are_ignored() {
     let server = TestServer::start().await;
     let reply = server
@@ -124,8 +127,9 @@ async fn forms_work_like_json_and_unknown_fields_are_ignored() {
     reply.assert_ok(200);
     assert_eq!(reply.body["auth"], true);
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn register_enforces_the_input_rules() {
     let server = TestServer::start().await;
     let long_name = "n".repeat(101);
@@ -183,8 +187,9 @@ async fn register_enforces_the_input_rules() {
     // Nothing was stored along the way.
     server.register("A", "a@example.com").await;
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn passwords_of_72_bytes_work_and_73_are_refused_never_truncated() {
     let server = TestServer::start().await;
     let seventy_two = "é".repeat(36); // 36 two-byte characters
@@ -205,8 +210,9 @@ async fn passwords_of_72_bytes_work_and_73_are_refused_never_truncated() {
         .await
         .assert_error(401, "invalid_credentials");
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn duplicate_emails_get_409_in_any_letter_case() {
     let server = TestServer::start().await;
     server.register("A", "dup@example.com").await;
@@ -217,8 +223,9 @@ async fn duplicate_emails_get_409_in_any_letter_case() {
         .await;
     reply.assert_error(409, "email_taken");
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn concurrent_registrations_of_one_email_yield_exactly_one_200() {
     let server = TestServer::start().await;
     let attempts = (0..50).map(|i| {
@@ -247,8 +254,9 @@ async fn concurrent_registrations_of_one_email_yield_exactly_one_200() {
         .collect();
     assert_eq!(raced.len(), 1);
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn unknown_email_and_wrong_password_get_identical_answers() {
     let server = TestServer::start().await;
     server.register("Known", "known@example.com").await;
@@ -268,8 +276,9 @@ async fn unknown_email_and_wrong_password_get_identical_answers() {
     assert_eq!(wrong_password.body["auth"], false);
     assert_eq!(wrong_password.body["token"], serde_json::Value::Null);
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn login_needs_both_fields() {
     let server = TestServer::start().await;
     let reply = server
@@ -280,8 +289,9 @@ async fn login_needs_both_fields() {
     reply.assert_error(400, "invalid_input");
     assert!(reply.body["message"].as_str().unwrap().contains("password"));
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn closed_registration_is_403() {
     let server = TestServer::start_with(|s| s.auth.allow_registration = false).await;
     server
@@ -291,8 +301,9 @@ async fn closed_registration_is_403() {
         .await
         .assert_error(403, "registration_closed");
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn repeated_failures_are_throttled_with_retry_after() {
     let server = TestServer::start_with(|s| {
         s.limits.login_failures_per_account = 3;
@@ -332,8 +343,9 @@ async fn repeated_failures_are_throttled_with_retry_after() {
         .await
         .assert_error(429, "too_many_attempts");
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn a_success_resets_the_account_count() {
     let server = TestServer::start_with(|s| s.limits.login_failures_per_account = 2).await;
     server.register("U", "u@example.com").await;
@@ -349,8 +361,9 @@ async fn a_success_resets_the_account_count() {
     // Without the reset this would be the third failure in the window.
     server.login("u@example.com", PASSWORD).await;
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn a_trusted_proxy_header_names_the_client() {
     let server = TestServer::start_with(|s| {
         s.server.client_ip_header = Some("x-forwarded-for".into());
@@ -375,8 +388,9 @@ async fn a_trusted_proxy_header_names_the_client() {
         .await
         .assert_error(401, "invalid_credentials");
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
     let server = TestServer::start().await;
     server
@@ -395,6 +409,7 @@ async fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
     let reply = server.put("/api/auth/logout").send().await;
     let allowed: HashSet<&str> = reply.header("allow").unwrap().split(", ").collect();
     assert_eq!(allowed, HashSet::from(["GET", "POST"]));
+}
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use crate::support::*;
 
 const REGISTER: &str = "/api/auth/register";
 
-#[tokio::test]
+store_test! {
 async fn other_content_types_are_415() {
     let server = TestServer::start().await;
     let body = br#"{"name":"A","email":"a@example.com","password":"correct horse"}"#.to_vec();
@@ -44,8 +44,9 @@ async fn other_content_types_are_415() {
         .await
         .assert_ok(200);
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn malformed_bodies_are_400_invalid_body() {
     let server = TestServer::start().await;
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
@@ -75,8 +76,9 @@ async fn malformed_bodies_are_400_invalid_body() {
         .await
         .assert_error(400, "invalid_input");
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn names_are_stored_and_returned_verbatim() {
     let server = TestServer::start().await;
     let names = [
@@ -111,8 +113,9 @@ async fn names_are_stored_and_returned_verbatim() {
     let me = server.get("/api/auth/me").token(&token).send().await;
     assert_eq!(me.body["name"], "emoji 🦀 & co=1");
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn a_declared_oversized_body_is_refused_before_it_is_read() {
     let server = TestServer::start().await;
     let mut stream = TcpStream::connect(server.base.trim_start_matches("http://"))
@@ -130,8 +133,9 @@ async fn a_declared_oversized_body_is_refused_before_it_is_read() {
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");
     assert!(response.contains("payload_too_large"), "{response}");
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn a_chunked_body_over_the_limit_is_413() {
     let server = TestServer::start_with(|s| s.limits.body_bytes = 1024).await;
     let mut stream = TcpStream::connect(server.base.trim_start_matches("http://"))
@@ -145,8 +149,9 @@ async fn a_chunked_body_over_the_limit_is_413() {
     let response = read_response(&mut stream).await;
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn a_slow_client_is_cut_off_while_others_are_served() {
     let server = TestServer::start_with(|s| s.server.header_timeout_secs = 1).await;
     let address = server.base.trim_start_matches("http://").to_string();
@@ -190,12 +195,14 @@ async fn a_slow_client_is_cut_off_while_others_are_served() {
         .await
         .assert_ok(200);
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn a_silent_connection_is_closed() {
     let server = TestServer::start_with(|s| s.server.header_timeout_secs = 1).await;
     let mut silent = TcpStream::connect(server.base.trim_start_matches("http://"))
         .await
         .unwrap();
     assert!(closed_within(&mut silent, Duration::from_secs(10)).await);
+}
 }

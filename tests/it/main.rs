@@ -1,11 +1,36 @@
 //! The integration tests: one binary, one module per area. Every test talks to
 //! a real gatehouse over HTTP (see `support`).
 
+/// Wraps an `async fn name() { .. }` test so it runs twice: `name::sled` and
+/// `name::postgres` (every server it starts uses that store).
+macro_rules! store_test {
+    ($(#[$meta:meta])* async fn $name:ident() $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(#[$meta])*
+            async fn body() $body
+
+            #[tokio::test]
+            async fn sled() {
+                crate::support::on_backend(crate::support::Backend::Sled, stringify!($name), body()).await
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                crate::support::on_backend(crate::support::Backend::Postgres, stringify!($name), body()).await
+            }
+        }
+    };
+}
+
 mod support;
 
 mod auth;
 mod binary;
 mod bodies;
+mod instances;
 mod network;
 mod openapi;
 mod properties;

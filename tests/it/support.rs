@@ -21,6 +21,64 @@ use tokio::task::JoinHandle;
 
 pub const PASSWORD: &str = "correct horse";
 
+/// The store a test server runs on. Tests written with `store_test!` run once
+/// on each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sled,
+    Postgres,
+}
+
+tokio::task_local! {
+    static BACKEND: Backend;
+}
+
+/// The PostgreSQL server the tests may use: `GATEHOUSE_TEST_DATABASE_URL`
+/// (`.ci/run` sets it). Each test gets a schema of its own in it.
+pub fn test_database_url() -> Option<String> {
+    std::env::var("GATEHOUSE_TEST_DATABASE_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+}
+
+/// Runs a test body with every server it starts on `backend`. Without a test
+/// database the PostgreSQL run says plainly that it did not run.
+pub async fn on_backend(backend: Backend, test: &str, body: impl std::future::Future<Output = ()>) {
+    if backend == Backend::Postgres && test_database_url().is_none() {
+        not_run(&format!("{test} on PostgreSQL"));
+        return;
+    }
+    BACKEND.scope(backend, body).await;
+}
+
+/// Says, past the test harness's output capture, that a test did not run for
+/// lack of a test database.
+pub fn not_run(test: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "NOT RUN: {test}: GATEHOUSE_TEST_DATABASE_URL is not set"
+    );
+}
+
+/// A fresh, empty schema in the test database, and a store URL that uses it.
+pub async fn fresh_schema_url() -> String {
+    let base = test_database_url().expect("GATEHOUSE_TEST_DATABASE_URL is set");
+    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .expect("the test database answers");
+    let connection = tokio::spawn(connection);
+    let schema = format!("gh_test_{}", uuid::Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("schema created");
+    drop(client);
+    let _ = connection.await;
+    let separator = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{separator}options=-csearch_path%3D{schema}")
+}
+
 /// Settings every test server starts from.
 pub fn test_settings(data_dir: &std::path::Path) -> Settings {
     let mut settings = Settings {
@@ -51,6 +109,9 @@ impl TestServer {
     pub async fn start_with(configure: impl FnOnce(&mut Settings)) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut settings = test_settings(dir.path());
+        if BACKEND.try_with(|b| *b) == Ok(Backend::Postgres) {
+            settings.store.url = Some(Secret::new(fresh_schema_url().await));
+        }
         configure(&mut settings);
         let mut server = Self::start_settings(settings).await;
         server._dir = Some(dir);

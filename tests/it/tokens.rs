@@ -53,7 +53,7 @@ fn raw_token(header: &Value, claims: &Value, signature: &str) -> String {
     )
 }
 
-#[tokio::test]
+store_test! {
 async fn no_token_is_missing_token_with_the_tutorial_fields() {
     let server = TestServer::start().await;
     let reply = server.get("/api/auth/me").send().await;
@@ -69,8 +69,9 @@ async fn no_token_is_missing_token_with_the_tutorial_fields() {
         .await
         .assert_error(401, "missing_token");
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn both_headers_must_agree() {
     let server = TestServer::start().await;
     let a = server.register("A", "a@example.com").await;
@@ -90,8 +91,9 @@ async fn both_headers_must_agree() {
         .await
         .assert_error(401, "invalid_token");
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn forged_and_stale_tokens_all_fail_the_same_way() {
     let server = TestServer::start().await;
     let user = server.register("Target", "target@example.com").await;
@@ -228,6 +230,7 @@ async fn forged_and_stale_tokens_all_fail_the_same_way() {
         );
     }
 }
+}
 
 trait TapId {
     fn tap_id(self, id: &str) -> Value;
@@ -240,7 +243,7 @@ impl TapId for Value {
     }
 }
 
-#[tokio::test]
+store_test! {
 async fn a_logged_out_token_fails_on_every_route() {
     let server = TestServer::start().await;
     let user = server.register("Out", "out@example.com").await;
@@ -273,8 +276,9 @@ async fn a_logged_out_token_fails_on_every_route() {
         .await
         .assert_error(401, "invalid_token");
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn a_token_of_a_deleted_user_fails_everywhere() {
     let server = TestServer::start().await;
     let user = server.register("Gone", "gone@example.com").await;
@@ -295,4 +299,5 @@ async fn a_token_of_a_deleted_user_fails_everywhere() {
             .await
             .assert_error(401, "invalid_token");
     }
+}
 }

@@ -293,7 +293,7 @@ async fn run_case(
     assert_eq!(created, method == Method::POST && succeeded, "{context}");
 }
 
-#[tokio::test]
+store_test! {
 async fn authorization_matrix_for_every_users_route() {
     use Target::*;
     use Who::*;
@@ -327,10 +327,11 @@ async fn authorization_matrix_for_every_users_route() {
         run_case(&server, &admin, n, case).await;
     }
 }
+}
 
 // --- roles --------------------------------------------------------------------
 
-#[tokio::test]
+store_test! {
 async fn a_user_cannot_set_a_role_not_even_on_themself() {
     let server = TestServer::start().await;
     let user = server.register("Mike", "mike@example.com").await;
@@ -362,8 +363,9 @@ async fn a_user_cannot_set_a_role_not_even_on_themself() {
         .await
         .assert_error(403, "forbidden");
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn an_admin_promotes_and_demotes_and_the_same_token_follows_at_once() {
     let server = TestServer::start().await;
     let admin = server.admin().await;
@@ -400,8 +402,9 @@ async fn an_admin_promotes_and_demotes_and_the_same_token_follows_at_once() {
         "user"
     );
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn a_demoted_admin_loses_admin_rights_with_its_own_token() {
     let server = TestServer::start().await;
     let admin = server.admin().await;
@@ -430,8 +433,9 @@ async fn a_demoted_admin_loses_admin_rights_with_its_own_token() {
         .await
         .assert_error(403, "forbidden");
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn an_invalid_role_value_is_400_even_for_an_admin() {
     let server = TestServer::start().await;
     let admin = server.admin().await;
@@ -456,10 +460,11 @@ async fn an_invalid_role_value_is_400_even_for_an_admin() {
         "user"
     );
 }
+}
 
 // --- emails -------------------------------------------------------------------
 
-#[tokio::test]
+store_test! {
 async fn a_user_cannot_take_another_users_email_in_any_letter_case() {
     let server = TestServer::start().await;
     let admin = server.admin().await;
@@ -503,8 +508,9 @@ async fn a_user_cannot_take_another_users_email_in_any_letter_case() {
     .await;
     assert_eq!(user_body(&reply, 200)["email"], "mike@example.com");
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn changing_ones_own_email_frees_the_old_one() {
     let server = TestServer::start().await;
     let mike = server.register("Mike", "mike@example.com").await;
@@ -537,8 +543,9 @@ async fn changing_ones_own_email_frees_the_old_one() {
         .await
         .assert_error(409, "email_taken");
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn two_users_racing_for_one_new_email_yield_exactly_one_winner() {
     let server = TestServer::start().await;
     let mike = server.register("Mike", "mike@example.com").await;
@@ -566,10 +573,11 @@ async fn two_users_racing_for_one_new_email_yield_exactly_one_winner() {
         winner.id.as_str()
     );
 }
+}
 
 // --- PUT and PATCH bodies -------------------------------------------------------
 
-#[tokio::test]
+store_test! {
 async fn put_and_patch_refuse_unknown_fields_wrong_types_and_broken_rules() {
     let server = TestServer::start().await;
     let user = server.register("Mike", "mike@example.com").await;
@@ -633,8 +641,9 @@ async fn put_and_patch_refuse_unknown_fields_wrong_types_and_broken_rules() {
     );
     server.login("mike@example.com", PASSWORD).await;
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn put_and_patch_accept_json_and_form_bodies() {
     let server = TestServer::start().await;
     let user = server.register("Mike", "mike@example.com").await;
@@ -675,10 +684,11 @@ async fn put_and_patch_accept_json_and_form_bodies() {
         (Some("Put Mike"), Some("form.mike@example.com"))
     );
 }
+}
 
 // --- passwords ------------------------------------------------------------------
 
-#[tokio::test]
+store_test! {
 async fn a_password_change_revokes_old_tokens_and_the_old_password() {
     let server = TestServer::start().await;
     let user = server.register("Mike", "mike@example.com").await;
@@ -710,8 +720,9 @@ async fn a_password_change_revokes_old_tokens_and_the_old_password() {
         user.id.as_str()
     );
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn an_admin_setting_a_password_revokes_that_users_tokens_only() {
     let server = TestServer::start().await;
     let admin = server.admin().await;
@@ -728,10 +739,11 @@ async fn an_admin_setting_a_password_revokes_that_users_tokens_only() {
     let token = server.login("mike@example.com", NEW_PASSWORD).await;
     user_body(&get_user(&server, &token, &user.id).await, 200);
 }
+}
 
 // --- DELETE -----------------------------------------------------------------------
 
-#[tokio::test]
+store_test! {
 async fn delete_names_the_user_ends_its_tokens_and_frees_its_email() {
     let server = TestServer::start().await;
     let user = server.register("Mike O'Hara", "mike@example.com").await;
@@ -771,10 +783,11 @@ async fn delete_names_the_user_ends_its_tokens_and_frees_its_email() {
         "Mike Again"
     );
 }
+}
 
 // --- POST /api/users ----------------------------------------------------------------
 
-#[tokio::test]
+store_test! {
 async fn an_admin_creates_users_with_a_default_or_given_role() {
     let server = TestServer::start().await;
     let admin = server.admin().await;
@@ -830,8 +843,9 @@ async fn an_admin_creates_users_with_a_default_or_given_role() {
         .await;
     assert_eq!(user_body(&reply, 201)["role"], "user");
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn create_refuses_unknown_fields_duplicates_bad_roles_and_bad_input() {
     let server = TestServer::start().await;
     let admin = server.admin().await;
@@ -883,10 +897,11 @@ async fn create_refuses_unknown_fields_duplicates_bad_roles_and_bad_input() {
     // None of it created anyone: the admin and Mike only.
     assert_eq!(all_ids(&server, &admin).await.len(), 2);
 }
+}
 
 // --- GET /api/users -------------------------------------------------------------------
 
-#[tokio::test]
+store_test! {
 async fn the_list_is_ordered_by_id_and_limit_is_bounded() {
     let server = TestServer::start().await;
     let admin = server.admin().await;
@@ -939,8 +954,9 @@ async fn the_list_is_ordered_by_id_and_limit_is_bounded() {
         ids[1..3]
     );
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn following_the_link_header_walks_every_user_exactly_once() {
     let server = TestServer::start().await;
     let admin = server.admin().await;
@@ -963,8 +979,9 @@ async fn following_the_link_header_walks_every_user_exactly_once() {
     assert_eq!(seen, everyone);
     assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 7);
 }
+}
 
-#[tokio::test]
+store_test! {
 async fn the_default_page_is_100() {
     let server = TestServer::start().await;
     let admin = server.admin().await;
@@ -979,4 +996,5 @@ async fn the_default_page_is_100() {
     let rest = list_ids(&rest);
     assert_eq!(rest.len(), 1);
     assert!(first.last().unwrap() < &rest[0]);
+}
 }

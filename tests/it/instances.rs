@@ -1,0 +1,296 @@
+//! Several gatehouse instances on one PostgreSQL database share users,
+//! revocations and login throttling; a lost database is a bounded 503 and
+//! the service recovers when it returns. Tests that need the database say so
+//! plainly (and pass) when `GATEHOUSE_TEST_DATABASE_URL` is unset.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gatehouse::config::Secret;
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use crate::support::*;
+
+/// Two servers (separate data dirs, same secret) on one fresh schema; `None`
+/// when there is no test database.
+async fn two_instances(
+    test: &str,
+    configure: impl Fn(&mut gatehouse::Settings),
+) -> Option<(TestServer, TestServer, Vec<tempfile::TempDir>)> {
+    if test_database_url().is_none() {
+        not_run(test);
+        return None;
+    }
+    let url = fresh_schema_url().await;
+    let dirs = vec![tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut servers = Vec::new();
+    for dir in &dirs {
+        let mut settings = test_settings(dir.path());
+        settings.store.url = Some(Secret::new(url.clone()));
+        configure(&mut settings);
+        servers.push(TestServer::start_settings(settings).await);
+    }
+    let b = servers.pop().unwrap();
+    let a = servers.pop().unwrap();
+    Some((a, b, dirs))
+}
+
+#[tokio::test]
+async fn register_on_one_log_in_on_the_other() {
+    let Some((a, b, _dirs)) = two_instances("register_on_one_log_in_on_the_other", |_| {}).await
+    else {
+        return;
+    };
+    let user = a.register("Shared", "shared@example.com").await;
+    let token = b.login("SHARED@example.com", PASSWORD).await;
+    let me = b.get("/api/auth/me").token(&user.token).send().await;
+    me.assert_ok(200);
+    assert_eq!(me.body["_id"], user.id.as_str());
+    a.get("/api/auth/me")
+        .token(&token)
+        .send()
+        .await
+        .assert_ok(200);
+    // The email is taken on both.
+    b.post("/api/auth/register")
+        .json(json!({"name": "X", "email": "shared@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .assert_error(409, "email_taken");
+}
+
+#[tokio::test]
+async fn logout_and_password_changes_revoke_on_every_instance() {
+    let Some((a, b, _dirs)) = two_instances(
+        "logout_and_password_changes_revoke_on_every_instance",
+        |_| {},
+    )
+    .await
+    else {
+        return;
+    };
+    let user = a.register("Moving", "moving@example.com").await;
+    let second = a.login("moving@example.com", PASSWORD).await;
+    // Logged out on B: refused on A.
+    b.post("/api/auth/logout")
+        .token(&user.token)
+        .send()
+        .await
+        .assert_ok(200);
+    a.get("/api/auth/me")
+        .token(&user.token)
+        .send()
+        .await
+        .assert_error(401, "invalid_token");
+    // Password changed on A: the older token fails on B.
+    a.patch(&format!("/api/users/{}", user.id))
+        .token(&second)
+        .json(json!({"password": "a new password"}))
+        .send()
+        .await
+        .assert_ok(200);
+    b.get("/api/auth/me")
+        .token(&second)
+        .send()
+        .await
+        .assert_error(401, "invalid_token");
+    b.login("moving@example.com", "a new password").await;
+}
+
+#[tokio::test]
+async fn failed_logins_spread_over_instances_are_throttled() {
+    let Some((a, b, _dirs)) =
+        two_instances("failed_logins_spread_over_instances_are_throttled", |s| {
+            s.limits.login_failures_per_account = 4;
+        })
+        .await
+    else {
+        return;
+    };
+    a.register("Target", "target@example.com").await;
+    for server in [&a, &b, &a, &b] {
+        server
+            .post("/api/auth/login")
+            .json(json!({"email": "target@example.com", "password": "wrong password"}))
+            .send()
+            .await
+            .assert_error(401, "invalid_credentials");
+    }
+    for server in [&a, &b] {
+        let reply = server
+            .post("/api/auth/login")
+            .json(json!({"email": "target@example.com", "password": PASSWORD}))
+            .send()
+            .await;
+        reply.assert_error(429, "too_many_attempts");
+        assert!(reply.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_registrations_over_two_instances_yield_one_200() {
+    let Some((a, b, _dirs)) = two_instances(
+        "concurrent_registrations_over_two_instances_yield_one_200",
+        |_| {},
+    )
+    .await
+    else {
+        return;
+    };
+    let attempts = (0..50).map(|i| {
+        let server = if i % 2 == 0 { &a } else { &b };
+        let email = if i % 3 == 0 {
+            "race@example.com"
+        } else {
+            "Race@EXAMPLE.com"
+        };
+        server
+            .post("/api/auth/register")
+            .json(json!({"name": format!("racer {i}"), "email": email, "password": PASSWORD}))
+            .send()
+    });
+    let handles: Vec<_> = attempts.map(tokio::spawn).collect();
+    let mut statuses = Vec::new();
+    for handle in handles {
+        statuses.push(handle.await.unwrap().status);
+    }
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    let conflicts = statuses.iter().filter(|&&s| s == 409).count();
+    assert_eq!((ok, conflicts), (1, 49), "{statuses:?}");
+}
+
+#[test]
+fn an_unreachable_database_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    let (status, _, stderr) = run_binary(
+        &["--port", "0", "--data-dir", dir.path().to_str().unwrap()],
+        &[
+            (
+                "GATEHOUSE_STORE__URL",
+                "postgres://gatehouse@127.0.0.1:1/none",
+            ),
+            (
+                "GATEHOUSE_AUTH__SECRET",
+                "a-secret-of-more-than-thirty-two-bytes",
+            ),
+        ],
+        "",
+    );
+    assert!(!status.success());
+    assert!(stderr.contains("store.url"), "{stderr}");
+    assert!(!stderr.contains("listening"), "{stderr}");
+}
+
+/// A TCP relay to the test database that can drop every connection and refuse
+/// new ones, then come back: the database "lost" and "returned".
+struct Relay {
+    address: String,
+    up: Arc<AtomicBool>,
+    cut: Arc<Notify>,
+}
+
+impl Relay {
+    async fn start(target: String) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let up = Arc::new(AtomicBool::new(true));
+        let cut = Arc::new(Notify::new());
+        let (up2, cut2) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // Dropped: the connection is refused in effect.
+                }
+                let (target, cut) = (target.clone(), cut2.clone());
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Relay { address, up, cut }
+    }
+
+    fn lose(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_lost_database_is_a_bounded_503_and_recovers() {
+    let Some(base) = test_database_url() else {
+        not_run("a_lost_database_is_a_bounded_503_and_recovers");
+        return;
+    };
+    let schema_url = fresh_schema_url().await;
+    let parsed: tokio_postgres::Config = base.parse().unwrap();
+    let host = match &parsed.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        #[allow(unreachable_patterns)]
+        _ => "127.0.0.1".to_string(),
+    };
+    let port = parsed.get_ports().first().copied().unwrap_or(5432);
+    let relay = Relay::start(format!("{host}:{port}")).await;
+    // The same database and schema, through the relay.
+    let through_relay = schema_url.replacen(&format!("{host}:{port}"), &relay.address, 1);
+    assert_ne!(
+        through_relay, schema_url,
+        "the URL names host:port explicitly"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    settings.store.url = Some(Secret::new(through_relay));
+    let server = TestServer::start_settings(settings).await;
+    let user = server.register("Fragile", "fragile@example.com").await;
+
+    relay.lose();
+    let started = Instant::now();
+    let me = server.get("/api/auth/me").token(&user.token).send().await;
+    me.assert_error(503, "store_unavailable");
+    let health = server.get("/healthz").send().await;
+    assert_eq!(health.status, 503, "{}", health.text);
+    server
+        .post("/api/auth/login")
+        .json(json!({"email": "fragile@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .assert_error(503, "store_unavailable");
+    // Bounded: each answer came within the store's operation timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+
+    relay.restore();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let health = server.get("/healthz").send().await;
+        if health.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {}", health.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server
+        .get("/api/auth/me")
+        .token(&user.token)
+        .send()
+        .await
+        .assert_ok(200);
+}
