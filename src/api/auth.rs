@@ -80,6 +80,11 @@ pub async fn logout(ctx: RequestContext) -> Result<HttpResponse, ApiError> {
 }
 
 fn token_response(app: &App, user: &User) -> Result<HttpResponse, ApiError> {
-    let (token, _) = app.tokens.issue(user, unix_now())?;
+    // Signing with our own HS256 key cannot fail short of a bug: a 500, not
+    // the 401 that `From<TokenError>` would make of it.
+    let (token, _) = app
+        .tokens
+        .issue(user, unix_now())
+        .map_err(|e| ApiError::Internal(format!("signing a token: {e}")))?;
     Ok(json(StatusCode::OK, &json!({"auth": true, "token": token})))
 }
