@@ -3,8 +3,8 @@
 //! bcrypt blocks a thread for tens to hundreds of milliseconds. Every hash and
 //! verify runs on one of this module's own threads (one per core), never on an
 //! async worker; requests wait for a free thread asynchronously, in a bounded
-//! queue. The threads run at a lower CPU priority (nice 5), so a flood of
-//! logins cannot starve token-checked reads of CPU, while logins still get a
+//! queue. The threads run at the lowest nice value (19), so a flood of logins
+//! cannot starve token-checked reads of CPU, while logins still get a small
 //! share when reads keep the CPU busy. This module must never hash a
 //! password longer than bcrypt reads (72 bytes): `verify` refuses one itself,
 //! `hash` expects callers to have checked the input rules.
@@ -137,12 +137,13 @@ impl PasswordHasher {
     }
 }
 
-/// The nice value of hashing threads. Under full CPU contention the kernel
-/// gives a nice-5 thread about a quarter of a core against a nice-0 one: token
-/// checks keep about three quarters of their speed during a login flood, and
-/// logins still progress during a flood of reads. (`SCHED_IDLE` would starve
-/// logins outright whenever reads keep the CPU busy.)
-pub const HASHING_NICE: i32 = 5;
+/// The nice value of hashing threads: the lowest. Under full CPU contention
+/// the kernel gives a nice-19 thread about 1.5% of a core against a nice-0
+/// one, so token checks keep their speed and their tail latency during a
+/// login flood (nice 5 let hashing slices push the reads' p99 past 5× solo).
+/// Logins still progress, slowly, while reads saturate the CPU, and get all
+/// of it otherwise. (`SCHED_IDLE` would starve them outright.)
+pub const HASHING_NICE: i32 = 19;
 
 /// Lowers the calling thread's priority to [`HASHING_NICE`] (never raises
 /// it: a process started with a higher nice value keeps it). Lowering needs no

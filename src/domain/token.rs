@@ -5,7 +5,11 @@
 //! of clock leeway. It says nothing about revocation or the user's existence:
 //! the token check in `http::auth` does that against the store.
 
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
 use super::user::User;
@@ -39,6 +43,8 @@ pub enum TokenError {
     TooLong,
     #[error("token issued in the future")]
     IssuedInFuture,
+    #[error("token expired")]
+    Expired,
     #[error("{0}")]
     Jwt(#[from] jsonwebtoken::errors::Error),
 }
@@ -49,7 +55,16 @@ pub struct TokenKeys {
     validation: Validation,
     issuer: String,
     ttl_secs: u64,
+    /// Tokens that passed the full check recently, by their exact text. A
+    /// repeat of the same bytes skips the signature check and the parsing,
+    /// which are most of a token check's cost; its expiry is still checked
+    /// every time (the only verdict that changes with time: `nbf` and `iat`
+    /// only become more valid). Bounded, least recently used out.
+    verified: Mutex<LruCache<String, Claims>>,
 }
+
+/// Tokens remembered as verified (about 2 MB at most).
+const VERIFIED_CACHE: usize = 4096;
 
 impl TokenKeys {
     /// `secret` must be non-empty (config enforces 32 bytes or more).
@@ -66,6 +81,9 @@ impl TokenKeys {
             validation,
             issuer: issuer.to_string(),
             ttl_secs,
+            verified: Mutex::new(LruCache::new(
+                NonZeroUsize::new(VERIFIED_CACHE).unwrap_or(NonZeroUsize::MIN),
+            )),
         })
     }
 
@@ -87,11 +105,24 @@ impl TokenKeys {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLong);
         }
+        if let Some(claims) = self.cache().get(token) {
+            if claims.exp + LEEWAY_SECS < now {
+                return Err(TokenError::Expired);
+            }
+            return Ok(claims.clone());
+        }
         let claims = decode::<Claims>(token, &self.decoding, &self.validation)?.claims;
         if claims.iat > now + LEEWAY_SECS {
             return Err(TokenError::IssuedInFuture);
         }
+        self.cache().put(token.to_string(), claims.clone());
         Ok(claims)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, LruCache<String, Claims>> {
+        // A cache only: a panic elsewhere cannot leave it worse than stale,
+        // and every entry in it did verify.
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -126,6 +157,25 @@ mod tests {
         assert_eq!(verified.iss, "gatehouse");
         assert!(keys().verify(&token, now).is_err(), "expired long ago");
         assert_ne!(claims.jti, verified.jti);
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let now = crate::domain::unix_now();
+        let keys = TokenKeys::new(&[7u8; 32], "gatehouse", 60).unwrap();
+        let (token, _) = keys.issue(&user(), now).unwrap();
+        assert!(keys.verify(&token, now).is_ok());
+        assert!(keys.verify(&token, now + 10).is_ok(), "from the cache");
+        assert!(matches!(
+            keys.verify(&token, now + 60 + LEEWAY_SECS + 1),
+            Err(TokenError::Expired)
+        ));
+        // A different text (one byte changed) is checked in full.
+        let mut forged = token.clone().into_bytes();
+        let last = forged.len() - 1;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert!(keys.verify(&forged, now).is_err());
     }
 
     #[test]
