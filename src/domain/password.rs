@@ -130,6 +130,11 @@ impl PasswordHasher {
     ) -> Result<T, HashError> {
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move || {
+            // The request that asked is gone (its client hung up while the
+            // job queued): spend no CPU on an answer nobody will read.
+            if done.is_closed() {
+                return;
+            }
             let _ = done.send(work());
         });
         self.jobs.send(job).await.map_err(|_| HashError::Closed)?;
@@ -188,6 +193,50 @@ mod tests {
             .verify("x".into(), Some("not a hash".into()))
             .await
             .unwrap());
+    }
+
+    #[tokio::test]
+    async fn abandoned_jobs_are_skipped() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let hasher = Arc::new(PasswordHasher::new(4));
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Occupy every hashing thread until released.
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let blocked = Arc::new(Mutex::new(blocked));
+        let (started, mut running) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let mut holders = Vec::new();
+        for _ in 0..threads {
+            let (hasher, blocked, started) = (hasher.clone(), blocked.clone(), started.clone());
+            holders.push(tokio::spawn(async move {
+                hasher
+                    .run(move || {
+                        let _ = started.send(());
+                        let _ = blocked.lock().map(|b| b.recv());
+                    })
+                    .await
+            }));
+        }
+        for _ in 0..threads {
+            running.recv().await.unwrap();
+        }
+        // Queue jobs whose callers then give up.
+        let ran = Arc::new(AtomicUsize::new(0));
+        for _ in 0..8 {
+            let ran = ran.clone();
+            let abandoned = hasher.run(move || {
+                ran.fetch_add(1, Ordering::SeqCst);
+            });
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(1), abandoned).await;
+        }
+        for _ in 0..threads {
+            release.send(()).unwrap();
+        }
+        for holder in holders {
+            holder.await.unwrap().unwrap();
+        }
+        // A job queued after the abandoned ones has run, so they were reached.
+        hasher.run(|| ()).await.unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
