@@ -343,7 +343,7 @@ CEILING=$(taskset -c "$SERVER_CPU" "$BIN_DIR/examples/bcrypt_ceiling" "$COST" "$
 # --- 4. many users: seed, cold start, RSS, disk -------------------------------------
 log "seeding $USERS users (server stopped)"
 SEEDED=$WORK/data-seeded
-SEED_OUTPUT=$("$BIN_DIR/examples/seed" "$SEEDED" "$USERS" "$COST")
+SEED_OUTPUT=$(GATEHOUSE_AUTH__SECRET=$SECRET "$BIN_DIR/examples/seed" "$SEEDED" "$USERS" "$COST")
 log "$SEED_OUTPUT"
 SEED_SECS=$(sed -n 's/.* in \([0-9.]*\) s .*/\1/p' <<<"$SEED_OUTPUT")
 ADMIN_EMAIL=admin@bench.example
