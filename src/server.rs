@@ -57,7 +57,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
-    tracing::info!(%address, "gatehouse listening");
+    tracing::info!(%address, store = %app.store.kind(), "gatehouse listening");
     let settings = &app.settings.server;
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())

@@ -170,10 +170,6 @@ impl Fields {
             None => Ok(()),
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
 }
 
 #[cfg(test)]

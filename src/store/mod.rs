@@ -100,6 +100,7 @@ impl Store {
         }
     }
 
+    /// Which store this is, for the start-up log line.
     pub fn kind(&self) -> &'static str {
         match self {
             Store::Sled { .. } => "sled",
@@ -277,15 +278,6 @@ impl Store {
         match self {
             Store::Sled { db, .. } => db.flush().await,
             Store::Postgres { .. } => Ok(()),
-        }
-    }
-
-    /// In-memory login-failure keys tracked (accounts, addresses); `None` for
-    /// the shared store, whose counters live in the database.
-    pub fn throttle_len(&self) -> Option<(usize, usize)> {
-        match self {
-            Store::Sled { throttle, .. } => Some(throttle.len()),
-            Store::Postgres { .. } => None,
         }
     }
 }
