@@ -100,34 +100,24 @@ impl PgStore {
         Ok(store)
     }
 
+    /// Applies the migrations. Two instances starting at once can both try
+    /// the same `CREATE … IF NOT EXISTS`, and PostgreSQL may then refuse the
+    /// slower one (a duplicate in its catalog); that attempt is simply run
+    /// again, and finds the work done.
     async fn migrate(&self) -> Result<(), StoreError> {
-        self.run(|client| async move {
-            client
-                .batch_execute(
-                    "CREATE TABLE IF NOT EXISTS gatehouse_migrations (version INT PRIMARY KEY)",
-                )
-                .await?;
-            for (version, sql) in MIGRATIONS {
-                let applied = client
-                    .query_opt(
-                        "SELECT version FROM gatehouse_migrations WHERE version = $1",
-                        &[version],
-                    )
-                    .await?
-                    .is_some();
-                if !applied {
-                    client.batch_execute(sql).await?;
-                    client
-                        .execute(
-                            "INSERT INTO gatehouse_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING",
-                            &[version],
-                        )
-                        .await?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .run(|client| async move { apply_migrations(&client).await })
+                .await
+            {
+                Err(StoreError::EmailTaken | StoreError::Corrupt { .. }) if attempt < ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
                 }
+                other => return other,
             }
-            Ok(())
-        })
-        .await
+        }
     }
 
     pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
@@ -458,6 +448,31 @@ impl PgStore {
             )),
         }
     }
+}
+
+async fn apply_migrations(client: &deadpool_postgres::Object) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS gatehouse_migrations (version INT PRIMARY KEY)")
+        .await?;
+    for (version, sql) in MIGRATIONS {
+        let applied = client
+            .query_opt(
+                "SELECT version FROM gatehouse_migrations WHERE version = $1",
+                &[version],
+            )
+            .await?
+            .is_some();
+        if !applied {
+            client.batch_execute(sql).await?;
+            client
+                .execute(
+                    "INSERT INTO gatehouse_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING",
+                    &[version],
+                )
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 fn retryable(error: &tokio_postgres::Error) -> bool {

@@ -162,6 +162,25 @@ async fn concurrent_registrations_over_two_instances_yield_one_200() {
     assert_eq!((ok, conflicts), (1, 49), "{statuses:?}");
 }
 
+#[tokio::test]
+async fn instances_starting_at_once_all_migrate() {
+    if test_database_url().is_none() {
+        not_run("instances_starting_at_once_all_migrate");
+        return;
+    }
+    let url = fresh_schema_url().await;
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let opening = dirs.iter().map(|dir| {
+        let mut settings = test_settings(dir.path());
+        settings.store.url = Some(Secret::new(url.clone()));
+        tokio::spawn(async move { gatehouse::App::open(settings).await.map(|_| ()) })
+    });
+    let opening: Vec<_> = opening.collect();
+    for open in opening {
+        open.await.unwrap().expect("every instance starts");
+    }
+}
+
 #[test]
 fn an_unreachable_database_stops_start_up() {
     let dir = tempfile::tempdir().unwrap();
