@@ -118,7 +118,7 @@ async fn names_are_stored_and_returned_verbatim() {
 store_test! {
 async fn a_declared_oversized_body_is_refused_before_it_is_read() {
     let server = TestServer::start().await;
-    let mut stream = TcpStream::connect(server.base.trim_start_matches("http://"))
+    let mut stream = TcpStream::connect(server.address())
         .await
         .unwrap();
     // Declare 10 MB, send only the head and a few bytes: the answer must come
@@ -138,7 +138,7 @@ async fn a_declared_oversized_body_is_refused_before_it_is_read() {
 store_test! {
 async fn a_chunked_body_over_the_limit_is_413() {
     let server = TestServer::start_with(|s| s.limits.body_bytes = 1024).await;
-    let mut stream = TcpStream::connect(server.base.trim_start_matches("http://"))
+    let mut stream = TcpStream::connect(server.address())
         .await
         .unwrap();
     let chunk = "a".repeat(600);
@@ -154,7 +154,7 @@ async fn a_chunked_body_over_the_limit_is_413() {
 store_test! {
 async fn a_slow_client_is_cut_off_while_others_are_served() {
     let server = TestServer::start_with(|s| s.server.header_timeout_secs = 1).await;
-    let address = server.base.trim_start_matches("http://").to_string();
+    let address = server.address();
 
     // Headers that never finish.
     let mut slow_headers = TcpStream::connect(&address).await.unwrap();
@@ -200,7 +200,7 @@ async fn a_slow_client_is_cut_off_while_others_are_served() {
 store_test! {
 async fn a_silent_connection_is_closed() {
     let server = TestServer::start_with(|s| s.server.header_timeout_secs = 1).await;
-    let mut silent = TcpStream::connect(server.base.trim_start_matches("http://"))
+    let mut silent = TcpStream::connect(server.address())
         .await
         .unwrap();
     assert!(closed_within(&mut silent, Duration::from_secs(10)).await);

@@ -10,14 +10,10 @@ use crate::support::*;
 
 const GET_API: &[u8] = b"GET /api HTTP/1.1\r\nhost: x\r\n\r\n";
 
-fn address(server: &TestServer) -> String {
-    server.base.trim_start_matches("http://").to_string()
-}
-
 #[tokio::test]
 async fn a_client_dribbling_its_headers_is_cut_off_while_others_are_served() {
     let server = TestServer::start_with(|s| s.server.header_timeout_secs = 1).await;
-    let stream = TcpStream::connect(address(&server)).await.unwrap();
+    let stream = TcpStream::connect(server.address()).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
     // One byte every 200 ms: 40 bytes would take 8 s, far past the 1 s limit.
     let partial_head = b"GET /api HTTP/1.1\r\nhost: x\r\nx-slow: abcdefghij";
@@ -62,7 +58,7 @@ async fn a_client_dribbling_its_headers_is_cut_off_while_others_are_served() {
 #[tokio::test]
 async fn five_hundred_concurrent_keep_alive_connections_all_get_answers() {
     let server = TestServer::start().await;
-    let address = address(&server);
+    let address = server.address();
     let clients: Vec<_> = (0..500)
         .map(|_| {
             let address = address.clone();
@@ -92,7 +88,7 @@ async fn five_hundred_concurrent_keep_alive_connections_all_get_answers() {
 #[tokio::test]
 async fn clients_over_the_connection_limit_get_a_quick_503() {
     let server = TestServer::start_with(|s| s.server.max_connections = 4).await;
-    let address = address(&server);
+    let address = server.address();
     let mut held = Vec::new();
     for _ in 0..4 {
         let mut stream = TcpStream::connect(&address).await.unwrap();

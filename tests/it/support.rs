@@ -162,6 +162,11 @@ impl TestServer {
         }
     }
 
+    /// `IP:PORT`, for raw TCP clients.
+    pub fn address(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
