@@ -77,7 +77,7 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    let _log_guard = init_logging();
+    let _log_guard = crate::log::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -203,31 +203,4 @@ fn raise_open_files_limit(max_connections: usize) {
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "cannot read or raise the open-files limit"),
     }
-}
-
-/// Logs to standard error through a background writer thread, so a request
-/// never waits on a `write` system call for its log line. Lines are never
-/// dropped: when the writer falls behind, logging callers wait. The returned
-/// guard flushes what is queued when dropped, at exit.
-fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
-    // RUST_LOG takes a plain level (error, warn, info, debug, trace).
-    let level = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse::<tracing::Level>().ok())
-        .unwrap_or(tracing::Level::INFO);
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("log writer")
-        // The writer thread drains its queue into this buffer and flushes it
-        // once the queue is empty: one system call per burst, not per line.
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(writer)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    guard
 }

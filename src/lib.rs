@@ -13,6 +13,7 @@
 //!   into [`config::Settings`] before anything binds or opens.
 //! - [`app`]: [`app::App`], the only shared state: settings, store, signing keys,
 //!   password hasher, login throttle. Passed explicitly, never global.
+//! - [`log`]: the log line's format and its background writer.
 //! - [`server`]: the IO edge: accept loop, connection cap, timeouts, request log,
 //!   graceful shutdown.
 //! - [`http`]: the route table and router, `ApiError` and its JSON bodies, the
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod log;
 pub mod server;
 pub mod store;
 

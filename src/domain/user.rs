@@ -75,32 +75,42 @@ impl User {
         self.role == Role::Admin
     }
 
-    pub fn view(&self) -> UserView {
+    pub fn view(&self) -> UserView<'_> {
         UserView {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            email: self.email.clone(),
+            id: &self.id,
+            name: &self.name,
+            email: &self.email,
             role: self.role,
-            created_at: rfc3339(self.created_at),
-            updated_at: rfc3339(self.updated_at),
+            created_at: Timestamp(self.created_at),
+            updated_at: Timestamp(self.updated_at),
         }
     }
 }
 
 /// The user object of the contract. It has no password field by construction.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct UserView {
+/// It borrows from its [`User`]: serializing it copies each string once, into
+/// the response body.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct UserView<'u> {
     #[serde(rename = "_id")]
-    pub id: String,
-    pub name: String,
-    pub email: String,
+    pub id: &'u str,
+    pub name: &'u str,
+    pub email: &'u str,
     pub role: Role,
-    pub created_at: String,
-    pub updated_at: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
 }
 
-fn rfc3339(unix_secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_secs)).to_string()
+/// Unix seconds, serialized as RFC 3339 UTC (`2023-11-14T22:13:20Z`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timestamp(pub u64);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_rfc3339_seconds(
+            UNIX_EPOCH + Duration::from_secs(self.0),
+        ))
+    }
 }
 
 /// A broken input rule; the message names the field.

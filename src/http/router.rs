@@ -138,17 +138,15 @@ pub fn resolve<'p>(method: &Method, path: &'p str) -> Resolution<'p> {
     }
 }
 
-/// `Some(id segment or None)` if `path` fits `pattern`.
+/// `Some(id segment or None)` if `path` fits `pattern`. Compares whole
+/// strings rather than splitting into segments: this runs for every route on
+/// every request.
 fn matches<'p>(pattern: &str, path: &'p str) -> Option<Option<&'p str>> {
-    let mut id = None;
-    let mut pattern_segments = pattern.split('/');
-    let mut path_segments = path.split('/');
-    loop {
-        match (pattern_segments.next(), path_segments.next()) {
-            (None, None) => return Some(id),
-            (Some("{id}"), Some(segment)) if !segment.is_empty() => id = Some(segment),
-            (Some(expected), Some(segment)) if expected == segment => {}
-            _ => return None,
+    match pattern.split_once("{id}") {
+        None => (pattern == path).then_some(None),
+        Some((prefix, suffix)) => {
+            let id = path.strip_prefix(prefix)?.strip_suffix(suffix)?;
+            (!id.is_empty() && !id.contains('/')).then_some(Some(id))
         }
     }
 }

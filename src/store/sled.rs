@@ -15,8 +15,17 @@
 //!
 //! Writes (and their flush) run on tokio's blocking pool; reads are in-memory
 //! lookups and run inline.
+//!
+//! Every token-checked request reads its user by id, so recently read users
+//! are also kept decoded in a small [`UserCache`]. sled lets one process open
+//! a database, so every write goes through this file, and each one that
+//! changes a user forgets it from the cache before it is acknowledged.
 
+use std::num::NonZeroUsize;
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use lru::LruCache;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
@@ -32,12 +41,16 @@ use crate::domain::user::User;
 /// 0.95× its speed on a fresh store).
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Users kept decoded by [`UserCache`] (about 400 bytes each).
+const CACHED_USERS: usize = 4096;
+
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
     users: sled::Tree,
     emails: sled::Tree,
     revoked: sled::Tree,
+    cache: Arc<UserCache>,
 }
 
 impl SledStore {
@@ -53,14 +66,24 @@ impl SledStore {
             emails: db.open_tree("emails")?,
             revoked: db.open_tree("revoked")?,
             db,
+            cache: Arc::new(UserCache::new(CACHED_USERS)),
         })
     }
 
     pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
-        self.users
+        let generation = match self.cache.get(id) {
+            Ok(user) => return Ok(Some(user)),
+            Err(generation) => generation,
+        };
+        let user = self
+            .users
             .get(id.as_bytes())?
             .map(|bytes| decode_user(id.as_bytes(), &bytes))
-            .transpose()
+            .transpose()?;
+        if let Some(user) = &user {
+            self.cache.insert(user, generation);
+        }
+        Ok(user)
     }
 
     pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
@@ -130,7 +153,7 @@ impl SledStore {
         let store = self.clone();
         let id = id.to_string();
         self.write(move || {
-            (&store.users, &store.emails)
+            let updated = (&store.users, &store.emails)
                 .transaction(|(users, emails)| {
                     let mut user = load(users, &id)?;
                     let old_email = user.email.clone();
@@ -145,7 +168,11 @@ impl SledStore {
                     users.insert(user.id.as_bytes(), encode_user(&user))?;
                     Ok(user)
                 })
-                .map_err(tx_error)
+                .map_err(tx_error);
+            // Here, in the blocking task, rather than after the await: the
+            // write commits even if the request that made it goes away.
+            store.cache.forget(&id);
+            updated
         })
         .await
     }
@@ -155,14 +182,16 @@ impl SledStore {
         let store = self.clone();
         let id = id.to_string();
         self.write(move || {
-            (&store.users, &store.emails)
+            let deleted = (&store.users, &store.emails)
                 .transaction(|(users, emails)| {
                     let user = load(users, &id)?;
                     users.remove(user.id.as_bytes())?;
                     emails.remove(user.email.as_bytes())?;
                     Ok(user)
                 })
-                .map_err(tx_error)
+                .map_err(tx_error);
+            store.cache.forget(&id);
+            deleted
         })
         .await
     }
@@ -229,6 +258,64 @@ impl SledStore {
             Ok(value)
         })
         .await?
+    }
+}
+
+/// Recently read users by id, decoded.
+///
+/// A read that misses notes the cache's generation before it reads sled, and
+/// keeps its result only if no write has forgotten any user since: otherwise a
+/// read that raced an update could put the old record back after the update
+/// forgot it, and serve it until evicted.
+struct UserCache {
+    inner: Mutex<CachedUsers>,
+}
+
+struct CachedUsers {
+    users: LruCache<String, User>,
+    /// Bumped by every [`UserCache::forget`].
+    generation: u64,
+}
+
+impl UserCache {
+    fn new(capacity: usize) -> UserCache {
+        UserCache {
+            inner: Mutex::new(CachedUsers {
+                users: LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN)),
+                generation: 0,
+            }),
+        }
+    }
+
+    /// The cached user, or the generation to hand back to [`UserCache::insert`].
+    fn get(&self, id: &str) -> Result<User, u64> {
+        let mut inner = self.lock();
+        match inner.users.get(id) {
+            Some(user) => Ok(user.clone()),
+            None => Err(inner.generation),
+        }
+    }
+
+    /// Keeps `user`, read from sled after [`UserCache::get`] gave `generation`,
+    /// unless a write has happened since.
+    fn insert(&self, user: &User, generation: u64) {
+        let mut inner = self.lock();
+        if inner.generation == generation {
+            inner.users.put(user.id.clone(), user.clone());
+        }
+    }
+
+    /// Called after every committed change to the user `id`.
+    fn forget(&self, id: &str) {
+        let mut inner = self.lock();
+        inner.users.pop(id);
+        inner.generation += 1;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CachedUsers> {
+        // Every operation leaves the cache consistent, even one that panicked
+        // half-way: a lost entry is only a miss.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -329,6 +416,41 @@ mod tests {
             Err(StoreError::NotFound)
         ));
         store.insert_user(user("b@x.io")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn cached_users_follow_updates_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let a = store.insert_user(user("a@x.io")).await.unwrap();
+        assert_eq!(store.user_by_id(&a.id).await.unwrap().unwrap().name, "N");
+        assert!(store.cache.get(&a.id).is_ok(), "the read was cached");
+        let rename = UserPatch {
+            name: Some("Renamed".into()),
+            ..UserPatch::default()
+        };
+        store.update_user(&a.id, rename, 2).await.unwrap();
+        assert_eq!(
+            store.user_by_id(&a.id).await.unwrap().unwrap().name,
+            "Renamed"
+        );
+        store.delete_user(&a.id).await.unwrap();
+        assert!(store.user_by_id(&a.id).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn a_read_that_raced_a_write_is_not_cached() {
+        let cache = UserCache::new(8);
+        let stale = user("a@x.io");
+        let generation = cache.get(&stale.id).unwrap_err();
+        // An update commits and forgets the user between the read and its
+        // insert: the stale record must not be kept.
+        cache.forget(&stale.id);
+        cache.insert(&stale, generation);
+        assert!(cache.get(&stale.id).is_err());
+        let generation = cache.get(&stale.id).unwrap_err();
+        cache.insert(&stale, generation);
+        assert!(cache.get(&stale.id).is_ok());
     }
 
     #[tokio::test]

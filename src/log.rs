@@ -1,0 +1,216 @@
+//! The log: where lines go (standard error, through a background writer
+//! thread) and what one looks like:
+//!
+//! ```text
+//! 2026-11-29T00:42:24.123456Z  INFO gatehouse::server: request method=GET path=/api/auth/me status=200 micros=41 peer=127.0.0.1:50412
+//! ```
+//!
+//! The line format is written by hand rather than by `tracing-subscriber`'s
+//! default formatter: the server logs one line per request, and the default
+//! formatter cost a token-checked read about a fifth of its throughput
+//! (see BENCHMARKS.md). This module decides only the shape of a line; what is
+//! logged, and that no secret ever is, is up to the callers.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Logs to standard error through a background writer thread, so a request
+/// never waits on a `write` system call for its log line. Lines are never
+/// dropped: when the writer falls behind, logging callers wait. The returned
+/// guard flushes what is queued when dropped, at exit.
+///
+/// `RUST_LOG` takes a plain level (error, warn, info, debug, trace); the
+/// default is info.
+pub fn init() -> WorkerGuard {
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log writer")
+        // The writer thread drains its queue into this buffer and flushes it
+        // once the queue is empty: one system call per burst, not per line.
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(writer)
+        .event_format(LineFormat)
+        .init();
+    guard
+}
+
+/// `<RFC 3339 UTC time, microseconds> <LEVEL> <target>: <message> <k=v>...`,
+/// the same shape as `tracing-subscriber`'s default format without colours.
+/// String fields are quoted and escaped (`name="a \"b\""`), so a value cannot
+/// forge a second line or a field; `%`-formatted fields are written as they
+/// display.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LineFormat;
+
+impl<S, N> FormatEvent<S, N> for LineFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        format_line(&mut writer, SystemTime::now(), event)
+    }
+}
+
+fn format_line(out: &mut impl fmt::Write, now: SystemTime, event: &Event<'_>) -> fmt::Result {
+    let metadata = event.metadata();
+    write!(
+        out,
+        "{} {:>5} {}:",
+        humantime::format_rfc3339_micros(now),
+        metadata.level(),
+        metadata.target()
+    )?;
+    // The message first, then the other fields in their order: two passes
+    // over the fields instead of a buffer.
+    write_fields(out, event, true)?;
+    write_fields(out, event, false)?;
+    out.write_char('\n')
+}
+
+/// Writes either the `message` field or every other field, each after a
+/// space.
+fn write_fields(out: &mut impl fmt::Write, event: &Event<'_>, message: bool) -> fmt::Result {
+    let mut writer = FieldWriter {
+        out,
+        message,
+        result: Ok(()),
+    };
+    event.record(&mut writer);
+    writer.result
+}
+
+struct FieldWriter<'o, W> {
+    out: &'o mut W,
+    message: bool,
+    result: fmt::Result,
+}
+
+impl<W: fmt::Write> FieldWriter<'_, W> {
+    fn write(&mut self, field: &Field, value: fmt::Arguments<'_>) {
+        let is_message = field.name() == "message";
+        if self.result.is_err() || is_message != self.message {
+            return;
+        }
+        self.result = if is_message {
+            write!(self.out, " {value}")
+        } else {
+            write!(self.out, " {}={value}", field.name())
+        };
+    }
+}
+
+impl<W: fmt::Write> Visit for FieldWriter<'_, W> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.write(field, format_args!("{value}"));
+        } else {
+            self.write(field, format_args!("{value:?}"));
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.write(field, format_args!("{value}"));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.write(field, format_args!("{value}"));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.write(field, format_args!("{value}"));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.write(field, format_args!("{value:?}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// Collects formatted lines, with a fixed clock.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<String>>);
+
+    impl<S: Subscriber> tracing_subscriber::Layer<S> for Lines {
+        fn on_event(&self, event: &Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+            let now = UNIX_EPOCH + Duration::from_micros(1_764_376_944_123_456);
+            let mut lines = self.0.lock().unwrap();
+            format_line(&mut *lines, now, event).unwrap();
+        }
+    }
+
+    fn logged(emit: impl FnOnce()) -> String {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let lines = Lines::default();
+        let subscriber = tracing_subscriber::registry().with(lines.clone());
+        tracing::subscriber::with_default(subscriber, emit);
+        let text = lines.0.lock().unwrap().clone();
+        text
+    }
+
+    #[test]
+    fn a_request_line_has_its_fields_after_the_message() {
+        let peer: std::net::SocketAddr = "127.0.0.1:50412".parse().unwrap();
+        let text = logged(|| {
+            tracing::info!(
+                method = %"GET",
+                path = %"/api/auth/me",
+                status = 200u16,
+                micros = 41u64,
+                %peer,
+                "request"
+            )
+        });
+        assert_eq!(
+            text,
+            "2025-11-29T00:42:24.123456Z  INFO gatehouse::log::tests: request \
+             method=GET path=/api/auth/me status=200 micros=41 peer=127.0.0.1:50412\n"
+        );
+    }
+
+    #[test]
+    fn string_fields_are_quoted_so_they_cannot_forge_lines() {
+        let text = logged(|| tracing::warn!(reason = "a\nb \"c\"", "refused"));
+        assert_eq!(
+            text,
+            "2025-11-29T00:42:24.123456Z  WARN gatehouse::log::tests: refused \
+             reason=\"a\\nb \\\"c\\\"\"\n"
+        );
+        assert_eq!(text.lines().count(), 1);
+    }
+
+    #[test]
+    fn a_formatted_message_is_written_as_it_displays() {
+        let text = logged(|| tracing::error!(code = -3i64, ok = false, "failed: {}", 7));
+        assert!(
+            text.ends_with(" ERROR gatehouse::log::tests: failed: 7 code=-3 ok=false\n"),
+            "{text}"
+        );
+    }
+}
