@@ -12,7 +12,7 @@
 //! logged, and that no secret ever is, is up to the callers.
 
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -20,6 +20,8 @@ use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
+
+use crate::domain::time::Rfc3339;
 
 /// Logs to standard error through a background writer thread, so a request
 /// never waits on a `write` system call for its log line. Lines are never
@@ -75,18 +77,28 @@ where
 
 fn format_line(out: &mut impl fmt::Write, now: SystemTime, event: &Event<'_>) -> fmt::Result {
     let metadata = event.metadata();
-    write!(
-        out,
-        "{} {:>5} {}:",
-        humantime::format_rfc3339_micros(now),
-        metadata.level(),
-        metadata.target()
-    )?;
+    write_time(out, now)?;
+    write!(out, " {:>5} {}:", metadata.level(), metadata.target())?;
     // The message first, then the other fields in their order: two passes
     // over the fields instead of a buffer.
     write_fields(out, event, true)?;
     write_fields(out, event, false)?;
     out.write_char('\n')
+}
+
+/// `2026-11-29T00:42:24.123456Z`.
+fn write_time(out: &mut impl fmt::Write, now: SystemTime) -> fmt::Result {
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let second = Rfc3339::from_unix(since_epoch.as_secs());
+    out.write_str(&second.as_str()[..19])?;
+    let mut micros = since_epoch.subsec_micros();
+    let mut fraction = *b".000000Z";
+    for digit in fraction[1..7].iter_mut().rev() {
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    // Only ASCII digits and punctuation went in.
+    out.write_str(std::str::from_utf8(&fraction).unwrap_or(".000000Z"))
 }
 
 /// Writes either the `message` field or every other field, each after a
@@ -113,11 +125,14 @@ impl<W: fmt::Write> FieldWriter<'_, W> {
         if self.result.is_err() || is_message != self.message {
             return;
         }
-        self.result = if is_message {
-            write!(self.out, " {value}")
-        } else {
-            write!(self.out, " {}={value}", field.name())
-        };
+        self.result = self.out.write_char(' ');
+        if !is_message {
+            self.result = self
+                .result
+                .and_then(|()| self.out.write_str(field.name()))
+                .and_then(|()| self.out.write_char('='));
+        }
+        self.result = self.result.and_then(|()| self.out.write_fmt(value));
     }
 }
 
@@ -203,6 +218,19 @@ mod tests {
              reason=\"a\\nb \\\"c\\\"\"\n"
         );
         assert_eq!(text.lines().count(), 1);
+    }
+
+    #[test]
+    fn times_have_microseconds_and_follow_the_second() {
+        let at = |micros: u64| {
+            let mut text = String::new();
+            write_time(&mut text, UNIX_EPOCH + Duration::from_micros(micros)).unwrap();
+            text
+        };
+        assert_eq!(at(1_764_376_944_000_007), "2025-11-29T00:42:24.000007Z");
+        assert_eq!(at(1_764_376_944_999_999), "2025-11-29T00:42:24.999999Z");
+        assert_eq!(at(1_764_376_945_100_000), "2025-11-29T00:42:25.100000Z");
+        assert_eq!(at(0), "1970-01-01T00:00:00.000000Z");
     }
 
     #[test]

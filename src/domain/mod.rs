@@ -1,11 +1,12 @@
 //! The rules of the product, free of IO frameworks: users and their input
-//! rules, password hashing, tokens, login throttling.
+//! rules, password hashing, tokens, login throttling, timestamps as text.
 //!
 //! Nothing here names hyper or sled; status codes belong to `http`, storage to
 //! `store`.
 
 pub mod password;
 pub mod throttle;
+pub mod time;
 pub mod token;
 pub mod user;
 

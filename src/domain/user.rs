@@ -5,9 +5,10 @@
 //! process, and it has no field that could carry a password or a hash.
 
 use std::fmt;
-use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use super::time::Rfc3339;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -107,9 +108,7 @@ pub struct Timestamp(pub u64);
 
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&humantime::format_rfc3339_seconds(
-            UNIX_EPOCH + Duration::from_secs(self.0),
-        ))
+        serializer.serialize_str(Rfc3339::from_unix(self.0).as_str())
     }
 }
 

@@ -21,7 +21,11 @@ pub type HttpResponse = Response<Full<Bytes>>;
 pub fn json(status: StatusCode, body: &impl Serialize) -> HttpResponse {
     // Our bodies are plain structs and `serde_json::Value`s: serializing them
     // cannot fail, and an empty body would still be answered with its status.
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    // Sized for a user object, so the common answer needs no regrowth.
+    let mut bytes = Vec::with_capacity(256);
+    if serde_json::to_writer(&mut bytes, body).is_err() {
+        bytes.clear();
+    }
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = status;
     response

@@ -52,7 +52,8 @@ pub enum Endpoint {
 
 pub struct Route {
     pub method: Method,
-    /// Segments separated by `/`; `{id}` matches any one non-empty segment.
+    /// Segments separated by `/`; a last segment `{id}` matches any one
+    /// non-empty segment.
     pub path: &'static str,
     pub endpoint: Endpoint,
 }
@@ -142,10 +143,10 @@ pub fn resolve<'p>(method: &Method, path: &'p str) -> Resolution<'p> {
 /// strings rather than splitting into segments: this runs for every route on
 /// every request.
 fn matches<'p>(pattern: &str, path: &'p str) -> Option<Option<&'p str>> {
-    match pattern.split_once("{id}") {
+    match pattern.strip_suffix("{id}") {
         None => (pattern == path).then_some(None),
-        Some((prefix, suffix)) => {
-            let id = path.strip_prefix(prefix)?.strip_suffix(suffix)?;
+        Some(prefix) => {
+            let id = path.strip_prefix(prefix)?;
             (!id.is_empty() && !id.contains('/')).then_some(Some(id))
         }
     }
@@ -283,6 +284,11 @@ mod tests {
     #[test]
     fn every_route_is_reachable() {
         for route in ROUTES {
+            let id_segments = route.path.matches("{id}").count();
+            assert!(
+                id_segments == 0 || (id_segments == 1 && route.path.ends_with("/{id}")),
+                "{route:?}: `{{id}}` may only be the last segment"
+            );
             let path = route.path.replace("{id}", "some-id");
             assert!(
                 matches!(resolve(&route.method, &path), Resolution::Found(r, _) if r == route),
