@@ -13,13 +13,18 @@
 #      installs wrk from Debian's packages if it is missing (needs root);
 #   2. starts gatehouse on a fresh temporary data dir, pinned to CPU 0, with
 #      the default log level (info: one log line per request, as in
-#      production; stderr goes to a file), and drives it with wrk pinned to
-#      CPU 1: GET /api/auth/me (64 connections), /me again while a second wrk
-#      floods POST /api/auth/login (16 connections), login (16), register
-#      with unique emails (16), PATCH /api/users/{id} name changes by the user
-#      itself (64); notes the idle RSS;
-#   3. stops it, starts examples/baseline.rs (a bare hyper server, fixed
-#      ~150-byte JSON) on CPU 0 and drives it like /me: the ceiling for /me;
+#      production; stderr goes to a file), and examples/baseline.rs (a bare
+#      hyper server, fixed ~150-byte JSON: the ceiling for /me) on the same
+#      CPU. Only one of them runs at a time: the other is paused (SIGSTOP).
+#      wrk, pinned to CPU 1, drives GET /api/auth/me (64 connections) on the
+#      baseline and then on gatehouse, alternately, for BENCH_ROUNDS rounds:
+#      the /me ratio is the median of the rounds' ratios, so that a noisy
+#      machine (a neighbour taking the CPU for a few seconds) moves one round,
+#      not the result. Then, on gatehouse alone: /me while a second wrk floods
+#      POST /api/auth/login (16 connections), login (16), register with unique
+#      emails (16), PATCH /api/users/{id} name changes by the user itself
+#      (64); notes the idle RSS;
+#   3. stops both;
 #   4. measures one core's bcrypt verify rate at the benchmark's cost
 #      (examples/bcrypt_ceiling.rs on CPU 0): the ceiling for login/register;
 #   5. seeds a second data dir with BENCH_USERS users (examples/seed.rs, server
@@ -32,6 +37,8 @@
 #
 # Environment (defaults: real run / smoke):
 #   DURATION     per wrk scenario               10s / 1s
+#   BENCH_ROUNDS, ROUND_DURATION   /me-vs-baseline rounds and each one's
+#                length                          5, 4s / 1, 1s
 #   BENCH_USERS  users seeded for RSS, disk, cold start   100000 / 1000
 #   BENCH_COST   bcrypt cost                    10 / 4
 #   PROFILE      cargo profile: release or dev (debug)    release / dev
@@ -57,6 +64,8 @@ for arg in "$@"; do
 done
 if [[ $SMOKE == 1 ]]; then
   DURATION=${DURATION:-1s}
+  ROUNDS=${BENCH_ROUNDS:-1}
+  ROUND_DURATION=${ROUND_DURATION:-1s}
   USERS=${BENCH_USERS:-1000}
   COST=${BENCH_COST:-4}
   PROFILE=${PROFILE:-dev}
@@ -64,6 +73,8 @@ if [[ $SMOKE == 1 ]]; then
   MODE=smoke
 else
   DURATION=${DURATION:-10s}
+  ROUNDS=${BENCH_ROUNDS:-5}
+  ROUND_DURATION=${ROUND_DURATION:-4s}
   USERS=${BENCH_USERS:-100000}
   COST=${BENCH_COST:-10}
   PROFILE=${PROFILE:-release}
@@ -94,6 +105,7 @@ PIDS=()
 cleanup() {
   local status=$? pid
   for pid in "${PIDS[@]}"; do
+    kill -CONT "$pid" 2>/dev/null || true # a paused server cannot stop
     kill -TERM "$pid" 2>/dev/null || true
   done
   for pid in "${PIDS[@]}"; do
@@ -219,7 +231,7 @@ wrk_command() {
   local key=$1 script=$2 connections=$3 url=$4 threads=$WRK_THREADS
   ((threads <= connections)) || threads=$connections
   WRK_CMD=(taskset -c "$CLIENT_CPU" wrk --latency --timeout 30s -t "$threads"
-    -c "$connections" -d "$DURATION" -s "$ROOT/bench/$script" "$url")
+    -c "$connections" -d "${WRK_DURATION:-$DURATION}" -s "$ROOT/bench/$script" "$url")
   WRK_OUT=$OUT_DIR/raw/$key.txt
 }
 
@@ -287,10 +299,58 @@ PATCH_TOKEN=$(register "$ADDRESS" "bench-patch-$RUN_ID@bench.example")
 PATCH_ID=$(me_id "$ADDRESS" "$PATCH_TOKEN")
 me_id "$ADDRESS" "$ME_TOKEN" >/dev/null
 
-log "GET /api/auth/me, 64 connections"
-wrk_command me me.lua 64 "http://$ADDRESS/api/auth/me"
-BENCH_TOKEN=$ME_TOKEN "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
-collect me
+BASELINE_LOG=$WORK/baseline.log
+taskset -c "$SERVER_CPU" "$BIN_DIR/examples/baseline" 127.0.0.1:0 >"$BASELINE_LOG" 2>&1 &
+BASELINE_PID=$!
+PIDS+=("$BASELINE_PID")
+BASELINE_ADDRESS=$(wait_for_address "$BASELINE_LOG" "$BASELINE_PID")
+
+# median VALUE...: the median of numbers (the mean of the middle two if even).
+median() {
+  printf '%s\n' "$@" | sort -g |
+    awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+log "GET /api/auth/me vs the baseline, 64 connections, $ROUNDS rounds of $ROUND_DURATION each"
+ROUND_RATIOS=()
+for ((round = 1; round <= ROUNDS; round++)); do
+  kill -STOP "$GH_PID"
+  kill -CONT "$BASELINE_PID"
+  WRK_DURATION=$ROUND_DURATION wrk_command "baseline_$round" me.lua 64 \
+    "http://$BASELINE_ADDRESS/api/auth/me"
+  BENCH_TOKEN=$ME_TOKEN "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+  kill -STOP "$BASELINE_PID"
+  kill -CONT "$GH_PID"
+  WRK_DURATION=$ROUND_DURATION wrk_command "me_$round" me.lua 64 "http://$ADDRESS/api/auth/me"
+  BENCH_TOKEN=$ME_TOKEN "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+  collect "baseline_$round"
+  collect "me_$round"
+  ROUND_RATIOS+=("$(awk -v a="${RPS[me_$round]}" -v b="${RPS[baseline_$round]}" \
+    'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')")
+done
+# Each of me and baseline: the median of its rounds' rates and latencies
+# (latencies rounded to whole microseconds); requests and errors summed.
+for key in me baseline; do
+  for measure in RPS P50 P99; do
+    numbers=()
+    for ((round = 1; round <= ROUNDS; round++)); do
+      ref="${measure}[${key}_$round]"
+      numbers+=("${!ref}")
+    done
+    value=$(median "${numbers[@]}")
+    [[ $measure == RPS ]] || value=$(printf '%.0f' "$value")
+    printf -v "${measure}[$key]" '%s' "$value"
+  done
+  REQ[$key]=0 NON2XX[$key]=0 SOCKERR[$key]=0
+  for ((round = 1; round <= ROUNDS; round++)); do
+    REQ[$key]=$((REQ[$key] + REQ[${key}_$round]))
+    NON2XX[$key]=$((NON2XX[$key] + NON2XX[${key}_$round]))
+    SOCKERR[$key]=$((SOCKERR[$key] + SOCKERR[${key}_$round]))
+  done
+done
+ME_RATIO=$(median "${ROUND_RATIOS[@]}")
+log "/me ÷ baseline per round: ${ROUND_RATIOS[*]}; median $ME_RATIO"
+stop_server "$BASELINE_PID"
 
 log "GET /api/auth/me, 64 connections, during a login flood of 16 connections"
 wrk_command flood_me me.lua 64 "http://$ADDRESS/api/auth/me"
@@ -323,18 +383,6 @@ BENCH_TOKEN=$PATCH_TOKEN "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
 collect patch
 
 stop_server "$GH_PID"
-
-# --- 2. the bare hyper baseline -------------------------------------------------
-log "baseline (bare hyper), 64 connections"
-BASELINE_LOG=$WORK/baseline.log
-taskset -c "$SERVER_CPU" "$BIN_DIR/examples/baseline" 127.0.0.1:0 >"$BASELINE_LOG" 2>&1 &
-BASELINE_PID=$!
-PIDS+=("$BASELINE_PID")
-BASELINE_ADDRESS=$(wait_for_address "$BASELINE_LOG" "$BASELINE_PID")
-wrk_command baseline me.lua 64 "http://$BASELINE_ADDRESS/api/auth/me"
-BENCH_TOKEN=$ME_TOKEN "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
-collect baseline
-stop_server "$BASELINE_PID"
 
 # --- 3. one core's bcrypt verify rate ---------------------------------------------
 log "bcrypt verify ceiling on CPU $SERVER_CPU (cost $COST, ${CEILING_SECS}s)"
@@ -404,13 +452,13 @@ RESULTS=$OUT_DIR/results.md
   echo "## gatehouse load benchmark ($MODE run)"
   echo
   echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), commit $COMMIT, profile $PROFILE, bcrypt cost $COST,"
-  echo "$DURATION per scenario, $USERS seeded users; $CPUS CPUs ($CPU_MODEL); servers on CPU"
+  echo "$DURATION per scenario ($ROUNDS × $ROUND_DURATION for /me vs baseline), $USERS seeded users; $CPUS CPUs ($CPU_MODEL); servers on CPU"
   echo "$SERVER_CPU, wrk ($WRK_THREADS threads) on CPU $CLIENT_CPU; command: \`bench/run.sh$([[ $SMOKE == 1 ]] && echo ' --smoke')\`"
   echo
   echo "| scenario | requests/s | p50 | p99 | errors | ratio to its ceiling |"
   echo "| --- | ---: | ---: | ---: | ---: | --- |"
-  row baseline "baseline: bare hyper, fixed JSON (c64)" "(ceiling for /me)"
-  row me "GET /api/auth/me (c64)" "$(ratio "${RPS[me]}" "${RPS[baseline]}") × baseline"
+  row baseline "baseline: bare hyper, fixed JSON (c64; median of $ROUNDS rounds)" "(ceiling for /me)"
+  row me "GET /api/auth/me (c64; median of $ROUNDS rounds)" "$ME_RATIO × baseline (median of the rounds' ratios)"
   row login "POST /api/auth/login (c16)" "$(ratio "${RPS[login]}" "$CEILING") × bcrypt ceiling"
   row register "POST /api/auth/register (c16)" "$(ratio "${RPS[register]}" "$CEILING") × bcrypt ceiling"
   row patch "PATCH /api/users/{id} (c64)" "$(ratio "${RPS[patch]}" "$PATCH_FLOOR") × 2,000/s"
@@ -428,6 +476,8 @@ RESULTS=$OUT_DIR/results.md
   echo "| data dir on disk, $USERS users | $(mib "$DISK_KIB") | |"
   echo "| cold start to first 200, $USERS users | $COLD_START_MS ms | $(ratio "$COLD_START_MS" 1000) × 1 s |"
   echo "| seeding $USERS users (64 concurrent inserts) | ${SEED_SECS:-?} s | |"
+  echo
+  echo "/me ÷ baseline in each round ($ROUND_DURATION each, alternating): ${ROUND_RATIOS[*]}"
 } >"$RESULTS"
 echo
 cat "$RESULTS"

@@ -15,7 +15,7 @@ use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
+use tracing::{Event, Level, Subscriber};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -78,7 +78,15 @@ where
 fn format_line(out: &mut impl fmt::Write, now: SystemTime, event: &Event<'_>) -> fmt::Result {
     let metadata = event.metadata();
     write_time(out, now)?;
-    write!(out, " {:>5} {}:", metadata.level(), metadata.target())?;
+    out.write_str(match *metadata.level() {
+        Level::ERROR => " ERROR ",
+        Level::WARN => "  WARN ",
+        Level::INFO => "  INFO ",
+        Level::DEBUG => " DEBUG ",
+        Level::TRACE => " TRACE ",
+    })?;
+    out.write_str(metadata.target())?;
+    out.write_char(':')?;
     // The message first, then the other fields in their order: two passes
     // over the fields instead of a buffer.
     write_fields(out, event, true)?;

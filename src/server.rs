@@ -202,10 +202,11 @@ async fn respond(
 }
 
 /// `request method=GET path=/api/auth/me status=200 micros=41
-/// peer=127.0.0.1:50412`: the request log line's message, written straight
-/// into the line (no `tracing` fields, no intermediate strings), as it is
-/// written for every request. The path cannot break the line: hyper refuses
-/// request targets with spaces or control characters.
+/// peer=127.0.0.1:50412`: the request log line's message. It is assembled in
+/// one buffer and handed to the log as a single string, not as `tracing`
+/// fields, because it is written for every request and each formatted part
+/// costs. The path cannot break the line: hyper refuses request targets with
+/// spaces or control characters.
 struct RequestLine<'r> {
     method: &'r Method,
     path: &'r str,
@@ -216,30 +217,49 @@ struct RequestLine<'r> {
 
 impl fmt::Display for RequestLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("request method=")?;
-        f.write_str(self.method.as_str())?;
-        f.write_str(" path=")?;
-        f.write_str(self.path)?;
-        f.write_str(" status=")?;
-        f.write_str(self.status.as_str())?;
-        f.write_str(" micros=")?;
-        fmt::Display::fmt(&self.micros, f)?;
-        f.write_str(" peer=")?;
+        let mut line = String::with_capacity(96 + self.path.len());
+        line.push_str("request method=");
+        line.push_str(self.method.as_str());
+        line.push_str(" path=");
+        line.push_str(self.path);
+        line.push_str(" status=");
+        line.push_str(self.status.as_str());
+        line.push_str(" micros=");
+        push_decimal(&mut line, self.micros);
+        line.push_str(" peer=");
         match self.peer {
-            // `SocketAddrV4`'s own `Display` formats through a buffer first.
             SocketAddr::V4(v4) => {
-                let [a, b, c, d] = v4.ip().octets();
-                for (i, octet) in [a, b, c, d].into_iter().enumerate() {
+                for (i, octet) in v4.ip().octets().into_iter().enumerate() {
                     if i > 0 {
-                        f.write_str(".")?;
+                        line.push('.');
                     }
-                    fmt::Display::fmt(&octet, f)?;
+                    push_decimal(&mut line, u64::from(octet));
                 }
-                f.write_str(":")?;
-                fmt::Display::fmt(&v4.port(), f)
+                line.push(':');
+                push_decimal(&mut line, u64::from(v4.port()));
             }
-            SocketAddr::V6(v6) => fmt::Display::fmt(&v6, f),
+            SocketAddr::V6(v6) => {
+                use fmt::Write as _;
+                write!(line, "{v6}")?;
+            }
         }
+        f.write_str(&line)
+    }
+}
+
+fn push_decimal(out: &mut String, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    for &digit in &digits[start..] {
+        out.push(char::from(digit));
     }
 }
 
@@ -276,5 +296,9 @@ mod tests {
             "request method=PATCH path=/api/users/abc status=404 micros=1234 peer=10.0.255.7:50412"
         );
         assert!(line("[::1]:8080").ends_with(" peer=[::1]:8080"));
+        assert!(line("0.0.0.0:0").ends_with(" micros=1234 peer=0.0.0.0:0"));
+        let mut max = String::new();
+        push_decimal(&mut max, u64::MAX);
+        assert_eq!(max, u64::MAX.to_string());
     }
 }

@@ -2,6 +2,8 @@
 //! themself; an admin may do anything, and only an admin lists users, creates
 //! them, or sets a `role`. These routes refuse unknown fields.
 
+use std::sync::Arc;
+
 use hyper::header::{HeaderValue, LINK};
 use hyper::StatusCode;
 use serde_json::json;
@@ -130,7 +132,7 @@ pub async fn update(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
     let user = if patch.is_empty() {
         app.store.user_by_id(id).await?.ok_or(ApiError::NotFound)?
     } else {
-        app.store.update_user(id, patch, unix_now()).await?
+        Arc::new(app.store.update_user(id, patch, unix_now()).await?)
     };
     Ok(json(StatusCode::OK, &user.view()))
 }

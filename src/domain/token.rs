@@ -6,7 +6,7 @@
 //! the token check in `http::auth` does that against the store.
 
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use lru::LruCache;
@@ -60,7 +60,7 @@ pub struct TokenKeys {
     /// which are most of a token check's cost; its expiry is still checked
     /// every time (the only verdict that changes with time: `nbf` and `iat`
     /// only become more valid). Bounded, least recently used out.
-    verified: Mutex<LruCache<String, Claims>>,
+    verified: Mutex<LruCache<String, Arc<Claims>>>,
 }
 
 /// Tokens remembered as verified (about 2 MB at most).
@@ -101,7 +101,8 @@ impl TokenKeys {
         Ok((token, claims))
     }
 
-    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+    /// The token's claims, shared with the cache of verified tokens.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Arc<Claims>, TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLong);
         }
@@ -109,17 +110,18 @@ impl TokenKeys {
             if claims.exp + LEEWAY_SECS < now {
                 return Err(TokenError::Expired);
             }
-            return Ok(claims.clone());
+            return Ok(Arc::clone(claims));
         }
         let claims = decode::<Claims>(token, &self.decoding, &self.validation)?.claims;
         if claims.iat > now + LEEWAY_SECS {
             return Err(TokenError::IssuedInFuture);
         }
-        self.cache().put(token.to_string(), claims.clone());
+        let claims = Arc::new(claims);
+        self.cache().put(token.to_string(), Arc::clone(&claims));
         Ok(claims)
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, LruCache<String, Claims>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, LruCache<String, Arc<Claims>>> {
         // A cache only: a panic elsewhere cannot leave it worse than stale,
         // and every entry in it did verify.
         self.verified.lock().unwrap_or_else(|e| e.into_inner())

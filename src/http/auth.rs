@@ -7,7 +7,9 @@
 //! The check loads the user on every request, so logout, password changes,
 //! deletion and role changes take effect at once on every route.
 
-use hyper::header::{HeaderMap, AUTHORIZATION};
+use std::sync::Arc;
+
+use hyper::header::{HeaderMap, HeaderName, AUTHORIZATION};
 
 use super::error::ApiError;
 use crate::app::App;
@@ -16,13 +18,13 @@ use crate::domain::unix_now;
 use crate::domain::user::User;
 
 /// The tutorial's header.
-pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
+pub const ACCESS_TOKEN_HEADER: HeaderName = HeaderName::from_static("x-access-token");
 
 /// A request's user, proven by a valid, unrevoked token.
 #[derive(Debug)]
 pub struct AuthUser {
-    user: User,
-    claims: Claims,
+    user: Arc<User>,
+    claims: Arc<Claims>,
 }
 
 impl AuthUser {

@@ -108,10 +108,11 @@ impl Store {
         }
     }
 
-    pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
+    /// Shared, as the sled store hands out its cached copy.
+    pub async fn user_by_id(&self, id: &str) -> Result<Option<Arc<User>>, StoreError> {
         match self {
             Store::Sled { db, .. } => db.user_by_id(id).await,
-            Store::Postgres { db, .. } => db.user_by_id(id).await,
+            Store::Postgres { db, .. } => Ok(db.user_by_id(id).await?.map(Arc::new)),
         }
     }
 

@@ -70,7 +70,7 @@ impl SledStore {
         })
     }
 
-    pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
+    pub async fn user_by_id(&self, id: &str) -> Result<Option<Arc<User>>, StoreError> {
         let generation = match self.cache.get(id) {
             Ok(user) => return Ok(Some(user)),
             Err(generation) => generation,
@@ -79,7 +79,8 @@ impl SledStore {
             .users
             .get(id.as_bytes())?
             .map(|bytes| decode_user(id.as_bytes(), &bytes))
-            .transpose()?;
+            .transpose()?
+            .map(Arc::new);
         if let Some(user) = &user {
             self.cache.insert(user, generation);
         }
@@ -272,7 +273,7 @@ struct UserCache {
 }
 
 struct CachedUsers {
-    users: LruCache<String, User>,
+    users: LruCache<String, Arc<User>>,
     /// Bumped by every [`UserCache::forget`].
     generation: u64,
 }
@@ -288,20 +289,20 @@ impl UserCache {
     }
 
     /// The cached user, or the generation to hand back to [`UserCache::insert`].
-    fn get(&self, id: &str) -> Result<User, u64> {
+    fn get(&self, id: &str) -> Result<Arc<User>, u64> {
         let mut inner = self.lock();
         match inner.users.get(id) {
-            Some(user) => Ok(user.clone()),
+            Some(user) => Ok(Arc::clone(user)),
             None => Err(inner.generation),
         }
     }
 
     /// Keeps `user`, read from sled after [`UserCache::get`] gave `generation`,
     /// unless a write has happened since.
-    fn insert(&self, user: &User, generation: u64) {
+    fn insert(&self, user: &Arc<User>, generation: u64) {
         let mut inner = self.lock();
         if inner.generation == generation {
-            inner.users.put(user.id.clone(), user.clone());
+            inner.users.put(user.id.clone(), Arc::clone(user));
         }
     }
 
@@ -441,7 +442,7 @@ mod tests {
     #[test]
     fn a_read_that_raced_a_write_is_not_cached() {
         let cache = UserCache::new(8);
-        let stale = user("a@x.io");
+        let stale = Arc::new(user("a@x.io"));
         let generation = cache.get(&stale.id).unwrap_err();
         // An update commits and forgets the user between the read and its
         // insert: the stale record must not be kept.
