@@ -13,7 +13,7 @@ use crate::domain::user::{normalize_email, valid_email, valid_name, valid_passwo
 use crate::http::auth::{check_token, presented_token, AuthUser};
 use crate::http::error::ApiError;
 use crate::http::router::RequestContext;
-use crate::http::{json, HttpResponse};
+use crate::http::{json, json_bytes, HttpResponse};
 
 /// `POST /api/auth/register {name, email, password}`: a new `user`, and a
 /// token for it. Unknown fields are ignored, as tutorial clients send extras.
@@ -60,7 +60,7 @@ pub async fn login(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
 
 /// `GET /api/auth/me`: the caller's user object.
 pub fn me(caller: AuthUser) -> Result<HttpResponse, ApiError> {
-    Ok(json(StatusCode::OK, &caller.user().view()))
+    Ok(json_bytes(StatusCode::OK, caller.user().view().to_json()))
 }
 
 /// `GET|POST /api/auth/logout`: always 200; a valid token sent with it is

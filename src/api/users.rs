@@ -14,7 +14,7 @@ use crate::http::auth::AuthUser;
 use crate::http::body::{parse_query, Fields};
 use crate::http::error::ApiError;
 use crate::http::router::RequestContext;
-use crate::http::{json, HttpResponse};
+use crate::http::{json, json_bytes, HttpResponse};
 use crate::store::UserPatch;
 
 pub const DEFAULT_PAGE: usize = 100;
@@ -73,7 +73,7 @@ pub async fn create(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
     let user = User::new(name, email, role, hash, unix_now());
     let user = app.store.insert_user(user).await?;
     tracing::info!(user = %user.id, by = %caller.user().id, "user created");
-    Ok(json(StatusCode::CREATED, &user.view()))
+    Ok(json_bytes(StatusCode::CREATED, user.view().to_json()))
 }
 
 /// `GET /api/users/{id}` (themself or admin). Anyone else gets 403 whether or
@@ -89,7 +89,7 @@ pub async fn get(ctx: RequestContext, caller: AuthUser) -> Result<HttpResponse, 
         .user_by_id(id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(json(StatusCode::OK, &user.view()))
+    Ok(json_bytes(StatusCode::OK, user.view().to_json()))
 }
 
 /// `PUT|PATCH /api/users/{id} {name?, email?, password?, role?}` (themself or
@@ -134,7 +134,7 @@ pub async fn update(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
     } else {
         Arc::new(app.store.update_user(id, patch, unix_now()).await?)
     };
-    Ok(json(StatusCode::OK, &user.view()))
+    Ok(json_bytes(StatusCode::OK, user.view().to_json()))
 }
 
 /// `DELETE /api/users/{id}` (themself or admin): the email is free again and

@@ -26,6 +26,14 @@ impl Role {
             _ => None,
         }
     }
+
+    /// The wire form, as serde writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
 }
 
 /// A user as the store keeps it.
@@ -100,6 +108,43 @@ pub struct UserView<'u> {
     pub role: Role,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+impl UserView<'_> {
+    /// Exactly the JSON serde_json writes for this view, written directly:
+    /// `GET /api/auth/me` sends one on every token-checked read, and of its
+    /// twelve strings only the name and the email may need escaping.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128 + self.id.len() + self.name.len() + self.email.len());
+        out.extend_from_slice(b"{\"_id\":");
+        push_json_string(&mut out, self.id);
+        out.extend_from_slice(b",\"name\":");
+        push_json_string(&mut out, self.name);
+        out.extend_from_slice(b",\"email\":");
+        push_json_string(&mut out, self.email);
+        out.extend_from_slice(b",\"role\":\"");
+        out.extend_from_slice(self.role.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"created_at\":\"");
+        out.extend_from_slice(Rfc3339::from_unix(self.created_at.0).as_str().as_bytes());
+        out.extend_from_slice(b"\",\"updated_at\":\"");
+        out.extend_from_slice(Rfc3339::from_unix(self.updated_at.0).as_str().as_bytes());
+        out.extend_from_slice(b"\"}");
+        out
+    }
+}
+
+/// A JSON string: copied as it is when nothing in it needs escaping (JSON
+/// escapes only `"`, `\` and control characters below U+0020), else written
+/// by serde_json.
+fn push_json_string(out: &mut Vec<u8>, value: &str) {
+    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    } else if serde_json::to_writer(&mut *out, value).is_err() {
+        // Writing a string into a Vec cannot fail; keep the JSON valid anyway.
+        out.extend_from_slice(b"\"\"");
+    }
 }
 
 /// Unix seconds, serialized as RFC 3339 UTC (`2023-11-14T22:13:20Z`).
@@ -232,6 +277,40 @@ mod tests {
         assert!(valid_password(&"a".repeat(73), 8).is_err());
         // 25 three-byte characters: 25 characters but 75 bytes.
         assert!(valid_password(&"€".repeat(25), 8).is_err());
+    }
+
+    #[test]
+    fn the_direct_json_is_serde_json_s() {
+        let mut names: Vec<String> = [
+            "Mike",
+            "",
+            "say \"hi\"",
+            "back\\slash",
+            "line\nbreak\ttab",
+            "Zoë 🚀 ünïcode",
+            "\u{7f}del and \u{1f}unit",
+            "</script>",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        names.extend((0u8..0x80).map(|b| format!("a{}b", char::from(b))));
+        for (i, name) in names.into_iter().enumerate() {
+            let mut user = User::new(
+                name,
+                format!("o'brien+{i}@example.com"),
+                if i % 2 == 0 { Role::User } else { Role::Admin },
+                "$2b$04$hash".into(),
+                1_700_000_000 + i as u64,
+            );
+            user.updated_at = u64::MAX;
+            let view = user.view();
+            assert_eq!(
+                String::from_utf8(view.to_json()).unwrap(),
+                serde_json::to_string(&view).unwrap(),
+                "{user:?}"
+            );
+        }
     }
 
     #[test]

@@ -21,11 +21,15 @@ pub type HttpResponse = Response<Full<Bytes>>;
 pub fn json(status: StatusCode, body: &impl Serialize) -> HttpResponse {
     // Our bodies are plain structs and `serde_json::Value`s: serializing them
     // cannot fail, and an empty body would still be answered with its status.
-    // Sized for a user object, so the common answer needs no regrowth.
-    let mut bytes = Vec::with_capacity(256);
+    let mut bytes = Vec::with_capacity(128);
     if serde_json::to_writer(&mut bytes, body).is_err() {
         bytes.clear();
     }
+    json_bytes(status, bytes)
+}
+
+/// A response whose body is JSON already.
+pub fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> HttpResponse {
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = status;
     response

@@ -12,6 +12,7 @@
 //! closed, dispatch is static, and every method's contract is written once,
 //! here. Every write returns only once it is durable.
 
+pub mod filter;
 pub mod postgres;
 pub mod sled;
 

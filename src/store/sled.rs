@@ -20,6 +20,9 @@
 //! are also kept decoded in a small [`UserCache`]. sled lets one process open
 //! a database, so every write goes through this file, and each one that
 //! changes a user forgets it from the cache before it is acknowledged.
+//!
+//! Likewise, revoked token ids are mirrored in a [`MaybeSet`], so the token
+//! check asks sled only about ids that may have been revoked.
 
 use std::num::NonZeroUsize;
 use std::path::Path;
@@ -30,6 +33,7 @@ use lru::LruCache;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
+use super::filter::{MaybeSet, COUNTERS};
 use super::{StoreError, UserPatch};
 use crate::domain::user::User;
 
@@ -51,6 +55,9 @@ pub struct SledStore {
     emails: sled::Tree,
     revoked: sled::Tree,
     cache: Arc<UserCache>,
+    /// Every id in `revoked` is in here: added before it is written, removed
+    /// after it is deleted.
+    maybe_revoked: Arc<MaybeSet>,
 }
 
 impl SledStore {
@@ -61,12 +68,18 @@ impl SledStore {
             .path(dir)
             .cache_capacity(CACHE_BYTES)
             .open()?;
+        let revoked = db.open_tree("revoked")?;
+        let maybe_revoked = MaybeSet::new(COUNTERS);
+        for key in revoked.iter().keys() {
+            maybe_revoked.add(&String::from_utf8_lossy(&key?));
+        }
         Ok(SledStore {
             users: db.open_tree("users")?,
             emails: db.open_tree("emails")?,
-            revoked: db.open_tree("revoked")?,
+            revoked,
             db,
             cache: Arc::new(UserCache::new(CACHED_USERS)),
+            maybe_revoked: Arc::new(maybe_revoked),
         })
     }
 
@@ -202,6 +215,7 @@ impl SledStore {
         let store = self.clone();
         let jti = jti.to_string();
         self.write(move || {
+            store.maybe_revoked.add(&jti);
             store
                 .revoked
                 .insert(jti.as_bytes(), &expires_at.to_be_bytes())?;
@@ -211,6 +225,9 @@ impl SledStore {
     }
 
     pub async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        if !self.maybe_revoked.may_contain(jti) {
+            return Ok(false);
+        }
         Ok(self.revoked.contains_key(jti.as_bytes())?)
     }
 
@@ -226,7 +243,8 @@ impl SledStore {
                     .map(u64::from_be_bytes)
                     .unwrap_or(0);
                 if expiry < now {
-                    store.revoked.remove(jti)?;
+                    store.revoked.remove(&jti)?;
+                    store.maybe_revoked.remove(&String::from_utf8_lossy(&jti));
                     removed += 1;
                 }
             }
@@ -490,5 +508,15 @@ mod tests {
         assert_eq!(store.purge_revoked(200).await.unwrap(), 1);
         assert!(!store.is_revoked("old").await.unwrap());
         assert!(store.is_revoked("new").await.unwrap());
+        assert!(
+            !store.maybe_revoked.may_contain("old"),
+            "removed after purge"
+        );
+        assert!(!store.is_revoked("never").await.unwrap());
+        drop(store);
+        // Reopened, the filter is rebuilt from the tree.
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store.is_revoked("new").await.unwrap());
+        assert!(store.maybe_revoked.may_contain("new"));
     }
 }
