@@ -258,9 +258,8 @@ fn push_decimal(out: &mut String, mut value: u64) {
             break;
         }
     }
-    for &digit in &digits[start..] {
-        out.push(char::from(digit));
-    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[start..]).unwrap_or("?"));
 }
 
 async fn purge_revocations(app: Arc<App>) {
