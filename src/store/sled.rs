@@ -40,10 +40,10 @@ use crate::domain::user::User;
 /// sled's page cache. The default (1 GiB) would let the process grow far past
 /// what a small auth server needs. sled's real use runs well above this
 /// figure; measured RSS after reading all of 100,000 users: 70.8 MiB with
-/// 32 MiB here, 66.3 MiB with 16, 64.3 MiB with 8. Records that fall out of
-/// it are re-read from the OS page cache (`/me` among 100,000 users ran at
-/// 0.95× its speed on a fresh store).
-const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// 32 MiB here, 66.3 MiB with 16, 64.3 MiB with 8, 62.8 with 4 (and two
+/// malloc arenas). Records that fall out of it are re-read from the OS page
+/// cache; the token check's reads are served by [`UserCache`] anyway.
+const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Users kept decoded by [`UserCache`] (about 400 bytes each).
 const CACHED_USERS: usize = 4096;
