@@ -14,6 +14,7 @@
 
 pub mod filter;
 pub mod postgres;
+pub mod record;
 pub mod sled;
 
 use std::net::IpAddr;

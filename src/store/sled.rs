@@ -3,8 +3,9 @@
 //! are the only code that names sled.
 //!
 //! Layout:
-//! - tree `users`: user id → JSON [`User`] (ids are UUIDv7, so key order is
-//!   creation order, the order of `GET /api/users`);
+//! - tree `users`: user id → [`User`] in the [`record`](super::record) format
+//!   (ids are UUIDv7, so key order is creation order, the order of
+//!   `GET /api/users`);
 //! - tree `emails`: normalized email → user id;
 //! - tree `revoked`: token `jti` → expiry (u64, big-endian), purged once expired.
 //!
@@ -34,6 +35,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::Transactional;
 
 use super::filter::{MaybeSet, COUNTERS};
+use super::record;
 use super::{StoreError, UserPatch};
 use crate::domain::user::User;
 
@@ -378,15 +380,16 @@ fn apply(user: &mut User, patch: &UserPatch, now: u64) {
 }
 
 fn encode_user(user: &User) -> Vec<u8> {
-    // Serializing a struct of strings and integers cannot fail.
-    serde_json::to_vec(user).unwrap_or_default()
+    record::encode(user)
 }
 
 fn decode_user(key: &[u8], bytes: &[u8]) -> Result<User, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+    let corrupt = |reason: String| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let id = std::str::from_utf8(key).map_err(|_| corrupt("the key is not UTF-8".into()))?;
+    record::decode(id, bytes).map_err(|e| corrupt(e.0))
 }
 
 #[cfg(test)]
@@ -455,6 +458,34 @@ mod tests {
         );
         store.delete_user(&a.id).await.unwrap();
         assert!(store.user_by_id(&a.id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn json_records_of_earlier_versions_are_read_and_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let old = user("old@x.io");
+        let json = serde_json::to_vec(&old).unwrap();
+        store.users.insert(old.id.as_bytes(), json).unwrap();
+        store
+            .emails
+            .insert(old.email.as_bytes(), old.id.as_bytes())
+            .unwrap();
+        assert_eq!(
+            store.user_by_email("old@x.io").await.unwrap().as_ref(),
+            Some(&old)
+        );
+        let rename = UserPatch {
+            name: Some("New".into()),
+            ..UserPatch::default()
+        };
+        store.update_user(&old.id, rename, 2).await.unwrap();
+        let stored = store.users.get(old.id.as_bytes()).unwrap().unwrap();
+        assert_eq!(stored[0], 0x01, "rewritten in the current format");
+        assert_eq!(
+            store.user_by_id(&old.id).await.unwrap().unwrap().name,
+            "New"
+        );
     }
 
     #[test]
