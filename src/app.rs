@@ -16,6 +16,7 @@ use anyhow::{bail, Context};
 use crate::config::Settings;
 use crate::domain::password::PasswordHasher;
 use crate::domain::token::TokenKeys;
+use crate::log::RequestLog;
 use crate::store::Store;
 
 pub struct App {
@@ -23,6 +24,9 @@ pub struct App {
     pub store: Store,
     pub tokens: TokenKeys,
     pub passwords: PasswordHasher,
+    /// Where the server writes its per-request lines (`log::init` makes the
+    /// fast one; the default goes through `tracing`).
+    pub request_log: RequestLog,
 }
 
 impl App {
@@ -44,6 +48,7 @@ impl App {
             store,
             tokens,
             settings,
+            request_log: RequestLog::default(),
         })
     }
 }

@@ -15,6 +15,7 @@ use crate::config::{Overrides, Settings};
 use crate::domain::password::PasswordHasher;
 use crate::domain::unix_now;
 use crate::domain::user::{valid_email, valid_name, valid_password};
+use crate::log::RequestLog;
 use crate::server;
 
 #[derive(Debug, Parser)]
@@ -78,7 +79,7 @@ pub fn main() -> ExitCode {
         }
     };
     limit_malloc_arenas();
-    let _log_guard = crate::log::init();
+    let (_log_guard, request_log) = crate::log::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -89,7 +90,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, request_log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("gatehouse: {error:#}");
@@ -98,7 +99,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, request_log: RequestLog) -> anyhow::Result<()> {
     let overrides = Overrides {
         config_file: cli.config,
         host: cli.host,
@@ -107,7 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let settings = Settings::load(&overrides)?;
     match cli.command {
-        None | Some(Command::Serve) => serve(settings).await,
+        None | Some(Command::Serve) => serve(settings, request_log).await,
         Some(Command::Admin {
             action:
                 AdminAction::Create {
@@ -119,13 +120,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(settings: Settings, request_log: RequestLog) -> anyhow::Result<()> {
     tracing::debug!(?settings, "configuration");
     // Install the signal handlers before the port is bound, so a SIGTERM
     // that arrives right after start-up still shuts down gracefully.
     let shutdown = shutdown_signal()?;
     raise_open_files_limit(settings.server.max_connections);
-    let app = Arc::new(App::open(settings).await?);
+    let mut app = App::open(settings).await?;
+    app.request_log = request_log;
+    let app = Arc::new(app);
     let listener = server::bind(&app).await?;
     server::serve(listener, app, shutdown).await
 }

@@ -187,24 +187,23 @@ async fn respond(
     let method = request.method().clone();
     // A `Uri` clone shares its bytes: no copy of the path per request.
     let uri = request.uri().clone();
+    let log = app.request_log.clone();
     let response = router::handle(app, request, peer).await;
-    tracing::info!(
-        "{}",
-        RequestLine {
-            method: &method,
-            path: uri.path(),
-            status: response.status(),
-            micros: started.elapsed().as_micros() as u64,
-            peer,
-        }
-    );
+    let line = RequestLine {
+        method: &method,
+        path: uri.path(),
+        status: response.status(),
+        micros: started.elapsed().as_micros() as u64,
+        peer,
+    };
+    log.write(|out| line.push_to(out));
     Ok(response)
 }
 
 /// `request method=GET path=/api/auth/me status=200 micros=41
-/// peer=127.0.0.1:50412`: the request log line's message. It is assembled in
-/// one buffer and handed to the log as a single string, not as `tracing`
-/// fields, because it is written for every request and each formatted part
+/// peer=127.0.0.1:50412`: the request log line's message, appended to the
+/// line [`RequestLog`](crate::log::RequestLog) builds, not passed as
+/// `tracing` fields: it is written for every request and each formatted part
 /// costs. The path cannot break the line: hyper refuses request targets with
 /// spaces or control characters.
 struct RequestLine<'r> {
@@ -215,9 +214,8 @@ struct RequestLine<'r> {
     peer: SocketAddr,
 }
 
-impl fmt::Display for RequestLine<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut line = String::with_capacity(96 + self.path.len());
+impl RequestLine<'_> {
+    fn push_to(&self, line: &mut String) {
         line.push_str("request method=");
         line.push_str(self.method.as_str());
         line.push_str(" path=");
@@ -225,7 +223,7 @@ impl fmt::Display for RequestLine<'_> {
         line.push_str(" status=");
         line.push_str(self.status.as_str());
         line.push_str(" micros=");
-        push_decimal(&mut line, self.micros);
+        push_decimal(line, self.micros);
         line.push_str(" peer=");
         match self.peer {
             SocketAddr::V4(v4) => {
@@ -233,17 +231,16 @@ impl fmt::Display for RequestLine<'_> {
                     if i > 0 {
                         line.push('.');
                     }
-                    push_decimal(&mut line, u64::from(octet));
+                    push_decimal(line, u64::from(octet));
                 }
                 line.push(':');
-                push_decimal(&mut line, u64::from(v4.port()));
+                push_decimal(line, u64::from(v4.port()));
             }
             SocketAddr::V6(v6) => {
                 use fmt::Write as _;
-                write!(line, "{v6}")?;
+                let _ = write!(line, "{v6}");
             }
         }
-        f.write_str(&line)
     }
 }
 
@@ -281,6 +278,7 @@ mod tests {
     #[test]
     fn the_request_line_names_every_field() {
         let line = |peer: &str| {
+            let mut text = String::new();
             RequestLine {
                 method: &Method::PATCH,
                 path: "/api/users/abc",
@@ -288,7 +286,8 @@ mod tests {
                 micros: 1234,
                 peer: peer.parse().unwrap(),
             }
-            .to_string()
+            .push_to(&mut text);
+            text
         };
         assert_eq!(
             line("10.0.255.7:50412"),
