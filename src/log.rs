@@ -12,18 +12,17 @@
 //! logged, and that no secret ever is, is up to the callers.
 
 use std::fmt;
+use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use std::io::Write as _;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
-
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::domain::time::Rfc3339;
+use crate::domain::time::{write_digits, Rfc3339};
 
 /// Logs to standard error through a background writer thread, so a request
 /// never waits on a `write` system call for its log line. Lines are never
@@ -89,8 +88,13 @@ impl RequestLog {
             RequestLog::Direct(writer) => {
                 let mut line = String::with_capacity(192);
                 // Writing into a String cannot fail.
-                let _ = write_time(&mut line, SystemTime::now());
-                line.push_str("  INFO gatehouse::server: ");
+                let _ = write_prefix(
+                    &mut line,
+                    SystemTime::now(),
+                    Level::INFO,
+                    "gatehouse::server",
+                );
+                line.push(' ');
                 push_message(&mut line);
                 line.push('\n');
                 // The writer queues the line for its thread; it fails only
@@ -127,16 +131,7 @@ where
 
 fn format_line(out: &mut impl fmt::Write, now: SystemTime, event: &Event<'_>) -> fmt::Result {
     let metadata = event.metadata();
-    write_time(out, now)?;
-    out.write_str(match *metadata.level() {
-        Level::ERROR => " ERROR ",
-        Level::WARN => "  WARN ",
-        Level::INFO => "  INFO ",
-        Level::DEBUG => " DEBUG ",
-        Level::TRACE => " TRACE ",
-    })?;
-    out.write_str(metadata.target())?;
-    out.write_char(':')?;
+    write_prefix(out, now, *metadata.level(), metadata.target())?;
     // The message first, then the other fields in their order: two passes
     // over the fields instead of a buffer.
     write_fields(out, event, true)?;
@@ -144,17 +139,32 @@ fn format_line(out: &mut impl fmt::Write, now: SystemTime, event: &Event<'_>) ->
     out.write_char('\n')
 }
 
+/// `2026-11-29T00:42:24.123456Z  INFO gatehouse::server:`, every line's start.
+fn write_prefix(
+    out: &mut impl fmt::Write,
+    now: SystemTime,
+    level: Level,
+    target: &str,
+) -> fmt::Result {
+    write_time(out, now)?;
+    out.write_str(match level {
+        Level::ERROR => " ERROR ",
+        Level::WARN => "  WARN ",
+        Level::INFO => "  INFO ",
+        Level::DEBUG => " DEBUG ",
+        Level::TRACE => " TRACE ",
+    })?;
+    out.write_str(target)?;
+    out.write_char(':')
+}
+
 /// `2026-11-29T00:42:24.123456Z`.
 fn write_time(out: &mut impl fmt::Write, now: SystemTime) -> fmt::Result {
     let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let second = Rfc3339::from_unix(since_epoch.as_secs());
     out.write_str(&second.as_str()[..19])?;
-    let mut micros = since_epoch.subsec_micros();
     let mut fraction = *b".000000Z";
-    for digit in fraction[1..7].iter_mut().rev() {
-        *digit = b'0' + (micros % 10) as u8;
-        micros /= 10;
-    }
+    write_digits(&mut fraction[1..7], u64::from(since_epoch.subsec_micros()));
     // Only ASCII digits and punctuation went in.
     out.write_str(std::str::from_utf8(&fraction).unwrap_or(".000000Z"))
 }

@@ -48,7 +48,7 @@ impl std::fmt::Debug for Rfc3339 {
 }
 
 /// Fills `out` with the last `out.len()` decimal digits of `value`.
-fn write_digits(out: &mut [u8], mut value: u64) {
+pub(crate) fn write_digits(out: &mut [u8], mut value: u64) {
     for digit in out.iter_mut().rev() {
         *digit = b'0' + (value % 10) as u8;
         value /= 10;
