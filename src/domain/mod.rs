@@ -9,6 +9,7 @@ pub mod throttle;
 pub mod time;
 pub mod token;
 pub mod user;
+mod yielding_bcrypt;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -3,9 +3,10 @@
 //! bcrypt blocks a thread for tens to hundreds of milliseconds. Every hash and
 //! verify runs on one of this module's own threads (one per core), never on an
 //! async worker; requests wait for a free thread asynchronously, in a bounded
-//! queue. The threads run at the lowest nice value (19), so a flood of logins
-//! cannot starve token-checked reads of CPU, while logins still get a small
-//! share when reads keep the CPU busy. This module must never hash a
+//! queue. The threads run at the lowest nice value (19) and give the CPU
+//! back after every bcrypt round, so a flood of logins can neither starve
+//! token-checked reads of CPU nor hold it while one waits, and logins still
+//! get a small share when reads keep the CPU busy. This module must never hash a
 //! password longer than bcrypt reads (72 bytes): `verify` refuses one itself,
 //! `hash` expects callers to have checked the input rules.
 
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, OnceCell};
 
 use super::user::MAX_PASSWORD_BYTES;
+use super::yielding_bcrypt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
@@ -21,7 +23,7 @@ pub enum HashError {
     Bcrypt(#[from] bcrypt::BcryptError),
     #[error("the hashing threads are gone")]
     Closed,
-    #[error("no system randomness for the dummy hash")]
+    #[error("no system randomness for a salt or the dummy hash")]
     Randomness,
 }
 
@@ -78,7 +80,9 @@ impl PasswordHasher {
 
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
         let cost = self.cost;
-        self.run(move || bcrypt::hash(password, cost))
+        let mut salt = [0u8; 16];
+        getrandom::fill(&mut salt).map_err(|_| HashError::Randomness)?;
+        self.run(move || yielding_bcrypt::hash(password.as_bytes(), cost, salt))
             .await?
             .map_err(HashError::from)
     }
@@ -92,7 +96,10 @@ impl PasswordHasher {
             Some(hash) if !too_long => (hash, true),
             _ => (self.dummy_hash().await?.to_string(), false),
         };
-        match self.run(move || bcrypt::verify(password, &hash)).await? {
+        match self
+            .run(move || yielding_bcrypt::verify(password.as_bytes(), &hash))
+            .await?
+        {
             Ok(matched) => Ok(matched && real),
             // A malformed stored hash fails closed.
             Err(error) => {
@@ -144,23 +151,18 @@ impl PasswordHasher {
 
 /// The nice value of hashing threads: the lowest. Under full CPU contention
 /// the kernel gives a nice-19 thread about 1.5% of a core against a nice-0
-/// one, so token checks keep their speed and their tail latency during a
-/// login flood (nice 5 let hashing slices push the reads' p99 past 5× solo).
-/// Logins still progress, slowly, while reads saturate the CPU, and get all
-/// of it otherwise. (`SCHED_IDLE` would starve them outright.)
+/// one, so token checks keep their speed during a login flood (nice 5 let
+/// hashing push the reads' p99 past 5× solo). Logins still progress, slowly,
+/// while reads saturate the CPU, and get all of it otherwise. (`SCHED_IDLE`
+/// would starve them outright.) The tail latency is the other half: the
+/// hashing loop yields the CPU after every bcrypt round
+/// (`yielding_bcrypt`), so a read never waits behind a hash for a whole
+/// scheduler tick.
 pub const HASHING_NICE: i32 = 19;
 
-/// The CPU slice hashing threads ask for: the shortest Linux (6.12 and
-/// later, whose EEVDF scheduler honours a per-thread slice) allows. A hashing
-/// thread that got the CPU gives it back within this, so a token check woken
-/// behind it waits that long rather than a default slice of milliseconds;
-/// the reads' p99 during a login flood fell from 4× its solo value to ~1×
-/// (see BENCHMARKS.md). Older kernels ignore it.
-pub const HASHING_SLICE_NANOS: u64 = 100_000;
-
 /// Lowers the calling thread's priority to [`HASHING_NICE`] (never raises
-/// it: a process started with a higher nice value keeps it) and asks for a
-/// [`HASHING_SLICE_NANOS`] slice. Neither needs privilege.
+/// it: a process started with a higher nice value keeps it). Needs no
+/// privilege.
 fn lower_thread_priority() {
     #[cfg(target_os = "linux")]
     {
@@ -171,31 +173,8 @@ fn lower_thread_priority() {
         if current >= HASHING_NICE {
             return;
         }
-        let attributes = libc::sched_attr {
-            size: std::mem::size_of::<libc::sched_attr>() as u32,
-            sched_policy: libc::SCHED_OTHER as u32,
-            sched_flags: 0,
-            sched_nice: HASHING_NICE,
-            sched_priority: 0,
-            sched_runtime: HASHING_SLICE_NANOS,
-            sched_deadline: 0,
-            sched_period: 0,
-        };
-        // SAFETY: sched_setattr(2) on the calling thread (tid 0) reads the
-        // struct, which outlives the call; its size field is its real size.
-        let with_slice = unsafe {
-            libc::syscall(
-                libc::SYS_sched_setattr,
-                0,
-                &attributes as *const libc::sched_attr,
-                0,
-            )
-        } == 0;
-        // Kernels without sched_setattr: the nice value alone.
-        // SAFETY: as for getpriority above.
-        let lowered =
-            with_slice || unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HASHING_NICE) } == 0;
-        if !lowered {
+        // SAFETY: as above.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HASHING_NICE) } != 0 {
             tracing::warn!("cannot lower the priority of a hashing thread");
         }
     }
