@@ -45,7 +45,9 @@
 #   BENCH_COST   bcrypt cost                    10 / 4
 #   PROFILE      cargo profile: release or dev (debug)    release / dev
 #   BENCH_CEILING_SECS   bcrypt ceiling measurement time  3 / 1
-#   WRK_THREADS  wrk threads per wrk process    2
+#   WRK_THREADS  wrk threads per wrk process    1 (wrk has one CPU: a second
+#                thread there only adds the other thread's scheduler slice,
+#                up to a 4 ms tick, to the measured latencies)
 #   SERVER_CPU, CLIENT_CPU   CPUs for the servers and for wrk   0, 1
 #   BENCH_OUT_DIR  where results go             target/bench
 #
@@ -83,7 +85,7 @@ else
   CEILING_SECS=${BENCH_CEILING_SECS:-3}
   MODE=full
 fi
-WRK_THREADS=${WRK_THREADS:-2}
+WRK_THREADS=${WRK_THREADS:-1}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}

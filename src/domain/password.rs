@@ -3,10 +3,10 @@
 //! bcrypt blocks a thread for tens to hundreds of milliseconds. Every hash and
 //! verify runs on one of this module's own threads (one per core), never on an
 //! async worker; requests wait for a free thread asynchronously, in a bounded
-//! queue. The threads run at the lowest nice value (19) and give the CPU
-//! back after every bcrypt round, so a flood of logins can neither starve
-//! token-checked reads of CPU nor hold it while one waits, and logins still
-//! get a small share when reads keep the CPU busy. This module must never hash a
+//! queue. The threads run at nice 10 and give the CPU back after every
+//! bcrypt round, so a flood of logins can neither starve token-checked reads
+//! of CPU nor hold it while one waits, and logins still get about a tenth of
+//! the CPU when reads keep it busy. This module must never hash a
 //! password longer than bcrypt reads (72 bytes): `verify` refuses one itself,
 //! `hash` expects callers to have checked the input rules.
 
@@ -149,20 +149,31 @@ impl PasswordHasher {
     }
 }
 
-/// The nice value of hashing threads: the lowest. Under full CPU contention
-/// the kernel gives a nice-19 thread about 1.5% of a core against a nice-0
-/// one, so token checks keep their speed during a login flood (nice 5 let
-/// hashing push the reads' p99 past 5× solo). Logins still progress, slowly,
-/// while reads saturate the CPU, and get all of it otherwise. (`SCHED_IDLE`
-/// would starve them outright.) The tail latency is the other half: the
-/// hashing loop yields the CPU after every bcrypt round
-/// (`yielding_bcrypt`), so a read never waits behind a hash for a whole
-/// scheduler tick.
-pub const HASHING_NICE: i32 = 19;
+/// The nice value of hashing threads. Under full CPU contention the kernel
+/// shares a core by weight: 110 for nice 10 against 1024 for a nice-0 async
+/// worker, so hashing gets about a tenth of it (measured: 6.6%, ~1.3 logins/s
+/// at cost 10 while reads saturate the core) and token-checked reads the
+/// rest. With no contention, hashing gets the whole core. Nice 19 left
+/// logins 1.5% (0.3/s: a queued login timed out) for no gain in the reads'
+/// numbers; nice 5 took 16% from them. The tail latency is the other half:
+/// see [`HASHING_SLICE_NANOS`] and `yielding_bcrypt`.
+pub const HASHING_NICE: i32 = 10;
+
+/// The CPU slice hashing threads ask for: the shortest Linux (6.12 and
+/// later, whose EEVDF scheduler honours a per-thread slice) allows. The
+/// kernel checks it only at ticks (4 ms) and wakeups, so on its own it did
+/// not shorten a hashing run (`perf sched timehist`: 3.95 ms runs); what it
+/// does is keep the thread's share once the hashing loop yields after every
+/// round: each `sched_yield` moves the thread's virtual deadline one slice
+/// later, and with the default slice a yielding nice-10 thread got 0.8-1.3%
+/// of a saturated core instead of 6.6% (4 s flood windows, CPU time from
+/// /proc). Older kernels ignore it; the yields alone still bound the reads'
+/// wait.
+pub const HASHING_SLICE_NANOS: u64 = 100_000;
 
 /// Lowers the calling thread's priority to [`HASHING_NICE`] (never raises
-/// it: a process started with a higher nice value keeps it). Needs no
-/// privilege.
+/// it: a process started with a higher nice value keeps it) and asks for a
+/// [`HASHING_SLICE_NANOS`] slice. Neither needs privilege.
 fn lower_thread_priority() {
     #[cfg(target_os = "linux")]
     {
@@ -173,8 +184,31 @@ fn lower_thread_priority() {
         if current >= HASHING_NICE {
             return;
         }
-        // SAFETY: as above.
-        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HASHING_NICE) } != 0 {
+        let attributes = libc::sched_attr {
+            size: std::mem::size_of::<libc::sched_attr>() as u32,
+            sched_policy: libc::SCHED_OTHER as u32,
+            sched_flags: 0,
+            sched_nice: HASHING_NICE,
+            sched_priority: 0,
+            sched_runtime: HASHING_SLICE_NANOS,
+            sched_deadline: 0,
+            sched_period: 0,
+        };
+        // SAFETY: sched_setattr(2) on the calling thread (tid 0) reads the
+        // struct, which outlives the call; its size field is its real size.
+        let with_slice = unsafe {
+            libc::syscall(
+                libc::SYS_sched_setattr,
+                0,
+                &attributes as *const libc::sched_attr,
+                0,
+            )
+        } == 0;
+        // Kernels without sched_setattr: the nice value alone.
+        // SAFETY: as for getpriority above.
+        let lowered =
+            with_slice || unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HASHING_NICE) } == 0;
+        if !lowered {
             tracing::warn!("cannot lower the priority of a hashing thread");
         }
     }
