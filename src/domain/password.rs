@@ -151,12 +151,13 @@ impl PasswordHasher {
 
 /// The nice value of hashing threads. Under full CPU contention the kernel
 /// shares a core by weight: 110 for nice 10 against 1024 for a nice-0 async
-/// worker, so hashing gets about a tenth of it (measured: 6.6%, ~1.3 logins/s
-/// at cost 10 while reads saturate the core) and token-checked reads the
-/// rest. With no contention, hashing gets the whole core. Nice 19 left
-/// logins 1.5% (0.3/s: a queued login timed out) for no gain in the reads'
-/// numbers; nice 5 took 16% from them. The tail latency is the other half:
-/// see [`HASHING_SLICE_NANOS`] and `yielding_bcrypt`.
+/// worker, so hashing gets about a tenth of it (measured: 6.5-6.8%, about
+/// one login/s at cost 10 while reads saturate the core) and token-checked
+/// reads the rest. With no contention, hashing gets the whole core. Nice 19
+/// left logins 1.5% (0.3 logins/s, none at all in one 20 s benchmark) for
+/// reads about 5% faster; nice 5 took 16% from the reads. The reads' tail
+/// latency is the other half: see [`HASHING_SLICE_NANOS`] and
+/// `yielding_bcrypt`.
 pub const HASHING_NICE: i32 = 10;
 
 /// The CPU slice hashing threads ask for: the shortest Linux (6.12 and
@@ -166,7 +167,7 @@ pub const HASHING_NICE: i32 = 10;
 /// does is keep the thread's share once the hashing loop yields after every
 /// round: each `sched_yield` moves the thread's virtual deadline one slice
 /// later, and with the default slice a yielding nice-10 thread got 0.8-1.3%
-/// of a saturated core instead of 6.6% (4 s flood windows, CPU time from
+/// of a saturated core instead of 6.5-6.8% (4 s flood windows, CPU time from
 /// /proc). Older kernels ignore it; the yields alone still bound the reads'
 /// wait.
 pub const HASHING_SLICE_NANOS: u64 = 100_000;

@@ -7,7 +7,7 @@
 //! to a tick while token checks queued behind it (measured with
 //! `perf sched timehist`: 3.95 ms runs). Here the expensive key-expansion loop
 //! is our own, over the `blowfish` primitives the `bcrypt` crate itself uses,
-//! and it calls `sched_yield` after every round (~65 µs of work), so a waiting
+//! and it calls `sched_yield` after every round (50-65 µs of work), so a waiting
 //! request gets the CPU within a round.
 //!
 //! What this module owns: the bcrypt rounds and the `$2b$` string format,
