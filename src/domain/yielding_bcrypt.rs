@@ -175,6 +175,71 @@ mod tests {
         assert!(!verify(b"secret", &bad).unwrap());
     }
 
+    /// Involuntary context switches of the calling thread so far.
+    #[cfg(target_os = "linux")]
+    fn involuntary_switches() -> i64 {
+        // SAFETY: getrusage fills the zeroed struct it is given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        assert_eq!(
+            unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) },
+            0
+        );
+        usage.ru_nivcsw
+    }
+
+    #[cfg(target_os = "linux")]
+    fn pin_to_cpu(cpu: usize) {
+        // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays inside it
+        // for any CPU the kernel reported; sched_setaffinity reads it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+                0
+            );
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_thread_waiting_for_the_cpu_gets_it_between_rounds() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Barrier};
+        // SAFETY: no arguments; returns the CPU this thread runs on.
+        let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).unwrap();
+        pin_to_cpu(cpu);
+        // A thread that always wants this CPU.
+        let stop = Arc::new(AtomicBool::new(false));
+        let pinned = Arc::new(Barrier::new(2));
+        let spinner = {
+            let (stop, pinned) = (stop.clone(), pinned.clone());
+            std::thread::spawn(move || {
+                pin_to_cpu(cpu);
+                pinned.wait();
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        };
+        pinned.wait();
+        let before = involuntary_switches();
+        let cost = 8;
+        raw_hash(b"password", cost, &[1; 16]).unwrap();
+        let switches = involuntary_switches() - before;
+        stop.store(true, Ordering::Relaxed);
+        spinner.join().unwrap();
+        // A yield that hands the CPU over counts as an involuntary switch:
+        // 95-101 of the 256 rounds ended in one (after the others, the
+        // spinner was not yet due to run again). Without the yields the
+        // hash lost the CPU only at ticks: 7-8 times.
+        let rounds = 1i64 << cost;
+        assert!(
+            switches >= rounds / 8,
+            "{switches} switches in {rounds} rounds"
+        );
+    }
+
     #[test]
     fn malformed_hashes_and_costs_are_errors() {
         assert!(verify(b"x", "not a hash").is_err());
