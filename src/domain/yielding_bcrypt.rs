@@ -30,11 +30,7 @@ const MAX_COST: u32 = 31;
 /// `bcrypt::hash_with_salt(..).format_for_version(Version::TwoB)`.
 pub fn hash(password: &[u8], cost: u32, salt: [u8; 16]) -> Result<String, BcryptError> {
     let output = raw_hash(password, cost, &salt)?;
-    let mut encoded = String::with_capacity(60);
-    encoded.push_str("$2b$");
-    encoded.push(char::from(b'0' + (cost / 10) as u8));
-    encoded.push(char::from(b'0' + (cost % 10) as u8));
-    encoded.push('$');
+    let mut encoded = format!("$2b${cost:02}$");
     BASE_64.encode_string(salt, &mut encoded);
     BASE_64.encode_string(&output[..23], &mut encoded);
     Ok(encoded)
