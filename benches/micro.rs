@@ -7,6 +7,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use gatehouse::api::routes::ROUTES;
 use gatehouse::domain::token::TokenKeys;
 use gatehouse::domain::unix_now;
 use gatehouse::domain::user::{Role, User};
@@ -51,7 +52,7 @@ fn router_resolve(c: &mut Criterion) {
     for (name, method, path) in &cases {
         group.bench_function(*name, |b| {
             b.iter(|| {
-                let resolution = resolve(black_box(method), black_box(path));
+                let resolution = resolve(ROUTES, black_box(method), black_box(path));
                 matches!(resolution, Resolution::Found(..))
             })
         });

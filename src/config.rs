@@ -56,6 +56,12 @@ pub struct ServerSettings {
     /// Header carrying the client address, set by a trusted proxy (e.g.
     /// `x-forwarded-for`). Unset means the TCP peer address is used.
     pub client_ip_header: Option<String>,
+    /// A response the client does not read within this closes the connection,
+    /// so clients that never read cannot hold connection slots.
+    pub write_timeout_secs: u64,
+    /// An idle keep-alive connection (no request in progress) is closed after
+    /// this.
+    pub idle_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +83,9 @@ pub struct LimitSettings {
     pub login_failures_per_account: u32,
     pub login_failures_per_address: u32,
     pub login_window_secs: u64,
+    /// Registration requests per client address per login window, whatever
+    /// their outcome.
+    pub registrations_per_address: u32,
 }
 
 /// A secret string whose `Debug` never shows its value, so settings can be
@@ -121,6 +130,8 @@ impl Default for ServerSettings {
             header_timeout_secs: 10,
             max_connections: 1024,
             client_ip_header: None,
+            write_timeout_secs: 10,
+            idle_timeout_secs: 60,
         }
     }
 }
@@ -145,6 +156,7 @@ impl Default for LimitSettings {
             login_failures_per_account: 5,
             login_failures_per_address: 100,
             login_window_secs: 900,
+            registrations_per_address: 20,
         }
     }
 }
@@ -234,6 +246,16 @@ impl Settings {
             "server.max_connections",
             "must be between 1 and 1000000",
         )?;
+        check(
+            (1..=3600).contains(&s.write_timeout_secs),
+            "server.write_timeout_secs",
+            "must be between 1 and 3600",
+        )?;
+        check(
+            (1..=86_400).contains(&s.idle_timeout_secs),
+            "server.idle_timeout_secs",
+            "must be between 1 and 86400",
+        )?;
         if let Some(header) = &s.client_ip_header {
             check(
                 hyper::header::HeaderName::from_bytes(header.as_bytes()).is_ok(),
@@ -314,6 +336,11 @@ impl Settings {
             (1..=86_400).contains(&l.login_window_secs),
             "limits.login_window_secs",
             "must be between 1 and 86400",
+        )?;
+        check(
+            (1..=100_000).contains(&l.registrations_per_address),
+            "limits.registrations_per_address",
+            "must be between 1 and 100000",
         )?;
         check(
             l.login_failures_per_account <= 10_000,
@@ -421,6 +448,43 @@ mod tests {
             serde_json::to_value(&shipped).unwrap(),
             serde_json::to_value(Settings::default()).unwrap()
         );
+    }
+
+    #[test]
+    fn every_config_section_is_reachable_from_the_environment() {
+        // A section missing from ENV_SECTIONS would be silently ignored when
+        // set through GATEHOUSE_<SECTION>__<KEY>.
+        let defaults = serde_json::to_value(Settings::default()).unwrap();
+        let mut sections: Vec<&str> = defaults
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut listed = ENV_SECTIONS.to_vec();
+        sections.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(
+            sections, listed,
+            "ENV_SECTIONS must list every top-level key"
+        );
+        // And each is actually read: set one key per section through the
+        // environment and see it arrive.
+        Jail::expect_with(|jail| {
+            jail.set_env("GATEHOUSE_SERVER__IDLE_TIMEOUT_SECS", "7");
+            jail.set_env("GATEHOUSE_AUTH__ISSUER", "from-env");
+            jail.set_env("GATEHOUSE_LIMITS__REGISTRATIONS_PER_ADDRESS", "3");
+            jail.set_env("GATEHOUSE_DATA_DIR", "/from/env");
+            jail.set_env("GATEHOUSE_STORE__URL", "postgres://u@localhost/x");
+            jail.set_env("GATEHOUSE_AUTH__SECRET", "x".repeat(40));
+            let s = load_in(jail, Overrides::default()).unwrap();
+            assert_eq!(s.server.idle_timeout_secs, 7);
+            assert_eq!(s.auth.issuer, "from-env");
+            assert_eq!(s.limits.registrations_per_address, 3);
+            assert_eq!(s.data_dir, PathBuf::from("/from/env"));
+            assert!(s.store.url.is_some());
+            Ok(())
+        });
     }
 
     #[test]

@@ -30,7 +30,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::app::App;
 use crate::domain::unix_now;
 use crate::http::error::ApiError;
-use crate::http::router;
 
 /// How long shutdown waits for in-flight requests before closing anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -188,7 +187,7 @@ async fn respond(
     // A `Uri` clone shares its bytes: no copy of the path per request.
     let uri = request.uri().clone();
     let log = app.request_log.clone();
-    let response = router::handle(app, request, peer).await;
+    let response = crate::api::handle(app, request, peer).await;
     let line = RequestLine {
         method: &method,
         path: uri.path(),

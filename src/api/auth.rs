@@ -11,8 +11,8 @@ use crate::app::App;
 use crate::domain::unix_now;
 use crate::domain::user::{normalize_email, valid_email, valid_name, valid_password, Role, User};
 use crate::http::auth::{check_token, presented_token, AuthUser};
+use crate::http::context::RequestContext;
 use crate::http::error::ApiError;
-use crate::http::router::RequestContext;
 use crate::http::{json, json_bytes, HttpResponse};
 
 /// `POST /api/auth/register {name, email, password}`: a new `user`, and a
@@ -59,7 +59,7 @@ pub async fn login(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
 }
 
 /// `GET /api/auth/me`: the caller's user object.
-pub fn me(caller: AuthUser) -> Result<HttpResponse, ApiError> {
+pub async fn me(_ctx: RequestContext, caller: AuthUser) -> Result<HttpResponse, ApiError> {
     Ok(json_bytes(StatusCode::OK, caller.user().view().to_json()))
 }
 

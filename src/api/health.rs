@@ -3,12 +3,12 @@
 use hyper::StatusCode;
 use serde_json::json;
 
+use crate::http::context::RequestContext;
 use crate::http::error::ApiError;
-use crate::http::router::RequestContext;
 use crate::http::{json, text, HttpResponse};
 
-pub fn api_root() -> HttpResponse {
-    text(StatusCode::OK, "API works.")
+pub async fn api_root(_ctx: RequestContext) -> Result<HttpResponse, ApiError> {
+    Ok(text(StatusCode::OK, "API works."))
 }
 
 /// 200 when the store answers, 503 `store_unavailable` when it does not.

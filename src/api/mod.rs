@@ -1,6 +1,8 @@
-//! The handlers, one file per resource. Each takes a
-//! [`RequestContext`](crate::http::router::RequestContext) (and, if protected,
-//! the [`AuthUser`]) and returns a response or an [`ApiError`].
+//! The handlers, one file per resource, and [`routes::ROUTES`], the table
+//! that names them. Each handler takes a
+//! [`RequestContext`](crate::http::context::RequestContext) (and, if
+//! protected, the [`AuthUser`](crate::http::auth::AuthUser)) and returns a
+//! response or an [`ApiError`](crate::http::error::ApiError).
 //!
 //! Handlers decide who may do what and call the domain and the store; they
 //! never touch sockets, and they never build an error body themselves.
@@ -8,35 +10,19 @@
 pub mod auth;
 pub mod health;
 pub mod openapi;
+pub mod routes;
 pub mod users;
 
-use crate::http::auth::AuthUser;
-use crate::http::error::ApiError;
-use crate::http::router::{Protected, Public, RequestContext};
-use crate::http::HttpResponse;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
-pub async fn call_public(endpoint: Public, ctx: RequestContext) -> Result<HttpResponse, ApiError> {
-    match endpoint {
-        Public::ApiRoot => Ok(health::api_root()),
-        Public::OpenApi => Ok(openapi::document()),
-        Public::Health => health::healthz(ctx).await,
-        Public::Register => auth::register(ctx).await,
-        Public::Login => auth::login(ctx).await,
-        Public::Logout => auth::logout(ctx).await,
-    }
-}
+use hyper::body::Incoming;
+use hyper::Request;
 
-pub async fn call_protected(
-    endpoint: Protected,
-    ctx: RequestContext,
-    caller: AuthUser,
-) -> Result<HttpResponse, ApiError> {
-    match endpoint {
-        Protected::Me => auth::me(caller),
-        Protected::ListUsers => users::list(ctx, caller).await,
-        Protected::CreateUser => users::create(ctx, caller).await,
-        Protected::GetUser => users::get(ctx, caller).await,
-        Protected::UpdateUser => users::update(ctx, caller).await,
-        Protected::DeleteUser => users::delete(ctx, caller).await,
-    }
+use crate::app::App;
+use crate::http::{router, HttpResponse};
+
+/// Answers one request through [`routes::ROUTES`].
+pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+    router::handle(routes::ROUTES, app, request, peer).await
 }

@@ -6,12 +6,14 @@ use hyper::body::Bytes;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 
+use crate::http::context::RequestContext;
+use crate::http::error::ApiError;
 use crate::http::HttpResponse;
 
 /// The document, as shipped.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
-pub fn document() -> HttpResponse {
+pub async fn document(_ctx: RequestContext) -> Result<HttpResponse, ApiError> {
     let mut response = Response::new(http_body_util::Full::new(Bytes::from_static(
         OPENAPI_JSON.as_bytes(),
     )));
@@ -19,5 +21,5 @@ pub fn document() -> HttpResponse {
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+    Ok(response)
 }

@@ -12,8 +12,8 @@ use crate::domain::unix_now;
 use crate::domain::user::{valid_email, valid_name, valid_password, Role, User, UserView};
 use crate::http::auth::AuthUser;
 use crate::http::body::{parse_query, Fields};
+use crate::http::context::RequestContext;
 use crate::http::error::ApiError;
-use crate::http::router::RequestContext;
 use crate::http::{json, json_bytes, HttpResponse};
 use crate::store::UserPatch;
 

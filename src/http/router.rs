@@ -1,105 +1,95 @@
-//! The route table and the router: method + path segments to an endpoint, with
-//! 404 and 405 (+ `Allow`) answered here, and the token check run before any
-//! protected endpoint.
+//! The router: method + path to a [`Route`] of a route table, with 404 and
+//! 405 (+ `Allow`) answered here, the token check run before any protected
+//! handler, and the headers every response shares (`Cache-Control`).
 //!
-//! [`ROUTES`] is the one list of what the API serves. An endpoint is either
-//! [`Public`] or [`Protected`]; the router calls a protected one only with the
-//! [`AuthUser`](auth::AuthUser) that [`auth::authenticate`] returned, so adding a route cannot
-//! forget the check.
+//! The table itself is `api::routes::ROUTES`: a route is one declaration
+//! there, next to its handler. A [`Route`] is either public or protected by
+//! construction ([`Handler`]); a protected handler's signature needs the
+//! [`AuthUser`] that only [`auth::authenticate`] makes, so adding a route
+//! cannot forget the check. This module knows no handler and no route.
+//!
+//! Requests refused before routing: an HTTP/1.1 request without exactly one
+//! `Host` header (RFC 9112 §3.2) is a 400. `HEAD` is answered on every `GET`
+//! route, by the `GET` handler (hyper sends the head only).
 
-use std::net::{IpAddr, SocketAddr};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::http::request::Parts;
-use hyper::{Method, Request};
+use hyper::header::{HeaderValue, CACHE_CONTROL, HOST};
+use hyper::{Method, Request, Version};
 
-use super::auth;
-use super::body::{read_fields, Fields};
+use super::auth::{self, AuthUser};
+use super::context::RequestContext;
 use super::error::ApiError;
 use super::HttpResponse;
-use crate::api;
 use crate::app::App;
 
-/// An endpoint anyone may call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Public {
-    ApiRoot,
-    OpenApi,
-    Health,
-    Register,
-    Login,
-    Logout,
+/// What a handler returns.
+pub type HandlerResult = Result<HttpResponse, ApiError>;
+
+/// A handler's future, boxed so that handlers of every route share one type.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
+
+/// How a route is called: without a user, or only with one.
+#[derive(Clone, Copy)]
+pub enum Handler {
+    Public(fn(RequestContext) -> HandlerFuture),
+    Protected(fn(RequestContext, AuthUser) -> HandlerFuture),
 }
 
-/// An endpoint that needs a valid token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protected {
-    Me,
-    ListUsers,
-    CreateUser,
-    GetUser,
-    UpdateUser,
-    DeleteUser,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    Public(Public),
-    Protected(Protected),
-}
-
+/// One entry of a route table.
 pub struct Route {
     pub method: Method,
-    /// Segments separated by `/`; a last segment `{id}` matches any one
+    /// Segments separated by `/`; at most one segment may be a parameter
+    /// `{id}`, anywhere (`/api/users/{id}/sessions`); it matches one
     /// non-empty segment.
     pub path: &'static str,
-    pub endpoint: Endpoint,
+    pub handler: Handler,
+    /// Whether caches may keep the answer (static documents only); every
+    /// other response carries `Cache-Control: no-store`, as it may hold a
+    /// token or user data.
+    pub cacheable: bool,
 }
 
-const fn public(method: Method, path: &'static str, endpoint: Public) -> Route {
-    Route {
-        method,
-        path,
-        endpoint: Endpoint::Public(endpoint),
+impl Route {
+    pub const fn public(
+        method: Method,
+        path: &'static str,
+        handler: fn(RequestContext) -> HandlerFuture,
+    ) -> Route {
+        Route {
+            method,
+            path,
+            handler: Handler::Public(handler),
+            cacheable: false,
+        }
     }
-}
 
-const fn protected(method: Method, path: &'static str, endpoint: Protected) -> Route {
-    Route {
-        method,
-        path,
-        endpoint: Endpoint::Protected(endpoint),
+    pub const fn protected(
+        method: Method,
+        path: &'static str,
+        handler: fn(RequestContext, AuthUser) -> HandlerFuture,
+    ) -> Route {
+        Route {
+            method,
+            path,
+            handler: Handler::Protected(handler),
+            cacheable: false,
+        }
     }
-}
 
-/// Everything gatehouse serves.
-pub const ROUTES: &[Route] = &[
-    public(Method::GET, "/api", Public::ApiRoot),
-    public(Method::GET, "/api/openapi.json", Public::OpenApi),
-    public(Method::GET, "/healthz", Public::Health),
-    public(Method::POST, "/api/auth/register", Public::Register),
-    public(Method::POST, "/api/auth/login", Public::Login),
-    protected(Method::GET, "/api/auth/me", Protected::Me),
-    public(Method::GET, "/api/auth/logout", Public::Logout),
-    public(Method::POST, "/api/auth/logout", Public::Logout),
-    protected(Method::GET, "/api/users", Protected::ListUsers),
-    protected(Method::POST, "/api/users", Protected::CreateUser),
-    protected(Method::GET, "/api/users/{id}", Protected::GetUser),
-    protected(Method::PUT, "/api/users/{id}", Protected::UpdateUser),
-    protected(Method::PATCH, "/api/users/{id}", Protected::UpdateUser),
-    protected(Method::DELETE, "/api/users/{id}", Protected::DeleteUser),
-];
+    /// Lets caches keep this route's answers.
+    pub const fn cacheable(mut self) -> Route {
+        self.cacheable = true;
+        self
+    }
 
-/// What a method and path resolve to.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Resolution<'p> {
-    /// The route, and the `{id}` segment if its path has one.
-    Found(&'static Route, Option<&'p str>),
-    /// The path exists but not with this method; the methods it has.
-    MethodNotAllowed(String),
-    NotFound,
+    pub fn is_protected(&self) -> bool {
+        matches!(self.handler, Handler::Protected(_))
+    }
 }
 
 impl PartialEq for Route {
@@ -116,21 +106,41 @@ impl std::fmt::Debug for Route {
     }
 }
 
-pub fn resolve<'p>(method: &Method, path: &'p str) -> Resolution<'p> {
+/// What a method and path resolve to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resolution<'p> {
+    /// The route, and the `{id}` segment if its path has one.
+    Found(&'static Route, Option<&'p str>),
+    /// The path exists but not with this method; the methods it has.
+    MethodNotAllowed(String),
+    NotFound,
+}
+
+/// Finds the route for `method` and `path` in `routes`. `HEAD` finds the
+/// `GET` route of its path.
+pub fn resolve<'p>(routes: &'static [Route], method: &Method, path: &'p str) -> Resolution<'p> {
     // Express routes ignore one trailing slash; so do we.
     let path = match path.strip_suffix('/') {
         Some(stripped) if !stripped.is_empty() => stripped,
         _ => path,
     };
+    let wanted = if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
     let mut allowed: Vec<&str> = Vec::new();
-    for route in ROUTES {
+    for route in routes {
         let Some(id) = matches(route.path, path) else {
             continue;
         };
-        if route.method == *method {
+        if route.method == *wanted {
             return Resolution::Found(route, id);
         }
         allowed.push(route.method.as_str());
+        if route.method == Method::GET {
+            allowed.push(Method::HEAD.as_str());
+        }
     }
     if allowed.is_empty() {
         Resolution::NotFound
@@ -140,160 +150,148 @@ pub fn resolve<'p>(method: &Method, path: &'p str) -> Resolution<'p> {
 }
 
 /// `Some(id segment or None)` if `path` fits `pattern`. Compares whole
-/// strings rather than splitting into segments: this runs for every route on
-/// every request.
+/// strings (a prefix and a suffix around the one parameter) rather than
+/// splitting into segments: this runs for every route on every request.
 fn matches<'p>(pattern: &str, path: &'p str) -> Option<Option<&'p str>> {
-    match pattern.strip_suffix("{id}") {
-        None => (pattern == path).then_some(None),
-        Some(prefix) => {
-            let id = path.strip_prefix(prefix)?;
-            (!id.is_empty() && !id.contains('/')).then_some(Some(id))
-        }
-    }
+    let Some((prefix, rest)) = pattern.split_once('{') else {
+        return (pattern == path).then_some(None);
+    };
+    let suffix = rest.split_once('}').map_or("", |(_, suffix)| suffix);
+    let id = path.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    (!id.is_empty() && !id.contains('/')).then_some(Some(id))
 }
 
-/// Everything a handler may read about its request.
-pub struct RequestContext {
-    pub app: Arc<App>,
-    pub parts: Parts,
-    /// The unread body; [`RequestContext::read_body`] takes it.
-    pub body: Option<Incoming>,
-    pub peer: SocketAddr,
-    /// The `{id}` path segment, on routes that have one.
-    pub id: Option<String>,
-}
-
-impl RequestContext {
-    /// The client's address: the TCP peer, or the last address in
-    /// `server.client_ip_header` (the one our trusted proxy saw) if set.
-    pub fn client_ip(&self) -> IpAddr {
-        let Some(header) = &self.app.settings.server.client_ip_header else {
-            return self.peer.ip();
-        };
-        self.parts
-            .headers
-            .get(header.as_str())
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(self.peer.ip())
-    }
-
-    /// Reads and decodes the body within `limits.body_bytes` and
-    /// `server.header_timeout_secs`.
-    pub async fn read_body(&mut self) -> Result<Fields, ApiError> {
-        let body = self
-            .body
-            .take()
-            .ok_or_else(|| ApiError::Internal("the body was read twice".into()))?;
-        let settings = &self.app.settings;
-        read_fields(
-            &self.parts,
-            body,
-            settings.limits.body_bytes,
-            Duration::from_secs(settings.server.header_timeout_secs),
-        )
-        .await
-    }
-
-    /// The `{id}` path segment (empty on routes without one, which never ask).
-    pub fn id(&self) -> &str {
-        self.id.as_deref().unwrap_or_default()
-    }
-}
-
-/// Routes one request to its handler and turns any error into its response.
-pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+/// Routes one request through `routes` and turns any error into its
+/// response; every response leaves with its `Cache-Control`.
+pub async fn handle(
+    routes: &'static [Route],
+    app: Arc<App>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> HttpResponse {
     let (parts, body) = request.into_parts();
-    let (route, id) = match resolve(&parts.method, parts.uri.path()) {
-        Resolution::Found(route, id) => (route, id.map(str::to_string)),
-        Resolution::MethodNotAllowed(allow) => {
-            return ApiError::MethodNotAllowed { allow }.into_response()
+    let mut cacheable = false;
+    let mut response = match resolve_request(routes, &parts) {
+        Ok((route, id)) => {
+            cacheable = route.cacheable;
+            let context = RequestContext {
+                app,
+                id: id.map(str::to_string),
+                parts,
+                body: Some(body),
+                peer,
+            };
+            call(route, context).await
         }
-        Resolution::NotFound => return ApiError::NotFound.into_response(),
-    };
-    let context = RequestContext {
-        app,
-        parts,
-        body: Some(body),
-        peer,
-        id,
-    };
-    let result = match route.endpoint {
-        Endpoint::Public(endpoint) => api::call_public(endpoint, context).await,
-        Endpoint::Protected(endpoint) => {
-            match auth::authenticate(&context.app, &context.parts.headers).await {
-                Ok(user) => api::call_protected(endpoint, context, user).await,
-                Err(error) => Err(error),
-            }
+        Err(error) => Err(error),
+    }
+    .unwrap_or_else(ApiError::into_response);
+    if !cacheable {
+        response
+            .headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// The route of a request head, or the error that answers it.
+fn resolve_request<'p>(
+    routes: &'static [Route],
+    parts: &'p hyper::http::request::Parts,
+) -> Result<(&'static Route, Option<&'p str>), ApiError> {
+    if parts.version == Version::HTTP_11 && parts.headers.get_all(HOST).iter().count() != 1 {
+        return Err(ApiError::InvalidInput(
+            "an HTTP/1.1 request must carry exactly one Host header".into(),
+        ));
+    }
+    match resolve(routes, &parts.method, parts.uri.path()) {
+        Resolution::Found(route, id) => Ok((route, id)),
+        Resolution::MethodNotAllowed(allow) => Err(ApiError::MethodNotAllowed { allow }),
+        Resolution::NotFound => Err(ApiError::NotFound),
+    }
+}
+
+async fn call(route: &Route, context: RequestContext) -> HandlerResult {
+    match route.handler {
+        Handler::Public(handler) => handler(context).await,
+        Handler::Protected(handler) => {
+            let user = auth::authenticate(&context.app, &context.parts.headers).await?;
+            handler(context, user).await
         }
-    };
-    result.unwrap_or_else(ApiError::into_response)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn found(method: Method, path: &str) -> (Endpoint, Option<&str>) {
-        match resolve(&method, path) {
-            Resolution::Found(route, id) => (route.endpoint, id),
+    fn public(_: RequestContext) -> HandlerFuture {
+        Box::pin(async { Err(ApiError::NotFound) })
+    }
+
+    fn protected(_: RequestContext, _: AuthUser) -> HandlerFuture {
+        Box::pin(async { Err(ApiError::NotFound) })
+    }
+
+    static TABLE: &[Route] = &[
+        Route::public(Method::GET, "/api", public).cacheable(),
+        Route::protected(Method::GET, "/api/auth/me", protected),
+        Route::public(Method::POST, "/api/auth/login", public),
+        Route::protected(Method::GET, "/api/users/{id}", protected),
+        Route::protected(Method::PATCH, "/api/users/{id}", protected),
+        Route::protected(Method::GET, "/api/users/{id}/sessions", protected),
+        Route::protected(Method::DELETE, "/api/users/{id}/sessions", protected),
+    ];
+
+    fn found(method: Method, path: &str) -> (&'static str, Option<&str>) {
+        match resolve(TABLE, &method, path) {
+            Resolution::Found(route, id) => (route.path, id),
             other => panic!("{method} {path}: {other:?}"),
         }
     }
 
     #[test]
-    fn paths_resolve_to_their_endpoints() {
-        assert_eq!(
-            found(Method::GET, "/api").0,
-            Endpoint::Public(Public::ApiRoot)
-        );
-        assert_eq!(
-            found(Method::GET, "/api/auth/me/"),
-            (Endpoint::Protected(Protected::Me), None)
-        );
+    fn paths_resolve_to_their_routes_with_the_id_anywhere() {
+        assert_eq!(found(Method::GET, "/api"), ("/api", None));
+        assert_eq!(found(Method::GET, "/api/auth/me/"), ("/api/auth/me", None));
         assert_eq!(
             found(Method::PATCH, "/api/users/abc"),
-            (Endpoint::Protected(Protected::UpdateUser), Some("abc"))
+            ("/api/users/{id}", Some("abc"))
         );
         assert_eq!(
-            found(Method::POST, "/api/auth/logout").0,
-            Endpoint::Public(Public::Logout)
+            found(Method::GET, "/api/users/abc/sessions"),
+            ("/api/users/{id}/sessions", Some("abc"))
         );
+        assert_eq!(found(Method::HEAD, "/api"), ("/api", None));
     }
 
     #[test]
     fn unknown_paths_and_methods() {
-        assert_eq!(resolve(&Method::GET, "/nope"), Resolution::NotFound);
+        assert_eq!(resolve(TABLE, &Method::GET, "/nope"), Resolution::NotFound);
+        for path in [
+            "/api/users/a/b",
+            "/api/users//",
+            "/api/users//sessions",
+            "/api/users/a/b/sessions",
+            "/",
+        ] {
+            assert_eq!(
+                resolve(TABLE, &Method::GET, path),
+                Resolution::NotFound,
+                "{path}"
+            );
+        }
         assert_eq!(
-            resolve(&Method::GET, "/api/users/a/b"),
-            Resolution::NotFound
-        );
-        assert_eq!(resolve(&Method::GET, "/api/users//"), Resolution::NotFound);
-        assert_eq!(resolve(&Method::GET, "/"), Resolution::NotFound);
-        assert_eq!(
-            resolve(&Method::DELETE, "/api/auth/login"),
+            resolve(TABLE, &Method::DELETE, "/api/auth/login"),
             Resolution::MethodNotAllowed("POST".into())
         );
         assert_eq!(
-            resolve(&Method::POST, "/api/users/x"),
-            Resolution::MethodNotAllowed("GET, PUT, PATCH, DELETE".into())
+            resolve(TABLE, &Method::HEAD, "/api/auth/login"),
+            Resolution::MethodNotAllowed("POST".into())
         );
-    }
-
-    #[test]
-    fn every_route_is_reachable() {
-        for route in ROUTES {
-            let id_segments = route.path.matches("{id}").count();
-            assert!(
-                id_segments == 0 || (id_segments == 1 && route.path.ends_with("/{id}")),
-                "{route:?}: `{{id}}` may only be the last segment"
-            );
-            let path = route.path.replace("{id}", "some-id");
-            assert!(
-                matches!(resolve(&route.method, &path), Resolution::Found(r, _) if r == route),
-                "{route:?}"
-            );
-        }
+        assert_eq!(
+            resolve(TABLE, &Method::POST, "/api/users/x"),
+            Resolution::MethodNotAllowed("GET, HEAD, PATCH".into())
+        );
     }
 }

@@ -408,7 +408,7 @@ async fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
     assert_eq!(reply.header("allow"), Some("POST"));
     let reply = server.put("/api/auth/logout").send().await;
     let allowed: HashSet<&str> = reply.header("allow").unwrap().split(", ").collect();
-    assert_eq!(allowed, HashSet::from(["GET", "POST"]));
+    assert_eq!(allowed, HashSet::from(["GET", "HEAD", "POST"]));
 }
 }
 

@@ -34,5 +34,6 @@ mod instances;
 mod network;
 mod openapi;
 mod properties;
+mod protocol;
 mod tokens;
 mod users;

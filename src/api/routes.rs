@@ -1,0 +1,74 @@
+//! [`ROUTES`]: everything gatehouse serves, one line per route: method, path,
+//! who may call it (public, or protected by the token check), its handler,
+//! and whether caches may keep the answer. The router (`http::router`) reads
+//! this table and nothing else; the OpenAPI document is checked against it
+//! (`tests/it/openapi.rs`).
+
+use hyper::Method;
+
+use super::{auth, health, openapi, users};
+use crate::http::router::Route;
+
+/// A public handler as a table entry: `public!(module::function)`.
+macro_rules! public {
+    ($handler:path) => {
+        |ctx| Box::pin($handler(ctx))
+    };
+}
+
+/// A protected handler as a table entry: it also receives the caller.
+macro_rules! protected {
+    ($handler:path) => {
+        |ctx, caller| Box::pin($handler(ctx, caller))
+    };
+}
+
+pub static ROUTES: &[Route] = &[
+    Route::public(Method::GET, "/api", public!(health::api_root)).cacheable(),
+    Route::public(Method::GET, "/api/openapi.json", public!(openapi::document)).cacheable(),
+    Route::public(Method::GET, "/healthz", public!(health::healthz)),
+    Route::public(Method::POST, "/api/auth/register", public!(auth::register)),
+    Route::public(Method::POST, "/api/auth/login", public!(auth::login)),
+    Route::protected(Method::GET, "/api/auth/me", protected!(auth::me)),
+    Route::public(Method::GET, "/api/auth/logout", public!(auth::logout)),
+    Route::public(Method::POST, "/api/auth/logout", public!(auth::logout)),
+    Route::protected(Method::GET, "/api/users", protected!(users::list)),
+    Route::protected(Method::POST, "/api/users", protected!(users::create)),
+    Route::protected(Method::GET, "/api/users/{id}", protected!(users::get)),
+    Route::protected(Method::PUT, "/api/users/{id}", protected!(users::update)),
+    Route::protected(Method::PATCH, "/api/users/{id}", protected!(users::update)),
+    Route::protected(Method::DELETE, "/api/users/{id}", protected!(users::delete)),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::router::{resolve, Resolution};
+
+    #[test]
+    fn every_route_is_reachable_and_declared_once() {
+        for route in ROUTES {
+            assert!(
+                route.path.matches('{').count() <= 1,
+                "{route:?}: at most one path parameter"
+            );
+            let path = route.path.replace("{id}", "some-id");
+            assert!(
+                matches!(resolve(ROUTES, &route.method, &path), Resolution::Found(r, _) if r == route),
+                "{route:?} is shadowed by an earlier route"
+            );
+            let same = ROUTES.iter().filter(|r| *r == route).count();
+            assert_eq!(same, 1, "{route:?} is declared {same} times");
+        }
+    }
+
+    #[test]
+    fn only_static_documents_are_cacheable() {
+        let cacheable: Vec<&str> = ROUTES
+            .iter()
+            .filter(|r| r.cacheable)
+            .map(|r| r.path)
+            .collect();
+        assert_eq!(cacheable, ["/api", "/api/openapi.json"]);
+    }
+}
