@@ -8,6 +8,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use unicode_normalization::UnicodeNormalization;
+
 use super::time::Rfc3339;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,13 +168,55 @@ pub const MAX_PASSWORD_BYTES: usize = 72;
 pub const MAX_NAME_CHARS: usize = 100;
 pub const MAX_EMAIL_CHARS: usize = 254;
 
-/// The canonical form of an email: trimmed and lower-cased. Used for storage,
-/// uniqueness and lookups alike.
+/// The canonical form of an email, used for storage, uniqueness and lookups
+/// alike, so that addresses a person cannot tell apart are one account:
+/// trimmed, Unicode NFKC (fullwidth letters, compatibility forms and
+/// decomposed accents fold together), lower-cased, and the domain mapped by
+/// UTS #46 and kept in its Unicode form (`BÜCHER.de`, `bücher.de` and
+/// `xn--bcher-kva.de` are one domain). A domain UTS #46 refuses is left as
+/// it is: [`valid_email`] refuses it, and a login with it finds no account.
 pub fn normalize_email(email: &str) -> String {
-    email.trim().to_lowercase()
+    let folded: String = email.trim().nfkc().collect::<String>().to_lowercase();
+    // Lower-casing can leave a string that is no longer NFKC (e.g. U+0130).
+    let folded: String = folded.nfkc().collect();
+    match folded.rsplit_once('@') {
+        Some((local, domain)) => match unicode_domain(domain) {
+            Some(domain) => format!("{local}@{domain}"),
+            None => folded,
+        },
+        None => folded,
+    }
 }
 
-/// Checks and normalizes a name: 1 to 100 characters after trimming.
+/// The UTS #46 Unicode form of a domain, if it is a valid one (STD3 rules:
+/// letters, digits and hyphens in each label, within DNS lengths).
+fn unicode_domain(domain: &str) -> Option<String> {
+    let ascii = idna::domain_to_ascii_strict(domain).ok()?;
+    let (unicode, result) = idna::domain_to_unicode(&ascii);
+    result.ok().map(|()| unicode)
+}
+
+/// Characters never allowed in an address: controls, format characters
+/// (zero-width spaces and joiners, bidi marks, soft hyphens, tags) and every
+/// kind of space or separator, which would make two addresses look alike.
+fn invisible_or_space(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    c.is_whitespace()
+        || matches!(
+            c.general_category(),
+            GeneralCategory::Control
+                | GeneralCategory::Format
+                | GeneralCategory::SpaceSeparator
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+                | GeneralCategory::Unassigned
+                | GeneralCategory::PrivateUse
+                | GeneralCategory::Surrogate
+        )
+}
+
+/// Checks a name: 1 to 100 characters after trimming. Names are kept as
+/// typed (only trimmed): they are shown, never compared.
 pub fn valid_name(name: &str) -> Result<String, RuleError> {
     let name = name.trim();
     let chars = name.chars().count();
@@ -187,17 +231,23 @@ pub fn valid_name(name: &str) -> Result<String, RuleError> {
     Ok(name.to_string())
 }
 
-/// Checks and normalizes an email: at most 254 characters, one `@`, a
-/// non-empty local part and a dotted domain, no spaces or control characters.
+/// Checks and normalizes an email ([`normalize_email`]): at most 254
+/// characters, one `@`, a non-empty local part and a dotted domain that
+/// UTS #46 accepts, no control, format or space characters anywhere.
 pub fn valid_email(email: &str) -> Result<String, RuleError> {
-    let email = normalize_email(email);
     let invalid = || RuleError("email must be a valid email address".into());
+    // Checked before normalizing too: NFKC turns some invisible characters
+    // into ordinary spaces, and some spaces into nothing.
+    if email.trim().chars().any(invisible_or_space) {
+        return Err(invalid());
+    }
+    let email = normalize_email(email);
     if email.chars().count() > MAX_EMAIL_CHARS {
         return Err(RuleError(format!(
             "email must be at most {MAX_EMAIL_CHARS} characters"
         )));
     }
-    if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if email.chars().any(invisible_or_space) {
         return Err(invalid());
     }
     let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
@@ -208,7 +258,7 @@ pub fn valid_email(email: &str) -> Result<String, RuleError> {
         && !domain.starts_with('.')
         && !domain.ends_with('.')
         && !domain.contains("..");
-    if !dotted {
+    if !dotted || unicode_domain(domain).as_deref() != Some(domain) {
         return Err(invalid());
     }
     Ok(email)
@@ -267,6 +317,48 @@ mod tests {
         assert_eq!(long.len(), 255);
         assert!(valid_email(&long).is_err());
         assert!(valid_email(&long[1..]).is_ok());
+    }
+
+    #[test]
+    fn lookalike_emails_are_one_account() {
+        let canonical = valid_email("mike@example.com").unwrap();
+        for alike in [
+            "ＭＩＫＥ@ＥＸＡＭＰＬＥ.com", // fullwidth letters
+            "mike@EXAMPLE.COM",
+            "  Mike@example.com ",
+        ] {
+            assert_eq!(valid_email(alike).unwrap(), canonical, "{alike:?}");
+        }
+        // Decomposed and precomposed accents.
+        assert_eq!(
+            valid_email("jose\u{301}@example.com").unwrap(),
+            valid_email("jos\u{e9}@example.com").unwrap()
+        );
+        // IDN: Unicode, upper case and punycode spellings of one domain.
+        let bucher = valid_email("a@bücher.de").unwrap();
+        assert_eq!(bucher, "a@bücher.de");
+        assert_eq!(valid_email("a@BÜCHER.de").unwrap(), bucher);
+        assert_eq!(valid_email("a@xn--bcher-kva.de").unwrap(), bucher);
+        assert_eq!(normalize_email("A@XN--BCHER-KVA.DE"), bucher);
+    }
+
+    #[test]
+    fn invisible_and_space_characters_are_refused() {
+        for bad in [
+            "mi\u{200b}ke@example.com", // zero-width space
+            "mike\u{200d}@example.com", // zero-width joiner
+            "mike@exa\u{200b}mple.com",
+            "mi\u{ad}ke@example.com",   // soft hyphen
+            "mi\u{a0}ke@example.com",   // no-break space
+            "mi\u{3000}ke@example.com", // ideographic space
+            "mike\u{202e}@example.com", // right-to-left override
+            "mi\u{feff}ke@example.com", // byte order mark
+            "mi\u{7}ke@example.com",
+            "mike@exam_ple.com",
+            "mike@-example.com",
+        ] {
+            assert!(valid_email(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

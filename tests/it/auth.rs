@@ -445,3 +445,49 @@ where
     }
     replies
 }
+
+store_test! {
+async fn lookalike_emails_are_one_account_and_invisible_characters_are_refused() {
+    let server = TestServer::start().await;
+    server.register("Mike", "mike@bücher.de").await;
+    for alike in [
+        "ＭＩＫＥ@ＢÜＣＨＥＲ.de",
+        "MIKE@xn--bcher-kva.de",
+        "mike@bu\u{308}cher.de",
+    ] {
+        server
+            .post("/api/auth/register")
+            .json(json!({"name": "Copy", "email": alike, "password": PASSWORD}))
+            .send()
+            .await
+            .assert_error(409, "email_taken");
+        // The owner logs in with any spelling.
+        let login = server
+            .post("/api/auth/login")
+            .json(json!({"email": alike, "password": PASSWORD}))
+            .send()
+            .await;
+        login.assert_ok(200);
+    }
+    for invisible in ["mi\u{200b}ke@bücher.de", "mike\u{200d}@example.com", "mi\u{ad}ke@example.com"] {
+        server
+            .post("/api/auth/register")
+            .json(json!({"name": "Ghost", "email": invisible, "password": PASSWORD}))
+            .send()
+            .await
+            .assert_error(400, "invalid_input");
+    }
+    // Names stay as typed.
+    let odd_name = "Ｍｉｋｅ\u{301}";
+    let reply = server
+        .post("/api/auth/register")
+        .json(json!({"name": odd_name, "email": "other@example.com", "password": PASSWORD}))
+        .send()
+        .await;
+    reply.assert_ok(200);
+    let token = reply.body["token"].as_str().unwrap();
+    let me = server.get("/api/auth/me").token(token).send().await;
+    assert_eq!(me.body["name"], odd_name);
+    assert_eq!(me.body["email"], "other@example.com");
+}
+}
