@@ -102,7 +102,7 @@ fn decode(encoding: Encoding, bytes: &[u8]) -> Result<Fields, ApiError> {
         Encoding::Json => {
             // serde_json refuses nesting deeper than 128 levels, so a deeply
             // nested body is an error, not a stack overflow.
-            let value: Value = serde_json::from_slice(bytes)
+            let UniqueKeys(value) = serde_json::from_slice(bytes)
                 .map_err(|e| ApiError::InvalidBody(format!("the body is not valid JSON: {e}")))?;
             match value {
                 Value::Object(map) => Ok(Fields { map }),
@@ -112,6 +112,80 @@ fn decode(encoding: Encoding, bytes: &[u8]) -> Result<Fields, ApiError> {
             }
         }
         Encoding::Form => decode_form(bytes).map(|map| Fields { map }),
+    }
+}
+
+/// A JSON value in which no object has the same key twice. serde_json keeps
+/// the last of two equal keys; a proxy or another parser in front of us may
+/// keep the first, and then the two would act on different requests. So a
+/// repeated key, at any depth, makes the body invalid.
+struct UniqueKeys(Value);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(UniqueKeysVisitor)
+            .map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueKeys(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let UniqueKeys(value) = map.next_value()?;
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "the key {key:?} appears more than once"
+                )));
+            }
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
     }
 }
 
@@ -218,6 +292,18 @@ mod tests {
             decode(Encoding::Form, b"a=1&a=2").unwrap_err(),
             ApiError::InvalidInput(_)
         ));
+        for repeated in [
+            &br#"{"email":"a@x.io","email":"b@x.io"}"#[..],
+            br#"{"a":{"b":1,"b":2}}"#,
+            br#"{"a":[{"c":1},{"c":1,"c":1}]}"#,
+        ] {
+            assert!(invalid_body(&decode(Encoding::Json, repeated).unwrap_err()));
+        }
+        let mut nested = decode(Encoding::Json, br#"{"a":[{"b":1},{"b":2.5}],"n":null}"#).unwrap();
+        assert_eq!(
+            nested.map.remove("a"),
+            Some(serde_json::json!([{"b": 1}, {"b": 2.5}]))
+        );
         let mut fields = decode(Encoding::Json, br#"{"name":5}"#).unwrap();
         let error = fields.required("name").unwrap_err().to_string();
         assert_eq!(error, "name must be a string");

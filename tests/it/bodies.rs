@@ -206,3 +206,36 @@ async fn a_silent_connection_is_closed() {
     assert!(closed_within(&mut silent, Duration::from_secs(10)).await);
 }
 }
+
+store_test! {
+async fn a_key_given_twice_is_refused_never_last_one_wins() {
+    let server = TestServer::start().await;
+    let victim = server.register("Victim", "victim@example.com").await;
+    let admin = server.admin().await;
+    // A proxy that keeps the first key would see a different login than we would.
+    let login = br#"{"email":"attacker@example.com","email":"victim@example.com","password":"correct horse"}"#;
+    let reply = server
+        .post("/api/auth/login")
+        .raw("application/json", login.to_vec())
+        .send()
+        .await;
+    reply.assert_error(400, "invalid_body");
+    let patch = br#"{"role":"user","name":"A","role":"admin"}"#;
+    let reply = server
+        .patch(&format!("/api/users/{}", victim.id))
+        .token(&admin.token)
+        .raw("application/json", patch.to_vec())
+        .send()
+        .await;
+    reply.assert_error(400, "invalid_body");
+    let form = server
+        .post("/api/auth/login")
+        .form(&[("email", "a@example.com"), ("email", "victim@example.com"), ("password", PASSWORD)])
+        .send()
+        .await;
+    assert_eq!(form.status, 400, "{}", form.text);
+    let me = server.get("/api/auth/me").token(&victim.token).send().await;
+    assert_eq!(me.body["role"], "user");
+    assert_eq!(me.body["name"], "Victim");
+}
+}
