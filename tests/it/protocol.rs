@@ -109,3 +109,56 @@ async fn answers_with_tokens_or_user_data_are_never_cached() {
     }
 }
 }
+
+/// A login through a proxy that appends its own `x-forwarded-for` line (as
+/// HAProxy does) after whatever lines the client wrote.
+fn proxied_login(client_lines: &[&str], proxy_line: &str, email: &str, password: &str) -> String {
+    let body = json!({"email": email, "password": password}).to_string();
+    let mut request =
+        String::from("POST /api/auth/login HTTP/1.1\r\nhost: x\r\nconnection: close\r\n");
+    for line in client_lines.iter().chain([&proxy_line]) {
+        request.push_str(&format!("x-forwarded-for: {line}\r\n"));
+    }
+    request.push_str(&format!(
+        "content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    request
+}
+
+store_test! {
+async fn the_client_address_is_the_last_entry_of_all_forwarded_lines() {
+    let server = TestServer::start_with(|s| {
+        s.server.client_ip_header = Some("x-forwarded-for".into());
+        s.limits.login_failures_per_account = 5;
+    })
+    .await;
+    server.register("Victim", "victim@example.com").await;
+    // The attacker varies the line it writes; the proxy's line stays its own
+    // address: every guess counts against that address.
+    let mut unauthorized = 0;
+    for i in 0..30 {
+        let spoofed = format!("10.9.{}.{}", i / 250, i % 250);
+        let request = proxied_login(&[&spoofed], "198.51.100.66:40000", "victim@example.com", "wrong password");
+        let response = raw(&server, &request).await;
+        match status_of(&response) {
+            "401" => unauthorized += 1,
+            "429" => {}
+            other => panic!("{other}: {response}"),
+        }
+    }
+    assert_eq!(unauthorized, 5, "guesses evaluated past the limit of 5");
+    // The attacker cannot lock the victim out by writing the victim's address
+    // first: the victim's own requests arrive with the proxy's line for them.
+    for _ in 0..10 {
+        let request = proxied_login(&["203.0.113.5"], "198.51.100.66", "victim@example.com", "wrong password");
+        raw(&server, &request).await;
+    }
+    let request = proxied_login(&[], "[2001:db8::5]:5678", "victim@example.com", PASSWORD);
+    let response = raw(&server, &request).await;
+    assert_eq!(status_of(&response), "200", "{response}");
+    let request = proxied_login(&[], "203.0.113.5", "victim@example.com", PASSWORD);
+    let response = raw(&server, &request).await;
+    assert_eq!(status_of(&response), "200", "{response}");
+}
+}
