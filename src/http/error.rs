@@ -40,6 +40,8 @@ pub enum ApiError {
     MethodNotAllowed { allow: String },
     #[error("This email is already registered.")]
     EmailTaken,
+    #[error("This would leave no admin: make another user admin first.")]
+    LastAdmin,
     #[error("The request body is larger than {limit} bytes.")]
     PayloadTooLarge { limit: usize },
     #[error("Send the body as application/json or application/x-www-form-urlencoded.")]
@@ -66,7 +68,7 @@ impl ApiError {
             ApiError::Forbidden | ApiError::RegistrationClosed => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::EmailTaken => StatusCode::CONFLICT,
+            ApiError::EmailTaken | ApiError::LastAdmin => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -88,6 +90,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::EmailTaken => "email_taken",
+            ApiError::LastAdmin => "last_admin",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::TooManyAttempts { .. } => "too_many_attempts",
@@ -160,6 +163,7 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::EmailTaken => ApiError::EmailTaken,
             StoreError::NotFound => ApiError::NotFound,
+            StoreError::LastAdmin => ApiError::LastAdmin,
             StoreError::Database(e) => {
                 tracing::error!(error = %e, "store failure");
                 ApiError::StoreUnavailable

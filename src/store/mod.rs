@@ -33,6 +33,9 @@ pub enum StoreError {
     EmailTaken,
     #[error("no such user")]
     NotFound,
+    /// The change would leave no admin (demoting or deleting the last one).
+    #[error("the last admin cannot be demoted or deleted")]
+    LastAdmin,
     #[error("database error: {0}")]
     Database(#[from] ::sled::Error),
     /// The database cannot be reached or did not answer in time.
@@ -148,7 +151,9 @@ impl Store {
     }
 
     /// Applies `patch` to the user `id` and returns the result; a new
-    /// password hash bumps the password version. `NotFound`, `EmailTaken`.
+    /// password hash bumps the password version. `NotFound`, `EmailTaken`,
+    /// `LastAdmin` when it demotes the only admin (decided atomically: two
+    /// admins demoting each other at once leave one).
     pub async fn update_user(
         &self,
         id: &str,
@@ -162,6 +167,7 @@ impl Store {
     }
 
     /// Removes the user and frees its email; returns the removed user.
+    /// `LastAdmin` if it is the only admin (atomically, as for updates).
     pub async fn delete_user(&self, id: &str) -> Result<User, StoreError> {
         match self {
             Store::Sled { db, .. } => db.delete_user(id).await,

@@ -236,13 +236,20 @@ impl PgStore {
              WHERE id = $1
              RETURNING {USER_COLUMNS}"
         );
-        let row = self
+        // Only a change to `user` can demote; only then are the admins locked.
+        let demotes = patch.role == Some(Role::User);
+        let outcome = self
             .run(|client| {
                 let (sql, patch) = (sql.clone(), patch.clone());
                 async move {
+                    let mut client = client;
+                    let transaction = client.transaction().await?;
+                    if demotes && !others_stay_admin(&transaction, id).await? {
+                        return Ok(Err(StoreError::LastAdmin));
+                    }
                     let name = patch.name.as_ref().map(|n| n.as_bytes().to_vec());
                     let role = patch.role.map(role_text);
-                    client
+                    let row = transaction
                         .query_opt(
                             &sql,
                             &[
@@ -254,14 +261,13 @@ impl PgStore {
                                 &to_i64(now),
                             ],
                         )
-                        .await
+                        .await?;
+                    transaction.commit().await?;
+                    Ok(row.ok_or(StoreError::NotFound))
                 }
             })
             .await?;
-        match row {
-            Some(row) => user_from_row(&row),
-            None => Err(StoreError::NotFound),
-        }
+        user_from_row(&outcome?)
     }
 
     pub async fn delete_user(&self, id: &str) -> Result<User, StoreError> {
@@ -269,16 +275,22 @@ impl PgStore {
             return Err(StoreError::NotFound);
         };
         let sql = format!("DELETE FROM gatehouse_users WHERE id = $1 RETURNING {USER_COLUMNS}");
-        let row = self
+        let outcome = self
             .run(|client| {
                 let sql = sql.clone();
-                async move { client.query_opt(&sql, &[&id]).await }
+                async move {
+                    let mut client = client;
+                    let transaction = client.transaction().await?;
+                    if !others_stay_admin(&transaction, id).await? {
+                        return Ok(Err(StoreError::LastAdmin));
+                    }
+                    let row = transaction.query_opt(&sql, &[&id]).await?;
+                    transaction.commit().await?;
+                    Ok(row.ok_or(StoreError::NotFound))
+                }
             })
             .await?;
-        match row {
-            Some(row) => user_from_row(&row),
-            None => Err(StoreError::NotFound),
-        }
+        user_from_row(&outcome?)
     }
 
     pub async fn revoke(&self, jti: &str, expires_at: u64) -> Result<(), StoreError> {
@@ -448,6 +460,25 @@ impl PgStore {
             )),
         }
     }
+}
+
+/// False if `id` is the only admin. Locks every admin row (in id order, so
+/// two of these cannot deadlock) until the transaction ends: a concurrent
+/// demotion or deletion of another admin waits, then sees this one's outcome
+/// (under READ COMMITTED, a row demoted meanwhile no longer matches), so two
+/// admins demoting each other at once leave one.
+async fn others_stay_admin(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    id: Uuid,
+) -> Result<bool, tokio_postgres::Error> {
+    let admins = transaction
+        .query(
+            "SELECT id FROM gatehouse_users WHERE role = 'admin' ORDER BY id FOR UPDATE",
+            &[],
+        )
+        .await?;
+    let is_admin = admins.iter().any(|row| row.get::<_, Uuid>(0) == id);
+    Ok(!is_admin || admins.len() > 1)
 }
 
 async fn apply_migrations(client: &deadpool_postgres::Object) -> Result<(), tokio_postgres::Error> {

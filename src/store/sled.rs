@@ -7,7 +7,11 @@
 //!   (ids are UUIDv7, so key order is creation order, the order of
 //!   `GET /api/users`);
 //! - tree `emails`: normalized email → user id;
-//! - tree `revoked`: token `jti` → expiry (u64, big-endian), purged once expired.
+//! - tree `revoked`: token `jti` → expiry (u64, big-endian), purged once expired;
+//! - tree `meta`: `admins` → how many users are admins (u64, big-endian),
+//!   kept in the same transaction as every change of a role, so that "is
+//!   this the last admin?" is answered without a scan (sled transactions
+//!   cannot scan) and atomically.
 //!
 //! Invariants: the email index and the user records change together, in one
 //! sled transaction, so an email maps to at most one user and every user's
@@ -56,6 +60,7 @@ pub struct SledStore {
     users: sled::Tree,
     emails: sled::Tree,
     revoked: sled::Tree,
+    meta: sled::Tree,
     cache: Arc<UserCache>,
     /// Every id in `revoked` is in here: added before it is written, removed
     /// after it is deleted.
@@ -75,9 +80,24 @@ impl SledStore {
         for key in revoked.iter().keys() {
             maybe_revoked.add(&String::from_utf8_lossy(&key?));
         }
+        let users = db.open_tree("users")?;
+        let meta = db.open_tree("meta")?;
+        if meta.get(ADMINS_KEY)?.is_none() {
+            // A database from before the counter: count once.
+            let mut admins = 0u64;
+            for entry in users.iter() {
+                let (key, bytes) = entry?;
+                if decode_user(&key, &bytes)?.is_admin() {
+                    admins += 1;
+                }
+            }
+            meta.insert(ADMINS_KEY, &admins.to_be_bytes())?;
+            db.flush()?;
+        }
         Ok(SledStore {
-            users: db.open_tree("users")?,
+            users,
             emails: db.open_tree("emails")?,
+            meta,
             revoked,
             db,
             cache: Arc::new(UserCache::new(CACHED_USERS)),
@@ -144,13 +164,16 @@ impl SledStore {
         let store = self.clone();
         self.write(move || {
             let record = encode_user(&user);
-            (&store.users, &store.emails)
-                .transaction(|(users, emails)| {
+            (&store.users, &store.emails, &store.meta)
+                .transaction(|(users, emails, meta)| {
                     if emails.get(user.email.as_bytes())?.is_some() {
                         return abort(StoreError::EmailTaken);
                     }
                     emails.insert(user.email.as_bytes(), user.id.as_bytes())?;
                     users.insert(user.id.as_bytes(), record.as_slice())?;
+                    if user.is_admin() {
+                        add_admins(meta, 1)?;
+                    }
                     Ok(())
                 })
                 .map_err(tx_error)?;
@@ -169,11 +192,17 @@ impl SledStore {
         let store = self.clone();
         let id = id.to_string();
         self.write(move || {
-            let updated = (&store.users, &store.emails)
-                .transaction(|(users, emails)| {
+            let updated = (&store.users, &store.emails, &store.meta)
+                .transaction(|(users, emails, meta)| {
                     let mut user = load(users, &id)?;
                     let old_email = user.email.clone();
+                    let was_admin = user.is_admin();
                     apply(&mut user, &patch, now);
+                    match (was_admin, user.is_admin()) {
+                        (true, false) => add_admins(meta, -1)?,
+                        (false, true) => add_admins(meta, 1)?,
+                        _ => {}
+                    }
                     if user.email != old_email {
                         if emails.get(user.email.as_bytes())?.is_some() {
                             return abort(StoreError::EmailTaken);
@@ -198,9 +227,12 @@ impl SledStore {
         let store = self.clone();
         let id = id.to_string();
         self.write(move || {
-            let deleted = (&store.users, &store.emails)
-                .transaction(|(users, emails)| {
+            let deleted = (&store.users, &store.emails, &store.meta)
+                .transaction(|(users, emails, meta)| {
                     let user = load(users, &id)?;
+                    if user.is_admin() {
+                        add_admins(meta, -1)?;
+                    }
                     users.remove(user.id.as_bytes())?;
                     emails.remove(user.email.as_bytes())?;
                     Ok(user)
@@ -351,6 +383,24 @@ fn tx_error(error: TransactionError<StoreError>) -> StoreError {
         TransactionError::Abort(error) => error,
         TransactionError::Storage(error) => StoreError::Database(error),
     }
+}
+
+/// The `meta` key of the admin count.
+const ADMINS_KEY: &[u8] = b"admins";
+
+/// Changes the admin count by `delta` inside a transaction; refuses
+/// (`LastAdmin`) a change that would leave no admin.
+fn add_admins(meta: &TransactionalTree, delta: i64) -> TxResult<()> {
+    let count = meta
+        .get(ADMINS_KEY)?
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
+        .map_or(0, u64::from_be_bytes);
+    let next = count.saturating_add_signed(delta);
+    if delta < 0 && next == 0 {
+        return abort(StoreError::LastAdmin);
+    }
+    meta.insert(ADMINS_KEY, &next.to_be_bytes())?;
+    Ok(())
 }
 
 fn load(users: &TransactionalTree, id: &str) -> TxResult<User> {

@@ -998,3 +998,101 @@ async fn the_default_page_is_100() {
     assert!(first.last().unwrap() < &rest[0]);
 }
 }
+
+store_test! {
+async fn the_last_admin_can_be_neither_demoted_nor_deleted() {
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    let user = server.register("Mike", "mike@example.com").await;
+    patch_user(&server, &admin.token, &admin.id, json!({"role": "user"}))
+        .await
+        .assert_error(409, "last_admin");
+    server
+        .put(&user_path(&admin.id))
+        .token(&admin.token)
+        .json(json!({"role": "user", "name": "Still Admin"}))
+        .send()
+        .await
+        .assert_error(409, "last_admin");
+    server
+        .delete(&user_path(&admin.id))
+        .token(&admin.token)
+        .send()
+        .await
+        .assert_error(409, "last_admin");
+    let reply = me(&server, &admin.token).await;
+    assert_eq!(user_body(&reply, 200)["role"], "admin");
+    assert_eq!(reply.body["name"], "Admin", "a refused change changes nothing");
+    // Setting `admin` on an admin is no demotion.
+    let reply = patch_user(&server, &admin.token, &admin.id, json!({"role": "admin"})).await;
+    assert_eq!(user_body(&reply, 200)["role"], "admin");
+    // With a second admin, the first may step down, and then the second is last.
+    patch_user(&server, &admin.token, &user.id, json!({"role": "admin"}))
+        .await
+        .assert_ok(200);
+    patch_user(&server, &admin.token, &admin.id, json!({"role": "user"}))
+        .await
+        .assert_ok(200);
+    server
+        .delete(&user_path(&user.id))
+        .token(&user.token)
+        .send()
+        .await
+        .assert_error(409, "last_admin");
+    // A plain user deletes themself as before.
+    server
+        .delete(&user_path(&admin.id))
+        .token(&admin.token)
+        .send()
+        .await
+        .assert_ok(200);
+}
+}
+
+store_test! {
+async fn two_admins_demoting_each_other_at_once_leave_one() {
+    let server = TestServer::start().await;
+    let first = server.admin().await;
+    let second = server.register("Second", "second@example.com").await;
+    for round in 0..8 {
+        patch_user(&server, &first.token, &second.id, json!({"role": "admin"}))
+            .await
+            .assert_ok(200);
+        let restore_by = |survivor: &str| if survivor == first.id { &first } else { &second };
+        let replies = tokio::join!(
+            patch_user(&server, &first.token, &second.id, json!({"role": "user"})),
+            patch_user(&server, &second.token, &first.id, json!({"role": "user"})),
+        );
+        let statuses = [replies.0.status, replies.1.status];
+        // The loser is refused by the last-admin rule (409), or, if the
+        // winner committed before its token check, as a plain user (403).
+        assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "round {round}: {statuses:?}");
+        assert!(statuses.iter().all(|s| [200, 403, 409].contains(s)), "{statuses:?}");
+        let admins = all_ids_with_role(&server, [&first, &second], "admin").await;
+        assert_eq!(admins.len(), 1, "round {round}: {statuses:?} left {admins:?}");
+        // Make `first` the admin again for the next round.
+        if admins[0] != first.id {
+            let survivor = restore_by(&admins[0]);
+            patch_user(&server, &survivor.token, &first.id, json!({"role": "admin"}))
+                .await
+                .assert_ok(200);
+            patch_user(&server, &first.token, &survivor.id, json!({"role": "user"}))
+                .await
+                .assert_ok(200);
+        }
+    }
+}
+}
+
+/// The ids among `users` that still exist with `role`, read by each user's
+/// own token (an admin can read any of them; a user only itself).
+async fn all_ids_with_role(server: &TestServer, users: [&TestUser; 2], role: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for user in users {
+        let reply = me(server, &user.token).await;
+        if reply.status == 200 && reply.body["role"] == role {
+            found.push(user.id.clone());
+        }
+    }
+    found
+}
