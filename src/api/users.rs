@@ -38,6 +38,12 @@ pub async fn list(ctx: RequestContext, caller: AuthUser) -> Result<HttpResponse,
             })?,
     };
     let after = query.optional("after")?;
+    // A cursor is an `_id` from an earlier page; anything else never names
+    // a position, and text a database would refuse (NUL, kilobytes) must not
+    // reach one.
+    if after.as_deref().is_some_and(|a| !plausible_id(a)) {
+        return Err(ApiError::InvalidInput("after must be a user _id".into()));
+    }
     let (users, more) = ctx.app.store.list_users(after.as_deref(), limit).await?;
     let views: Vec<UserView> = users.iter().map(User::view).collect();
     let mut response = json(StatusCode::OK, &views);
@@ -149,6 +155,16 @@ pub async fn delete(ctx: RequestContext, caller: AuthUser) -> Result<HttpRespons
     let message = format!("User {} was deleted.", user.name);
     Ok(json(StatusCode::OK, &json!({ "message": message })))
 }
+
+/// Whether `text` could be an `_id` this server issued: 1 to 64 ASCII
+/// letters, digits and hyphens.
+fn plausible_id(text: &str) -> bool {
+    (1..=MAX_ID_BYTES).contains(&text.len())
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Longer than any id we issue (a UUID is 36).
+const MAX_ID_BYTES: usize = 64;
 
 fn role(fields: &mut Fields) -> Result<Option<Role>, ApiError> {
     fields

@@ -953,6 +953,13 @@ async fn the_list_is_ordered_by_id_and_limit_is_bounded() {
         list_ids(&list(&format!("?limit=2&after={}", ids[0])).await),
         ids[1..3]
     );
+    // A cursor no id could be is refused before it reaches a store, which
+    // might refuse it worse (PostgreSQL: SQLSTATE 22021 for a NUL).
+    let long = "a".repeat(3000);
+    for bad in ["%00", "a%00b", "%FF", "%20", "a/b", "", long.as_str()] {
+        let reply = list(&format!("?after={bad}")).await;
+        reply.assert_error(400, "invalid_input");
+    }
 }
 }
 
