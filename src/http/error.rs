@@ -100,6 +100,58 @@ impl ApiError {
         }
     }
 
+    /// One error of every kind, for tests that hold other lists (the
+    /// OpenAPI document's codes) against this one.
+    pub fn every_kind() -> Vec<ApiError> {
+        let every = vec![
+            ApiError::InvalidBody(String::new()),
+            ApiError::InvalidInput(String::new()),
+            ApiError::MissingToken,
+            ApiError::InvalidToken,
+            ApiError::InvalidCredentials,
+            ApiError::Forbidden,
+            ApiError::RegistrationClosed,
+            ApiError::NotFound,
+            ApiError::MethodNotAllowed {
+                allow: String::new(),
+            },
+            ApiError::EmailTaken,
+            ApiError::LastAdmin,
+            ApiError::PayloadTooLarge { limit: 0 },
+            ApiError::UnsupportedMediaType,
+            ApiError::TooManyAttempts {
+                retry_after_secs: 0,
+            },
+            ApiError::StoreUnavailable,
+            ApiError::ServerBusy,
+            ApiError::Internal(String::new()),
+        ];
+        // No wildcard: a new variant does not compile until it is handled
+        // here, which is the reminder to list it above as well.
+        for error in &every {
+            match error {
+                ApiError::InvalidBody(_)
+                | ApiError::InvalidInput(_)
+                | ApiError::MissingToken
+                | ApiError::InvalidToken
+                | ApiError::InvalidCredentials
+                | ApiError::Forbidden
+                | ApiError::RegistrationClosed
+                | ApiError::NotFound
+                | ApiError::MethodNotAllowed { .. }
+                | ApiError::EmailTaken
+                | ApiError::LastAdmin
+                | ApiError::PayloadTooLarge { .. }
+                | ApiError::UnsupportedMediaType
+                | ApiError::TooManyAttempts { .. }
+                | ApiError::StoreUnavailable
+                | ApiError::ServerBusy
+                | ApiError::Internal(_) => {}
+            }
+        }
+        every
+    }
+
     pub fn into_response(self) -> HttpResponse {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(%detail, "internal error");
@@ -217,9 +269,23 @@ mod tests {
         assert_eq!(response.headers()[RETRY_AFTER], "42");
     }
 
+    #[tokio::test]
+    async fn internal_details_never_reach_the_body() {
+        use http_body_util::BodyExt;
+        let response = ApiError::Internal("secret detail at db.rs:42".into()).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            json!({"error": "internal", "message": "Internal server error."})
+        );
+    }
+
     #[test]
-    fn internal_details_never_reach_the_body() {
-        let error = ApiError::Internal("secret detail".into());
-        assert_eq!(error.to_string(), "Internal server error.");
+    fn every_kind_has_its_own_code() {
+        let every = ApiError::every_kind();
+        let codes: std::collections::BTreeSet<&str> = every.iter().map(ApiError::code).collect();
+        assert_eq!(codes.len(), every.len(), "two kinds share a code");
     }
 }

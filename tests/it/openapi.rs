@@ -129,6 +129,24 @@ fn every_operation_has_responses_and_the_security_of_its_route() {
 }
 
 #[test]
+fn every_error_code_is_documented_and_every_documented_code_exists() {
+    let doc = document();
+    let documented: BTreeSet<&str> = doc["components"]["schemas"]["Error"]["properties"]["error"]
+        ["enum"]
+        .as_array()
+        .expect("the Error schema lists its codes")
+        .iter()
+        .map(|code| code.as_str().unwrap())
+        .collect();
+    let kinds = gatehouse::http::error::ApiError::every_kind();
+    let codes: BTreeSet<&str> = kinds.iter().map(|e| e.code()).collect();
+    assert_eq!(
+        codes, documented,
+        "ApiError codes vs the OpenAPI Error enum"
+    );
+}
+
+#[test]
 fn every_reference_resolves() {
     fn walk<'d>(value: &'d Value, refs: &mut Vec<&'d str>) {
         match value {
