@@ -9,7 +9,8 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::domain::unix_now;
-use crate::domain::user::{normalize_email, valid_email, valid_name, valid_password, Role, User};
+use crate::api::users::NewUser;
+use crate::domain::user::{normalize_email, Role, User};
 use crate::http::auth::{check_token, presented_token, AuthUser};
 use crate::http::context::RequestContext;
 use crate::http::error::ApiError;
@@ -23,18 +24,9 @@ pub async fn register(mut ctx: RequestContext) -> Result<HttpResponse, ApiError>
     }
     let mut fields = ctx.read_body().await?;
     let app = &ctx.app;
-    let name = valid_name(&fields.required("name")?)?;
-    let email = valid_email(&fields.required("email")?)?;
-    let password = fields.required("password")?;
-    valid_password(&password, app.settings.auth.min_password_len)?;
-    // Spare a bcrypt hash when the answer is already known; the store's
-    // transaction still decides races.
-    if app.store.user_by_email(&email).await?.is_some() {
-        return Err(ApiError::EmailTaken);
-    }
-    let hash = app.passwords.hash(password).await?;
-    let user = User::new(name, email, Role::User, hash, unix_now());
-    let user = app.store.insert_user(user).await?;
+    let user = NewUser::from_fields(&mut fields)?
+        .insert(app, Role::User)
+        .await?;
     tracing::info!(user = %user.id, "registered");
     token_response(app, &user)
 }

@@ -8,6 +8,7 @@ use hyper::header::{HeaderValue, LINK};
 use hyper::StatusCode;
 use serde_json::json;
 
+use crate::app::App;
 use crate::domain::unix_now;
 use crate::domain::user::{valid_email, valid_name, valid_password, Role, User, UserView};
 use crate::http::auth::AuthUser;
@@ -66,20 +67,47 @@ pub async fn create(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
     }
     let mut fields = ctx.read_body().await?;
     let app = &ctx.app;
-    let name = valid_name(&fields.required("name")?)?;
-    let email = valid_email(&fields.required("email")?)?;
-    let password = fields.required("password")?;
+    let new = NewUser::from_fields(&mut fields)?;
     let role = role(&mut fields)?.unwrap_or(Role::User);
     fields.refuse_unknown()?;
-    valid_password(&password, app.settings.auth.min_password_len)?;
-    if app.store.user_by_email(&email).await?.is_some() {
-        return Err(ApiError::EmailTaken);
-    }
-    let hash = app.passwords.hash(password).await?;
-    let user = User::new(name, email, role, hash, unix_now());
-    let user = app.store.insert_user(user).await?;
+    let user = new.insert(app, role).await?;
     tracing::info!(user = %user.id, by = %caller.user().id, "user created");
     Ok(json_bytes(StatusCode::CREATED, user.view().to_json()))
+}
+
+/// A new account's fields, taken from a body but not yet checked against
+/// the password rule: registration and `POST /api/users` both create users
+/// through this one path.
+pub struct NewUser {
+    name: String,
+    email: String,
+    password: String,
+}
+
+impl NewUser {
+    /// Takes `name`, `email` and `password`, checking the name and email
+    /// rules (the email normalized).
+    pub fn from_fields(fields: &mut Fields) -> Result<NewUser, ApiError> {
+        Ok(NewUser {
+            name: valid_name(&fields.required("name")?)?,
+            email: valid_email(&fields.required("email")?)?,
+            password: fields.required("password")?,
+        })
+    }
+
+    /// Checks the password rule, hashes it and stores the user with `role`.
+    /// `EmailTaken` if the address has an account (decided by the store's
+    /// transaction when two requests race).
+    pub async fn insert(self, app: &App, role: Role) -> Result<User, ApiError> {
+        valid_password(&self.password, app.settings.auth.min_password_len)?;
+        // Spare a bcrypt hash when the answer is already known.
+        if app.store.user_by_email(&self.email).await?.is_some() {
+            return Err(ApiError::EmailTaken);
+        }
+        let hash = app.passwords.hash(self.password).await?;
+        let user = User::new(self.name, self.email, role, hash, unix_now());
+        Ok(app.store.insert_user(user).await?)
+    }
 }
 
 /// `GET /api/users/{id}` (themself or admin). Anyone else gets 403 whether or
