@@ -1,7 +1,8 @@
-//! [`App`]: the one piece of shared state: validated settings, the store, the
-//! token keys, the password hasher and the login throttle. It is built once at
-//! start-up and passed explicitly (as `Arc<App>`) to whatever needs it; there is
-//! no global state.
+//! [`App`]: the one piece of shared state: validated settings, the store (which
+//! also keeps the login and registration throttles), the token keys, the
+//! password hasher and the request log. It is built once at start-up and
+//! passed explicitly (as `Arc<App>`) to whatever needs it; there is no global
+//! state.
 //!
 //! This module also owns the generated signing key: when `auth.secret` is
 //! unset, a random 32-byte key is created in `data_dir` (mode 0600) on first

@@ -11,18 +11,21 @@
 //!   errors become exit codes.
 //! - [`config`]: defaults → `config.toml` → `GATEHOUSE_*` env → flags, validated
 //!   into [`config::Settings`] before anything binds or opens.
-//! - [`app`]: [`app::App`], the only shared state: settings, store, signing keys,
-//!   password hasher, login throttle. Passed explicitly, never global.
+//! - [`app`]: [`app::App`], the only shared state: settings, store (with its
+//!   login and registration throttles), signing keys, password hasher, request
+//!   log. Passed explicitly, never global.
 //! - [`log`]: the log line's format and its background writer.
 //! - [`server`]: the IO edge: accept loop, connection cap, timeouts, request log,
 //!   graceful shutdown.
-//! - [`http`]: the route table and router, `ApiError` and its JSON bodies, the
-//!   token check ([`http::auth::AuthUser`]), request-body decoding.
-//! - [`api`]: the handlers, one file per resource (auth, users, health).
+//! - [`http`]: the router (over a route table it is given), `RequestContext`,
+//!   `ApiError` and its JSON bodies, the token check
+//!   ([`http::auth::AuthUser`]), request-body decoding.
+//! - [`api`]: the route table ([`api::routes::ROUTES`], one line per route)
+//!   and the handlers, one file per resource (auth, users, health, openapi).
 //! - [`domain`]: users and their input rules, password hashing, tokens, login
 //!   throttling. Knows nothing of hyper or sled.
-//! - [`store`]: the only module that names sled: trees, key layout, transactions,
-//!   durability.
+//! - [`store`]: the only module that opens or queries a database (sled or
+//!   PostgreSQL): trees and tables, transactions, durability, shared counters.
 
 pub mod api;
 pub mod app;
