@@ -17,6 +17,14 @@
 //! Writes (and their flush) run on tokio's blocking pool; reads are in-memory
 //! lookups and run inline.
 //!
+//! A write that fails with a storage error (a full disk, an IO error, a
+//! corruption) is fatal: [`SledStore::write`] logs one line and exits the
+//! process with [`EXIT_STORE_FAILED`]. After such an error sled keeps the
+//! failed write in memory (readable, never durable) and refuses every later
+//! write until restarted, so the only state that can be trusted is what is on
+//! disk, which is what a restart serves. This file must not let any other
+//! path decide that, or answer 2xx for a write whose flush failed.
+//!
 //! Every token-checked request reads its user by id, so recently read users
 //! are also kept decoded in a small [`UserCache`]. sled lets one process open
 //! a database, so every write goes through this file, and each one that
@@ -27,6 +35,7 @@
 
 use std::num::NonZeroUsize;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lru::LruCache;
@@ -37,7 +46,13 @@ use sled::Transactional;
 use super::filter::{MaybeSet, COUNTERS};
 use super::record;
 use super::{StoreError, UserPatch};
+use crate::domain::time::Rfc3339;
 use crate::domain::user::User;
+
+/// The exit status of a process whose sled store failed a write (sysexits'
+/// `EX_IOERR`), distinct from a start-up error's 1 and a usage error's 2, so
+/// a supervisor or an operator can tell "the disk failed" from "bad config".
+pub const EXIT_STORE_FAILED: i32 = 74;
 
 /// sled's page cache. The default (1 GiB) would let the process grow far past
 /// what a small auth server needs. sled's real use runs well above this
@@ -60,6 +75,9 @@ pub struct SledStore {
     /// Every id in `revoked` is in here: added before it is written, removed
     /// after it is deleted.
     maybe_revoked: Arc<MaybeSet>,
+    /// Set by the first write that failed; from then on the store is not
+    /// healthy and accepts no write (the process is about to exit).
+    failed: Arc<AtomicBool>,
 }
 
 impl SledStore {
@@ -82,6 +100,7 @@ impl SledStore {
             db,
             cache: Arc::new(UserCache::new(CACHED_USERS)),
             maybe_revoked: Arc::new(maybe_revoked),
+            failed: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -255,8 +274,11 @@ impl SledStore {
         .await
     }
 
-    /// Answers if the database can be read.
+    /// Answers if no write has failed and the database can be read.
     pub async fn health(&self) -> Result<(), StoreError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable("a write to disk failed".into()));
+        }
         self.users.first()?;
         Ok(())
     }
@@ -268,18 +290,63 @@ impl SledStore {
 
     /// Runs a write on the blocking pool, then flushes before returning, so
     /// the caller may acknowledge it. Concurrent flushes share one disk write.
+    ///
+    /// The one place that decides what a storage error means: the process
+    /// exits (see [`fail`]), before anyone can acknowledge the write.
     async fn write<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let db = self.db.clone();
+        let failed = Arc::clone(&self.failed);
         tokio::task::spawn_blocking(move || {
-            let value = work()?;
-            db.flush()?;
-            Ok(value)
+            if failed.load(Ordering::Acquire) {
+                return Err(StoreError::Unavailable("a write to disk failed".into()));
+            }
+            let result = work().and_then(|value| {
+                db.flush()?;
+                Ok(value)
+            });
+            // Aborts (`EmailTaken`, `NotFound`, a corrupt record refused by
+            // a transaction) change nothing; a storage error may have left
+            // the write in memory but not on disk.
+            if let Err(StoreError::Database(error)) = &result {
+                fail(&failed, error);
+            }
+            result
         })
         .await?
     }
+}
+
+/// A write failed in sled: exits the process at once, as PostgreSQL panics
+/// on a failed fsync. sled keeps the unflushed write in memory, readable,
+/// and fails every later write until restarted, so going on would serve
+/// (and let others build on) a write that was refused, while every write
+/// answers 503 and nothing recovers. A restart serves what is on disk.
+///
+/// `std::process::exit` rather than an error to unwind: the failing write
+/// runs on a blocking thread, the exit must win the race against requests
+/// reading the failed write, and there is nothing left to shut down
+/// gracefully (a final flush would fail the same way). The line goes
+/// straight to standard error, as the log's writer thread would not be
+/// flushed by the exit. The error names an IO or corruption failure, never
+/// a key or value. Only the first failing thread exits; the others return
+/// their error (a 503) in the meantime.
+fn fail(failed: &AtomicBool, error: &::sled::Error) {
+    if failed.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let now = Rfc3339::from_unix(crate::domain::unix_now());
+    // One line, whatever the error's text holds.
+    let error = error.to_string().replace(['\n', '\r'], " ");
+    let line = format!(
+        "{now} ERROR gatehouse::store::sled: a write to the database failed; \
+         exiting so that no write missing from disk is served (restart once \
+         the disk is fixed) error={error} exit_code={EXIT_STORE_FAILED}\n"
+    );
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+    std::process::exit(EXIT_STORE_FAILED);
 }
 
 /// Recently read users by id, decoded.
@@ -438,6 +505,24 @@ mod tests {
             Err(StoreError::NotFound)
         ));
         store.insert_user(user("b@x.io")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_write_the_store_is_unhealthy_and_takes_no_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.health().await.unwrap();
+        // What `fail` records before it exits the process.
+        store.failed.store(true, Ordering::Release);
+        assert!(matches!(
+            store.health().await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(
+            store.insert_user(user("a@x.io")).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(store.user_by_email("a@x.io").await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -1,0 +1,216 @@
+//! The data dir on a real, small filesystem: a full disk (the server exits
+//! rather than serve a write it could not make durable; a full disk never
+//! leaves a partial signing key), the modes of the files gatehouse creates,
+//! and revocations kept through the verifier's clock leeway across restarts.
+//!
+//! The full-disk tests mount a tmpfs of a few MiB, which needs root: without
+//! it they print "NOT RUN" (and fail when `CI` is set, so CI cannot skip them
+//! silently). Every mount is undone by a guard, also when a test panics.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use reqwest::Client;
+use serde_json::{json, Value};
+
+use crate::binary::{call, register, try_login, wait_until_exit};
+use crate::support::*;
+
+/// How long the server may take to exit once a write has failed.
+const FATAL_EXIT_DEADLINE: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn a_full_disk_stops_the_server_and_no_refused_write_survives() {
+    let Some(fs) = Tmpfs::mount("a_full_disk_stops_the_server", "4m") else {
+        return;
+    };
+    let data = fs.path().join("data");
+    let client = http_client();
+    let many_registrations = [("GATEHOUSE_LIMITS__REGISTRATIONS_PER_ADDRESS", "1000")];
+    let mut server = Binary::start(&data, &many_registrations);
+    let early = "early@example.com";
+    let token = register(&client, &server.base, "Early", early, PASSWORD).await;
+    let (status, body) = call(
+        &client,
+        reqwest::Method::GET,
+        format!("{}/api/auth/me", server.base),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["_id"].as_str().expect("_id").to_string();
+
+    let filler = fill(fs.path());
+    // A write may still fit in a page the database file already has, so
+    // write until one is refused; each one answered 2xx must survive.
+    let mut acknowledged = vec![early.to_string()];
+    let mut refused = None;
+    for i in 0..500 {
+        let email = format!("late{i}@example.com");
+        let status = try_call(
+            &client,
+            reqwest::Method::POST,
+            format!("{}/api/auth/register", server.base),
+            None,
+            json!({"name": "Late", "email": email, "password": PASSWORD}),
+        )
+        .await;
+        match status {
+            Some(200) => acknowledged.push(email),
+            other => {
+                refused = Some((email, other));
+                break;
+            }
+        }
+        // A PATCH is a write too (and one that must not be half-applied).
+        let status = try_call(
+            &client,
+            reqwest::Method::PATCH,
+            format!("{}/api/users/{id}", server.base),
+            Some(&token),
+            json!({"name": format!("Renamed {i}")}),
+        )
+        .await;
+        if !matches!(status, Some(200)) {
+            refused = Some((format!("PATCH {i}"), status));
+            break;
+        }
+    }
+    let (what, status) = refused.expect("a write was refused on the full disk");
+    assert!(
+        !status.is_some_and(|s| (200..300).contains(&s)),
+        "{what}: {status:?}"
+    );
+    let exit = wait_until_exit(&mut server.child, FATAL_EXIT_DEADLINE).unwrap_or_else(|| {
+        panic!(
+            "the server still runs {FATAL_EXIT_DEADLINE:?} after a write failed ({what}: {status:?}); log:\n{}",
+            server.drain_lines().join("\n")
+        )
+    });
+    assert!(!exit.success(), "a failed write exits non-zero, got {exit}");
+    assert_eq!(
+        exit.code(),
+        Some(gatehouse::store::sled::EXIT_STORE_FAILED),
+        "the store failure's own exit code"
+    );
+    let log = server.drain_lines().join("\n");
+    assert!(
+        log.contains("ERROR") && log.contains("exiting"),
+        "one clear error line before the exit:\n{log}"
+    );
+    assert!(!log.contains(PASSWORD), "the log holds no password:\n{log}");
+    drop(server);
+
+    std::fs::remove_file(&filler).expect("filler removed");
+    let server = Binary::start(&data, &many_registrations);
+    for email in &acknowledged {
+        let (status, body) = try_login(&client, &server.base, email, PASSWORD).await;
+        assert_eq!(status, 200, "acknowledged {email} survives: {body}");
+    }
+    if what.starts_with("late") {
+        let (status, body) = try_login(&client, &server.base, &what, PASSWORD).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_credentials")),
+            "the refused registration of {what} must not exist: {body}"
+        );
+    }
+}
+
+/// A client that gives up on a request the server never answers.
+fn http_client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client")
+}
+
+/// The status of one request, or `None` if no answer came (the server
+/// exited).
+async fn try_call(
+    client: &Client,
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+    body: Value,
+) -> Option<u16> {
+    let mut request = client.request(method, url).json(&body);
+    if let Some(token) = token {
+        request = request.header("x-access-token", token);
+    }
+    let response = request.send().await.ok()?;
+    let status = response.status().as_u16();
+    // The body may be cut off by the exit: only the status counts.
+    let _ = response.bytes().await;
+    Some(status)
+}
+
+/// Fills the filesystem holding `dir` with one file, until the disk is full;
+/// returns that file.
+fn fill(dir: &Path) -> PathBuf {
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).expect("filler created");
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        if let Err(error) = file.write_all(&chunk) {
+            assert_eq!(
+                error.raw_os_error(),
+                Some(libc::ENOSPC),
+                "filling the disk: {error}"
+            );
+            return path;
+        }
+    }
+}
+
+/// A tmpfs mounted on a fresh temporary directory, unmounted when dropped
+/// (also while a failed test unwinds).
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount`'s syntax, e.g. "4m"). Without root:
+    /// `None` after saying "NOT RUN", or a panic when `CI` is set.
+    fn mount(test: &str, size: &str) -> Option<Tmpfs> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test} mounts a tmpfs and must run as root in CI"
+            );
+            let _ = writeln!(
+                std::io::stderr(),
+                "NOT RUN: {test}: mounting a tmpfs needs root"
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("mount point");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("tmpfs")
+            .arg(dir.path())
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "mount a tmpfs on {:?}", dir.path());
+        Some(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy, so a process still holding a file in it cannot keep it
+        // mounted; the temporary directory is removed after this.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
