@@ -7,7 +7,8 @@
 //!   (ids are UUIDv7, so key order is creation order, the order of
 //!   `GET /api/users`);
 //! - tree `emails`: normalized email → user id;
-//! - tree `revoked`: token `jti` → expiry (u64, big-endian), purged once expired.
+//! - tree `revoked`: token `jti` → expiry (u64, big-endian), purged once the
+//!   verifier refuses the token anyway (`Store::purge_expired` sets when).
 //!
 //! Invariants: the email index and the user records change together, in one
 //! sled transaction, so an email maps to at most one user and every user's
@@ -252,9 +253,9 @@ impl SledStore {
         Ok(self.revoked.contains_key(jti.as_bytes())?)
     }
 
-    /// Deletes revocations whose token has expired (it would fail anyway).
-    /// Returns how many were removed.
-    pub async fn purge_revoked(&self, now: u64) -> Result<usize, StoreError> {
+    /// Deletes revocations whose token expired before `before` (the caller
+    /// allows for the verifier's leeway). Returns how many were removed.
+    pub async fn purge_revoked(&self, before: u64) -> Result<usize, StoreError> {
         let store = self.clone();
         self.write(move || {
             let mut removed = 0;
@@ -263,7 +264,7 @@ impl SledStore {
                 let expiry = <[u8; 8]>::try_from(expiry.as_ref())
                     .map(u64::from_be_bytes)
                     .unwrap_or(0);
-                if expiry < now {
+                if expiry < before {
                     store.revoked.remove(&jti)?;
                     store.maybe_revoked.remove(&String::from_utf8_lossy(&jti));
                     removed += 1;

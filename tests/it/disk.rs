@@ -120,6 +120,90 @@ async fn a_full_disk_stops_the_server_and_no_refused_write_survives() {
     }
 }
 
+store_test! {
+/// The verifier accepts a token until `exp` + `LEEWAY_SECS`, so its
+/// revocation must outlive `exp` by as much, also when the purge that runs at
+/// start-up comes right after a restart.
+async fn a_revoked_token_stays_revoked_in_the_leeway_after_a_restart() {
+    use gatehouse::domain::token::LEEWAY_SECS;
+    use gatehouse::domain::unix_now;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = None;
+    let server = TestServer::start_with(|s| {
+        s.auth.token_ttl_secs = 2;
+        // The restarted server must find the same database.
+        s.data_dir = dir.path().to_path_buf();
+        settings = Some(s.clone());
+    })
+    .await;
+    let settings = settings.expect("settings seen");
+    let user = server.register("Leeway", "leeway@example.com").await;
+    let (jti, exp) = jti_and_exp(&user.token);
+    server
+        .post("/api/auth/logout")
+        .token(&user.token)
+        .send()
+        .await
+        .assert_ok(200);
+    server
+        .get("/api/auth/me")
+        .token(&user.token)
+        .send()
+        .await
+        .assert_error(401, "invalid_token");
+    server.stop().await.expect("graceful stop");
+
+    // Past `exp`, still inside the leeway.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while unix_now() <= exp {
+        assert!(std::time::Instant::now() < deadline, "the clock passes exp");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let server = TestServer::start_settings(settings).await;
+    // What the server does at start and every 10 minutes, run here so that
+    // the check below surely comes after it.
+    server
+        .app
+        .store
+        .purge_expired(unix_now())
+        .await
+        .expect("purge");
+    let reply = server.get("/api/auth/me").token(&user.token).send().await;
+    assert!(
+        unix_now() <= exp + LEEWAY_SECS,
+        "the check ran inside the leeway (slow machine? exp {exp}, now {})",
+        unix_now()
+    );
+    reply.assert_error(401, "invalid_token");
+    assert!(server.app.store.is_revoked(&jti).await.unwrap());
+
+    // Once the leeway has passed too, the revocation is purged.
+    server
+        .app
+        .store
+        .purge_expired(exp + LEEWAY_SECS + 1)
+        .await
+        .expect("purge");
+    assert!(!server.app.store.is_revoked(&jti).await.unwrap());
+    server.stop().await.expect("graceful stop");
+}
+}
+
+/// The `jti` and `exp` claims of a token, read without verifying it.
+fn jti_and_exp(token: &str) -> (String, u64) {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    let claims: Value = serde_json::from_slice(&bytes).expect("JSON claims");
+    (
+        claims["jti"].as_str().expect("jti").to_string(),
+        claims["exp"].as_u64().expect("exp"),
+    )
+}
+
 /// A client that gives up on a request the server never answers.
 fn http_client() -> Client {
     Client::builder()
