@@ -3,12 +3,14 @@
 //! start-up and passed explicitly (as `Arc<App>`) to whatever needs it; there is
 //! no global state.
 //!
-//! This module also owns the generated signing key: when `auth.secret` is
-//! unset, a random 32-byte key is created in `data_dir` (mode 0600) on first
-//! start and reused afterwards.
+//! This module also owns the data dir (created 0700; one the operator made
+//! keeps its mode, with a warning if others may enter it) and the generated
+//! signing key: when `auth.secret` is unset, a random 32-byte key is created
+//! in `data_dir` (mode 0600) on first start and reused afterwards.
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -33,9 +35,7 @@ impl App {
     /// Opens the data dir, the store and the signing key. Errors name the
     /// file or key at fault.
     pub async fn open(settings: Settings) -> anyhow::Result<App> {
-        let data_dir = &settings.data_dir;
-        fs::create_dir_all(data_dir)
-            .with_context(|| format!("data_dir: cannot create {}", data_dir.display()))?;
+        prepare_data_dir(&settings.data_dir)?;
         let secret = match &settings.auth.secret {
             Some(secret) => secret.expose().as_bytes().to_vec(),
             None => load_or_create_key(&settings.secret_file())?,
@@ -50,6 +50,36 @@ impl App {
             settings,
             request_log: RequestLog::default(),
         })
+    }
+}
+
+/// The mode of a data dir gatehouse creates: it holds the signing key and
+/// the password hashes, so only the owner may enter it.
+const DATA_DIR_MODE: u32 = 0o700;
+
+/// Creates `data_dir` (and any missing parent) with mode 0700. One that
+/// exists is the operator's: its mode is left as it is, with a warning if
+/// other users may enter it (the files inside are 0600 all the same).
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    match fs::metadata(dir) {
+        Ok(metadata) if metadata.is_dir() => {
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %dir.display(),
+                    mode = format_args!("{mode:o}"),
+                    "data_dir is open to other users; chmod 700 it"
+                );
+            }
+            Ok(())
+        }
+        Ok(_) => bail!("data_dir: {} is not a directory", dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DATA_DIR_MODE)
+            .create(dir)
+            .with_context(|| format!("data_dir: cannot create {}", dir.display())),
+        Err(e) => Err(e).with_context(|| format!("data_dir: cannot read {}", dir.display())),
     }
 }
 

@@ -35,6 +35,7 @@
 //! check asks sled only about ids that may have been revoked.
 
 use std::num::NonZeroUsize;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -63,6 +64,12 @@ pub const EXIT_STORE_FAILED: i32 = 74;
 /// cache; the token check's reads are served by [`UserCache`] anyway.
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
+/// The mode of the database folder and its subfolders: the owner's only.
+const PRIVATE_DIR: u32 = 0o700;
+
+/// The mode of every file in the database folder.
+const PRIVATE_FILE: u32 = 0o600;
+
 /// Users kept decoded by [`UserCache`] (about 400 bytes each).
 const CACHED_USERS: usize = 4096;
 
@@ -84,11 +91,25 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (or creates) the database in `dir`. Fails if another process
     /// holds it: sled allows one process per database.
+    ///
+    /// `dir` is this store's own folder: it is created (with any missing
+    /// parent) 0700, and it and everything in it is made private (0700 /
+    /// 0600) on every open, as the records hold password hashes. sled creates
+    /// its files with the process's umask (the binary sets 077, see `cli`),
+    /// so this also tightens databases made by earlier versions, or by a
+    /// process with a looser umask, such as an in-process test server.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let io_error = |e: std::io::Error| StoreError::Database(e.into());
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(PRIVATE_DIR)
+            .create(dir)
+            .map_err(io_error)?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_BYTES)
             .open()?;
+        make_private(dir).map_err(io_error)?;
         let revoked = db.open_tree("revoked")?;
         let maybe_revoked = MaybeSet::new(COUNTERS);
         for key in revoked.iter().keys() {
@@ -350,6 +371,30 @@ fn fail(failed: &AtomicBool, error: &::sled::Error) {
     std::process::exit(EXIT_STORE_FAILED);
 }
 
+/// Sets `dir` and every folder under it to [`PRIVATE_DIR`], and every file
+/// to [`PRIVATE_FILE`]. Symbolic links are left alone (their mode means
+/// nothing, and what they point to is not ours).
+fn make_private(dir: &Path) -> std::io::Result<()> {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let metadata = std::fs::symlink_metadata(&path)?;
+        let mode = if metadata.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+            PRIVATE_DIR
+        } else if metadata.is_file() {
+            PRIVATE_FILE
+        } else {
+            continue;
+        };
+        if metadata.permissions().mode() & 0o777 != mode {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        }
+    }
+    Ok(())
+}
+
 /// Recently read users by id, decoded.
 ///
 /// A read that misses notes the cache's generation before it reads sled, and
@@ -524,6 +569,28 @@ mod tests {
             Err(StoreError::Unavailable(_))
         ));
         assert!(store.user_by_email("a@x.io").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_database_folder_and_its_files_are_made_private() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("db");
+        let store = SledStore::open(&dir).unwrap();
+        store.insert_user(user("a@x.io")).await.unwrap();
+        drop(store);
+        // As an earlier version (or a looser umask) left it.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let conf = dir.join("conf");
+        std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = SledStore::open(&dir).unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let expected = if path.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(mode(&path), expected, "{}", path.display());
+        }
+        drop(store);
     }
 
     #[tokio::test]

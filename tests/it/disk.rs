@@ -120,6 +120,54 @@ async fn a_full_disk_stops_the_server_and_no_refused_write_survives() {
     }
 }
 
+#[tokio::test]
+async fn the_data_dir_and_its_files_are_private() {
+    let parent = tempfile::tempdir().unwrap();
+    let data = parent.path().join("data");
+    assert!(!data.exists());
+    let client = http_client();
+    let mut server = Binary::start(&data, &[]);
+    register(
+        &client,
+        &server.base,
+        "Private",
+        "private@example.com",
+        PASSWORD,
+    )
+    .await;
+    let exit = server.terminate().expect("the server exits after SIGTERM");
+    assert!(exit.success(), "{exit}");
+    let wrong = wrong_modes(&data);
+    assert!(
+        wrong.is_empty(),
+        "directories must be 0700 and files 0600:\n{}",
+        wrong.join("\n")
+    );
+}
+
+/// Every entry under `dir` (and `dir` itself) whose mode is not 0700 for a
+/// directory or 0600 for a file, as "mode path".
+fn wrong_modes(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut wrong = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let metadata = std::fs::symlink_metadata(&path).expect("metadata");
+        let mode = metadata.permissions().mode() & 0o777;
+        let expected = if metadata.is_dir() { 0o700 } else { 0o600 };
+        if mode != expected {
+            wrong.push(format!("{mode:o} {}", path.display()));
+        }
+        if metadata.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("read_dir") {
+                pending.push(entry.expect("entry").path());
+            }
+        }
+    }
+    wrong.sort();
+    wrong
+}
+
 store_test! {
 /// The verifier accepts a token until `exp` + `LEEWAY_SECS`, so its
 /// revocation must outlive `exp` by as much, also when the purge that runs at
