@@ -121,6 +121,50 @@ async fn a_full_disk_stops_the_server_and_no_refused_write_survives() {
 }
 
 #[tokio::test]
+async fn a_full_disk_leaves_no_partial_signing_key() {
+    let Some(fs) = Tmpfs::mount("a_full_disk_leaves_no_partial_signing_key", "1m") else {
+        return;
+    };
+    let data = fs.path().join("data");
+    std::fs::create_dir(&data).expect("data dir");
+    let filler = fill(fs.path());
+    // No auth.secret: the key is generated into the full data dir.
+    let cwd = tempfile::tempdir().unwrap();
+    let args = [
+        "--port",
+        "0",
+        "--data-dir",
+        data.to_str().expect("UTF-8 path"),
+    ];
+    let (status, _, stderr) = crate::binary::run_to_exit(&args, &[], "", cwd.path());
+    assert!(!status.success(), "start-up on a full disk fails: {stderr}");
+    assert!(
+        stderr.contains("secret.key"),
+        "the error names the key file: {stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&data)
+        .expect("data dir")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "no key and no temporary file left behind: {left:?}"
+    );
+
+    std::fs::remove_file(&filler).expect("filler removed");
+    let client = http_client();
+    let server = Binary::start(&data, &[]);
+    register(
+        &client,
+        &server.base,
+        "Keyed",
+        "keyed@example.com",
+        PASSWORD,
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn the_data_dir_and_its_files_are_private() {
     let parent = tempfile::tempdir().unwrap();
     let data = parent.path().join("data");
