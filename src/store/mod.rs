@@ -279,7 +279,8 @@ impl Store {
         }
     }
 
-    /// Answers if the store can be read.
+    /// Answers if the store can be read and, on sled, no write has failed
+    /// (a failed write is fatal there: the process is exiting).
     pub async fn health(&self) -> Result<(), StoreError> {
         match self {
             Store::Sled { db, .. } => db.health().await,
@@ -288,7 +289,8 @@ impl Store {
     }
 
     /// Writes everything to disk (sled; PostgreSQL commits are already
-    /// durable). Called at shutdown.
+    /// durable). Called at shutdown; on sled a failure is fatal, as for any
+    /// write.
     pub async fn flush(&self) -> Result<(), StoreError> {
         match self {
             Store::Sled { db, .. } => db.flush().await,
