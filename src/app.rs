@@ -4,12 +4,14 @@
 //! passed explicitly (as `Arc<App>`) to whatever needs it; there is no global
 //! state.
 //!
-//! This module also owns the generated signing key: when `auth.secret` is
-//! unset, a random 32-byte key is created in `data_dir` (mode 0600) on first
-//! start and reused afterwards.
+//! This module also owns the data dir (created 0700; one the operator made
+//! keeps its mode, with a warning if others may enter it) and the generated
+//! signing key: when `auth.secret` is unset, a random 32-byte key is created
+//! in `data_dir` (mode 0600) on first start and reused afterwards.
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -34,9 +36,7 @@ impl App {
     /// Opens the data dir, the store and the signing key. Errors name the
     /// file or key at fault.
     pub async fn open(settings: Settings) -> anyhow::Result<App> {
-        let data_dir = &settings.data_dir;
-        fs::create_dir_all(data_dir)
-            .with_context(|| format!("data_dir: cannot create {}", data_dir.display()))?;
+        prepare_data_dir(&settings.data_dir)?;
         let secret = match &settings.auth.secret {
             Some(secret) => secret.expose().as_bytes().to_vec(),
             None => load_or_create_key(&settings.secret_file())?,
@@ -51,6 +51,36 @@ impl App {
             settings,
             request_log: RequestLog::default(),
         })
+    }
+}
+
+/// The mode of a data dir gatehouse creates: it holds the signing key and
+/// the password hashes, so only the owner may enter it.
+const DATA_DIR_MODE: u32 = 0o700;
+
+/// Creates `data_dir` (and any missing parent) with mode 0700. One that
+/// exists is the operator's: its mode is left as it is, with a warning if
+/// other users may enter it (the files inside are 0600 all the same).
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    match fs::metadata(dir) {
+        Ok(metadata) if metadata.is_dir() => {
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %dir.display(),
+                    mode = format_args!("{mode:o}"),
+                    "data_dir is open to other users; chmod 700 it"
+                );
+            }
+            Ok(())
+        }
+        Ok(_) => bail!("data_dir: {} is not a directory", dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DATA_DIR_MODE)
+            .create(dir)
+            .with_context(|| format!("data_dir: cannot create {}", dir.display())),
+        Err(e) => Err(e).with_context(|| format!("data_dir: cannot read {}", dir.display())),
     }
 }
 
@@ -73,8 +103,20 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
 /// Bytes in a generated signing key.
 const GENERATED_KEY_BYTES: usize = 32;
 
+/// The key in `path`, or a new one stored there. An empty file holds no key
+/// any token was signed with (earlier versions left one when the disk was
+/// full), so it is replaced, with a warning; anything else that is not a
+/// key is an error naming the file, as tokens may have been signed with
+/// what it held.
 fn load_or_create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
     match fs::read_to_string(path) {
+        Ok(text) if text.trim().is_empty() => {
+            tracing::warn!(
+                path = %path.display(),
+                "the signing key file is empty (left by a full disk or a crash); generating a new key"
+            );
+            create_key(path)
+        }
         Ok(text) => {
             let key = decode_hex(text.trim())
                 .with_context(|| format!("{}: not a hex-encoded key", path.display()))?;
@@ -91,26 +133,54 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
     }
 }
 
+/// Generates a key and stores it in `path` atomically: written and synced
+/// to a temporary file (0600) in the same folder, renamed over `path`, and
+/// the folder synced, so `path` holds a whole key or nothing, whatever a
+/// crash or a full disk interrupts. A failed attempt removes its temporary
+/// file.
 fn create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
     let mut key = vec![0u8; GENERATED_KEY_BYTES];
     getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+    let temporary = temporary_key_path(path);
+    let stored = write_then_rename(&temporary, path, hex.as_bytes());
+    if stored.is_err() {
+        let _ = fs::remove_file(&temporary);
     }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(hex.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    stored.with_context(|| format!("{}: cannot store a new signing key", path.display()))?;
     tracing::info!(path = %path.display(), "generated a new signing key");
     Ok(key)
 }
+
+/// `secret.key.tmp` beside `secret.key`.
+fn temporary_key_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+fn write_then_rename(temporary: &Path, path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    // A temporary file left by a crash held no key anyone used.
+    match fs::remove_file(temporary) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(KEY_FILE_MODE)
+        .open(temporary)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(temporary, path)?;
+    // The rename is durable once the folder's entry is.
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+    fs::File::open(folder.unwrap_or(Path::new(".")))?.sync_all()
+}
+
+/// The generated key file's mode: the owner reads it, nobody else.
+const KEY_FILE_MODE: u32 = 0o600;
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
     if text.len() % 2 != 0 {
@@ -139,6 +209,29 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         assert_eq!(load_or_create_key(&path).unwrap(), first);
+    }
+
+    #[test]
+    fn an_empty_key_file_is_replaced_by_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.key");
+        // What an earlier version left when the disk was full.
+        fs::write(&path, "").unwrap();
+        let key = load_or_create_key(&path).unwrap();
+        assert_eq!(key.len(), GENERATED_KEY_BYTES);
+        assert_eq!(load_or_create_key(&path).unwrap(), key, "stored and reused");
+    }
+
+    #[test]
+    fn creating_a_key_leaves_only_the_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.key");
+        load_or_create_key(&path).unwrap();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["secret.key"]);
     }
 
     #[test]

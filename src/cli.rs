@@ -79,6 +79,7 @@ pub fn main() -> ExitCode {
         }
     };
     limit_malloc_arenas();
+    private_files();
     let (_log_guard, request_log) = crate::log::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -206,6 +207,20 @@ fn limit_malloc_arenas() {
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 2);
         }
+    }
+}
+
+/// Every file and folder this process creates is its owner's only (0600 and
+/// 0700): the data dir holds password hashes and the signing key, and sled
+/// creates files of its own (its log, config, snapshots) at any time, with
+/// the umask's mode. One umask covers them all, and an export file too,
+/// without each creator having to ask. (`App::open` and the sled store also
+/// fix the modes of what they own, for servers run without this binary.)
+/// Set before any thread starts, as the umask is per process.
+fn private_files() {
+    // SAFETY: umask only swaps the process's mask and cannot fail.
+    unsafe {
+        libc::umask(0o077);
     }
 }
 

@@ -7,9 +7,9 @@
 use hyper::StatusCode;
 use serde_json::json;
 
+use crate::api::users::NewUser;
 use crate::app::App;
 use crate::domain::unix_now;
-use crate::api::users::NewUser;
 use crate::domain::user::{normalize_email, Role, User};
 use crate::http::auth::{check_token, presented_token, AuthUser};
 use crate::http::context::RequestContext;

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use crate::config::Settings;
 use crate::domain::throttle::{LoginThrottle, RetryAfter, ThrottleLimits};
+use crate::domain::token::LEEWAY_SECS;
 use crate::domain::user::{Role, User};
 
 pub use self::postgres::PgStore;
@@ -216,12 +217,23 @@ impl Store {
         }
     }
 
-    /// Deletes what has expired: revocations of expired tokens, and (shared
-    /// store) login failures older than the window. Returns how many.
+    /// Deletes what has expired: revocations of tokens the verifier refuses
+    /// anyway, and (shared store) login failures older than the window.
+    /// Returns how many.
+    ///
+    /// The verifier accepts a token until `exp` + [`LEEWAY_SECS`], so a
+    /// revocation is kept until then: purged at `exp`, a logged-out token
+    /// would work again for the leeway (the purge also runs at start-up, so
+    /// a restart would bring that about). Decided here, once, for both
+    /// stores: they are asked to purge what expired before `now` minus the
+    /// leeway. (PostgreSQL's login failures are purged by the same cut-off,
+    /// that is up to the leeway late, which changes no count: a failure
+    /// outside the window is not counted whether or not it is deleted.)
     pub async fn purge_expired(&self, now: u64) -> Result<usize, StoreError> {
+        let expired_before = now.saturating_sub(LEEWAY_SECS);
         match self {
-            Store::Sled { db, .. } => db.purge_revoked(now).await,
-            Store::Postgres { db, limits } => db.purge(now, limits.window_secs).await,
+            Store::Sled { db, .. } => db.purge_revoked(expired_before).await,
+            Store::Postgres { db, limits } => db.purge(expired_before, limits.window_secs).await,
         }
     }
 
@@ -273,7 +285,8 @@ impl Store {
         }
     }
 
-    /// Answers if the store can be read.
+    /// Answers if the store can be read and, on sled, no write has failed
+    /// (a failed write is fatal there: the process is exiting).
     pub async fn health(&self) -> Result<(), StoreError> {
         match self {
             Store::Sled { db, .. } => db.health().await,
@@ -282,7 +295,8 @@ impl Store {
     }
 
     /// Writes everything to disk (sled; PostgreSQL commits are already
-    /// durable). Called at shutdown.
+    /// durable). Called at shutdown; on sled a failure is fatal, as for any
+    /// write.
     pub async fn flush(&self) -> Result<(), StoreError> {
         match self {
             Store::Sled { db, .. } => db.flush().await,

@@ -7,7 +7,8 @@
 //!   (ids are UUIDv7, so key order is creation order, the order of
 //!   `GET /api/users`);
 //! - tree `emails`: normalized email → user id;
-//! - tree `revoked`: token `jti` → expiry (u64, big-endian), purged once expired;
+//! - tree `revoked`: token `jti` → expiry (u64, big-endian), purged once the
+//!   verifier refuses the token anyway (`Store::purge_expired` sets when);
 //! - tree `meta`: `admins` → how many users are admins (u64, big-endian),
 //!   kept in the same transaction as every change of a role, so that "is
 //!   this the last admin?" is answered without a scan (sled transactions
@@ -21,6 +22,14 @@
 //! Writes (and their flush) run on tokio's blocking pool; reads are in-memory
 //! lookups and run inline.
 //!
+//! A write that fails with a storage error (a full disk, an IO error, a
+//! corruption) is fatal: [`SledStore::write`] logs one line and exits the
+//! process with [`EXIT_STORE_FAILED`]. After such an error sled keeps the
+//! failed write in memory (readable, never durable) and refuses every later
+//! write until restarted, so the only state that can be trusted is what is on
+//! disk, which is what a restart serves. This file must not let any other
+//! path decide that, or answer 2xx for a write whose flush failed.
+//!
 //! Every token-checked request reads its user by id, so recently read users
 //! are also kept decoded in a small [`UserCache`]. sled lets one process open
 //! a database, so every write goes through this file, and each one that
@@ -30,7 +39,9 @@
 //! check asks sled only about ids that may have been revoked.
 
 use std::num::NonZeroUsize;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lru::LruCache;
@@ -41,7 +52,13 @@ use sled::Transactional;
 use super::filter::{MaybeSet, COUNTERS};
 use super::record;
 use super::{StoreError, UserPatch};
+use crate::domain::time::Rfc3339;
 use crate::domain::user::User;
+
+/// The exit status of a process whose sled store failed a write (sysexits'
+/// `EX_IOERR`), distinct from a start-up error's 1 and a usage error's 2, so
+/// a supervisor or an operator can tell "the disk failed" from "bad config".
+pub const EXIT_STORE_FAILED: i32 = 74;
 
 /// sled's page cache. The default (1 GiB) would let the process grow far past
 /// what a small auth server needs. sled's real use runs well above this
@@ -50,6 +67,12 @@ use crate::domain::user::User;
 /// malloc arenas). Records that fall out of it are re-read from the OS page
 /// cache; the token check's reads are served by [`UserCache`] anyway.
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The mode of the database folder and its subfolders: the owner's only.
+const PRIVATE_DIR: u32 = 0o700;
+
+/// The mode of every file in the database folder.
+const PRIVATE_FILE: u32 = 0o600;
 
 /// Users kept decoded by [`UserCache`] (about 400 bytes each).
 const CACHED_USERS: usize = 4096;
@@ -65,16 +88,33 @@ pub struct SledStore {
     /// Every id in `revoked` is in here: added before it is written, removed
     /// after it is deleted.
     maybe_revoked: Arc<MaybeSet>,
+    /// Set by the first write that failed; from then on the store is not
+    /// healthy and accepts no write (the process is about to exit).
+    failed: Arc<AtomicBool>,
 }
 
 impl SledStore {
     /// Opens (or creates) the database in `dir`. Fails if another process
     /// holds it: sled allows one process per database.
+    ///
+    /// `dir` is this store's own folder: it is created (with any missing
+    /// parent) 0700, and it and everything in it is made private (0700 /
+    /// 0600) on every open, as the records hold password hashes. sled creates
+    /// its files with the process's umask (the binary sets 077, see `cli`),
+    /// so this also tightens databases made by earlier versions, or by a
+    /// process with a looser umask, such as an in-process test server.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let io_error = |e: std::io::Error| StoreError::Database(e.into());
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(PRIVATE_DIR)
+            .create(dir)
+            .map_err(io_error)?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_BYTES)
             .open()?;
+        make_private(dir).map_err(io_error)?;
         let revoked = db.open_tree("revoked")?;
         let maybe_revoked = MaybeSet::new(COUNTERS);
         for key in revoked.iter().keys() {
@@ -102,6 +142,7 @@ impl SledStore {
             db,
             cache: Arc::new(UserCache::new(CACHED_USERS)),
             maybe_revoked: Arc::new(maybe_revoked),
+            failed: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -265,9 +306,9 @@ impl SledStore {
         Ok(self.revoked.contains_key(jti.as_bytes())?)
     }
 
-    /// Deletes revocations whose token has expired (it would fail anyway).
-    /// Returns how many were removed.
-    pub async fn purge_revoked(&self, now: u64) -> Result<usize, StoreError> {
+    /// Deletes revocations whose token expired before `before` (the caller
+    /// allows for the verifier's leeway). Returns how many were removed.
+    pub async fn purge_revoked(&self, before: u64) -> Result<usize, StoreError> {
         let store = self.clone();
         self.write(move || {
             let mut removed = 0;
@@ -276,7 +317,7 @@ impl SledStore {
                 let expiry = <[u8; 8]>::try_from(expiry.as_ref())
                     .map(u64::from_be_bytes)
                     .unwrap_or(0);
-                if expiry < now {
+                if expiry < before {
                     store.revoked.remove(&jti)?;
                     store.maybe_revoked.remove(&String::from_utf8_lossy(&jti));
                     removed += 1;
@@ -287,8 +328,11 @@ impl SledStore {
         .await
     }
 
-    /// Answers if the database can be read.
+    /// Answers if no write has failed and the database can be read.
     pub async fn health(&self) -> Result<(), StoreError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable("a write to disk failed".into()));
+        }
         self.users.first()?;
         Ok(())
     }
@@ -300,18 +344,87 @@ impl SledStore {
 
     /// Runs a write on the blocking pool, then flushes before returning, so
     /// the caller may acknowledge it. Concurrent flushes share one disk write.
+    ///
+    /// The one place that decides what a storage error means: the process
+    /// exits (see [`fail`]), before anyone can acknowledge the write.
     async fn write<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let db = self.db.clone();
+        let failed = Arc::clone(&self.failed);
         tokio::task::spawn_blocking(move || {
-            let value = work()?;
-            db.flush()?;
-            Ok(value)
+            if failed.load(Ordering::Acquire) {
+                return Err(StoreError::Unavailable("a write to disk failed".into()));
+            }
+            let result = work().and_then(|value| {
+                db.flush()?;
+                Ok(value)
+            });
+            // Aborts (`EmailTaken`, `NotFound`, a corrupt record refused by
+            // a transaction) change nothing; a storage error may have left
+            // the write in memory but not on disk.
+            if let Err(StoreError::Database(error)) = &result {
+                fail(&failed, error);
+            }
+            result
         })
         .await?
     }
+}
+
+/// A write failed in sled: exits the process at once, as PostgreSQL panics
+/// on a failed fsync. sled keeps the unflushed write in memory, readable,
+/// and fails every later write until restarted, so going on would serve
+/// (and let others build on) a write that was refused, while every write
+/// answers 503 and nothing recovers. A restart serves what is on disk.
+///
+/// `std::process::exit` rather than an error to unwind: the failing write
+/// runs on a blocking thread, the exit must win the race against requests
+/// reading the failed write, and there is nothing left to shut down
+/// gracefully (a final flush would fail the same way). The line goes
+/// straight to standard error, as the log's writer thread would not be
+/// flushed by the exit. The error names an IO or corruption failure, never
+/// a key or value. Only the first failing thread exits; the others return
+/// their error (a 503) in the meantime.
+fn fail(failed: &AtomicBool, error: &::sled::Error) {
+    if failed.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let now = Rfc3339::from_unix(crate::domain::unix_now());
+    // One line, whatever the error's text holds.
+    let error = error.to_string().replace(['\n', '\r'], " ");
+    let line = format!(
+        "{now} ERROR gatehouse::store::sled: a write to the database failed; \
+         exiting so that no write missing from disk is served (restart once \
+         the disk is fixed) error={error} exit_code={EXIT_STORE_FAILED}\n"
+    );
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+    std::process::exit(EXIT_STORE_FAILED);
+}
+
+/// Sets `dir` and every folder under it to [`PRIVATE_DIR`], and every file
+/// to [`PRIVATE_FILE`]. Symbolic links are left alone (their mode means
+/// nothing, and what they point to is not ours).
+fn make_private(dir: &Path) -> std::io::Result<()> {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let metadata = std::fs::symlink_metadata(&path)?;
+        let mode = if metadata.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+            PRIVATE_DIR
+        } else if metadata.is_file() {
+            PRIVATE_FILE
+        } else {
+            continue;
+        };
+        if metadata.permissions().mode() & 0o777 != mode {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        }
+    }
+    Ok(())
 }
 
 /// Recently read users by id, decoded.
@@ -488,6 +601,46 @@ mod tests {
             Err(StoreError::NotFound)
         ));
         store.insert_user(user("b@x.io")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_write_the_store_is_unhealthy_and_takes_no_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.health().await.unwrap();
+        // What `fail` records before it exits the process.
+        store.failed.store(true, Ordering::Release);
+        assert!(matches!(
+            store.health().await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(
+            store.insert_user(user("a@x.io")).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(store.user_by_email("a@x.io").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_database_folder_and_its_files_are_made_private() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("db");
+        let store = SledStore::open(&dir).unwrap();
+        store.insert_user(user("a@x.io")).await.unwrap();
+        drop(store);
+        // As an earlier version (or a looser umask) left it.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let conf = dir.join("conf");
+        std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = SledStore::open(&dir).unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let expected = if path.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(mode(&path), expected, "{}", path.display());
+        }
+        drop(store);
     }
 
     #[tokio::test]

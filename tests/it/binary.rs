@@ -13,10 +13,10 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 /// How long a command that should exit (start-up failure, `admin create`) may run.
-const EXIT_DEADLINE: Duration = Duration::from_secs(20);
+pub(crate) const EXIT_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Status and JSON body (or the text as a JSON string) of one request.
-async fn call(
+pub(crate) async fn call(
     client: &Client,
     method: reqwest::Method,
     url: String,
@@ -37,7 +37,13 @@ async fn call(
     (status, body)
 }
 
-async fn register(client: &Client, base: &str, name: &str, email: &str, password: &str) -> String {
+pub(crate) async fn register(
+    client: &Client,
+    base: &str,
+    name: &str,
+    email: &str,
+    password: &str,
+) -> String {
     let (status, body) = call(
         client,
         reqwest::Method::POST,
@@ -52,7 +58,12 @@ async fn register(client: &Client, base: &str, name: &str, email: &str, password
 }
 
 /// The login's status and body.
-async fn try_login(client: &Client, base: &str, email: &str, password: &str) -> (u16, Value) {
+pub(crate) async fn try_login(
+    client: &Client,
+    base: &str,
+    email: &str,
+    password: &str,
+) -> (u16, Value) {
     call(
         client,
         reqwest::Method::POST,
@@ -100,7 +111,7 @@ fn assert_exited_ok(status: Option<ExitStatus>) {
 /// Unlike `run_binary`, the caller's `env` wins over the bcrypt cost 4 default,
 /// inherited `GATEHOUSE_*` variables are removed, and the working directory is
 /// `cwd` (so no stray `config.toml` is read).
-fn run_to_exit(
+pub(crate) fn run_to_exit(
     args: &[&str],
     env: &[(&str, &str)],
     stdin: &str,
@@ -148,7 +159,7 @@ fn run_to_exit(
 }
 
 /// Waits for the child's exit; past the deadline it is killed and `None` returned.
-fn wait_until_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+pub(crate) fn wait_until_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + within;
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
