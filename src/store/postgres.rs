@@ -121,7 +121,7 @@ impl PgStore {
     }
 
     pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
-        let Ok(id) = Uuid::parse_str(id) else {
+        let Some(id) = issued_id(id) else {
             return Ok(None);
         };
         let sql = format!("SELECT {USER_COLUMNS} FROM gatehouse_users WHERE id = $1");
@@ -158,9 +158,9 @@ impl PgStore {
         // Our ids are UUIDs and order as such (index range scan). Any other
         // cursor is compared as text in byte order, as the sled store does.
         let (after_id, after_text) = match after {
-            Some(after) => match Uuid::parse_str(after) {
-                Ok(id) if id.to_string() == after => (Some(id), None),
-                _ => (None, Some(after.to_string())),
+            Some(after) => match issued_id(after) {
+                Some(id) => (Some(id), None),
+                None => (None, Some(after.to_string())),
             },
             None => (None, None),
         };
@@ -222,7 +222,7 @@ impl PgStore {
         patch: UserPatch,
         now: u64,
     ) -> Result<User, StoreError> {
-        let Ok(id) = Uuid::parse_str(id) else {
+        let Some(id) = issued_id(id) else {
             return Err(StoreError::NotFound);
         };
         let sql = format!(
@@ -265,7 +265,7 @@ impl PgStore {
     }
 
     pub async fn delete_user(&self, id: &str) -> Result<User, StoreError> {
-        let Ok(id) = Uuid::parse_str(id) else {
+        let Some(id) = issued_id(id) else {
             return Err(StoreError::NotFound);
         };
         let sql = format!("DELETE FROM gatehouse_users WHERE id = $1 RETURNING {USER_COLUMNS}");
@@ -531,6 +531,16 @@ fn role_text(role: Role) -> &'static str {
 
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The UUID `id` names, if it is spelled as gatehouse issues ids (lowercase,
+/// hyphenated). `Uuid::parse_str` also takes upper case, braces, URNs and
+/// the simple form; the sled store's keys are exact bytes, so only the
+/// issued spelling may name a user here as well.
+fn issued_id(id: &str) -> Option<Uuid> {
+    let uuid = Uuid::try_parse(id).ok()?;
+    let mut spelled = Uuid::encode_buffer();
+    (uuid.hyphenated().encode_lower(&mut spelled) == id).then_some(uuid)
 }
 
 fn parse_id(id: &str) -> Result<Uuid, StoreError> {

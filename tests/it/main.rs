@@ -30,6 +30,7 @@ mod support;
 mod auth;
 mod binary;
 mod bodies;
+mod ids;
 mod instances;
 mod network;
 mod openapi;
