@@ -1,5 +1,7 @@
-//! Login throttling: failed logins counted per (email, client address) and per
-//! client address over a sliding window, in bounded memory.
+//! Login throttling: failed logins counted per (email, client address) and
+//! per client address over a sliding window, in bounded memory
+//! ([`LoginThrottle`], the sled store's); and the keys under which a shared
+//! store counts the same things ([`SharedKeys`]).
 //!
 //! Each key keeps the times of at most `limit` recent failures, and each table
 //! keeps at most a fixed number of keys, evicting the least recently used; so
@@ -17,7 +19,9 @@ use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use hmac::{Hmac, KeyInit, Mac};
 use lru::LruCache;
+use sha2::Sha256;
 
 /// Most (email, address) pairs tracked at once (about 6 MB at most).
 pub const ACCOUNT_KEYS: usize = 50_000;
@@ -155,6 +159,73 @@ impl LoginThrottle {
     }
 }
 
+/// The keys under which a store shared by several instances (PostgreSQL)
+/// counts attempts: HMAC-SHA256 under a key derived from `auth.secret`.
+///
+/// Every instance sharing the database shares that secret, so all compute the
+/// same key for the same (email, address); a key is 32 bytes whatever the
+/// email's length (no index refuses it); and the table holds neither emails
+/// nor addresses, nor anything a reader without the secret can test guesses
+/// against.
+#[derive(Clone)]
+pub struct SharedKeys {
+    mac: Hmac<Sha256>,
+}
+
+/// A shared counter's key.
+pub type SharedKey = [u8; 32];
+
+impl SharedKeys {
+    pub fn new(secret: &[u8]) -> SharedKeys {
+        // A key of its own rather than the signing secret itself, so that no
+        // throttle key is ever a MAC that also means something elsewhere.
+        let derived: SharedKey = keyed(secret)
+            .chain_update(b"gatehouse throttle keys v1")
+            .finalize()
+            .into_bytes()
+            .into();
+        SharedKeys {
+            mac: keyed(&derived),
+        }
+    }
+
+    /// The key of failed logins for `email` from `addr`.
+    pub fn account(&self, email: &str, addr: IpAddr) -> SharedKey {
+        self.key(b"account", addr, email.as_bytes())
+    }
+
+    /// The key of failed logins from `addr`, whatever the email.
+    pub fn address(&self, addr: IpAddr) -> SharedKey {
+        self.key(b"address", addr, b"")
+    }
+
+    fn key(&self, kind: &[u8], addr: IpAddr, rest: &[u8]) -> SharedKey {
+        // Unambiguous without escaping: the kind ends at its NUL, the address
+        // has a fixed length per family, and the email is whatever follows.
+        let mut mac = self.mac.clone();
+        mac.update(kind);
+        mac.update(&[0]);
+        match addr {
+            IpAddr::V4(v4) => {
+                mac.update(&[4]);
+                mac.update(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                mac.update(&[6]);
+                mac.update(&v6.octets());
+            }
+        }
+        mac.update(rest);
+        mac.finalize().into_bytes().into()
+    }
+}
+
+fn keyed(key: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes keys of any length (a long one is hashed first): this
+    // cannot fail, and it runs once, at start-up.
+    Hmac::new_from_slice(key).expect("HMAC accepts a key of any length")
+}
+
 /// Drops failures older than the window; if `limit` remain, the seconds until
 /// the oldest leaves it.
 fn wait(
@@ -254,5 +325,17 @@ mod tests {
         }
         let tables = t.lock();
         assert!(tables.accounts.iter().all(|(_, times)| times.len() <= 5));
+    }
+
+    #[test]
+    fn shared_keys_agree_across_instances_and_differ_by_secret_and_kind() {
+        let secret = b"a-secret-of-more-than-thirty-two-bytes";
+        let (one, two) = (SharedKeys::new(secret), SharedKeys::new(secret));
+        let long = "x".repeat(10_000) + "@example.com";
+        assert_eq!(one.account(&long, ADDR), two.account(&long, ADDR));
+        assert_ne!(one.account("a@x.io", ADDR), one.account("a@x.io", OTHER));
+        assert_ne!(one.address(ADDR), one.account("", ADDR));
+        let other = SharedKeys::new(b"another-secret-of-more-than-32-bytes!!");
+        assert_ne!(one.address(ADDR), other.address(ADDR));
     }
 }

@@ -6,7 +6,7 @@
 //!   with login failures counted in this process's memory;
 //! - [`postgres::PgStore`] (when `store.url` is a `postgres://` URL): tables
 //!   shared by every gatehouse instance on that database, login failures
-//!   included.
+//!   included (under keyed hashes, [`SharedKeys`]).
 //!
 //! [`Store`] is an enum over the two rather than a trait object: the set is
 //! closed, dispatch is static, and every method's contract is written once,
@@ -21,10 +21,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::config::Settings;
-use crate::domain::throttle::{LoginThrottle, RetryAfter, ThrottleLimits};
+use crate::domain::throttle::{LoginThrottle, RetryAfter, SharedKeys, ThrottleLimits};
 use crate::domain::user::{Role, User};
 
-pub use self::postgres::PgStore;
+pub use self::postgres::{Counter, PgStore};
 pub use self::sled::SledStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,8 @@ pub enum Store {
     Postgres {
         db: PgStore,
         limits: ThrottleLimits,
+        /// Derived from `auth.secret`, which every instance shares.
+        keys: SharedKeys,
     },
 }
 
@@ -91,10 +93,18 @@ impl Store {
     pub async fn open(settings: &Settings) -> Result<Store, StoreError> {
         let limits = ThrottleLimits::from(&settings.limits);
         match &settings.store.url {
-            Some(url) => Ok(Store::Postgres {
-                db: PgStore::connect(url.expose()).await?,
-                limits,
-            }),
+            Some(url) => {
+                // Settings validation requires the secret with store.url.
+                let secret =
+                    settings.auth.secret.as_ref().ok_or_else(|| {
+                        StoreError::Unavailable("store.url needs auth.secret".into())
+                    })?;
+                Ok(Store::Postgres {
+                    db: PgStore::connect(url.expose()).await?,
+                    limits,
+                    keys: SharedKeys::new(secret.expose().as_bytes()),
+                })
+            }
             None => Ok(Store::Sled {
                 db: SledStore::open(&settings.database_dir())?,
                 throttle: Arc::new(LoginThrottle::new(limits)),
@@ -215,7 +225,7 @@ impl Store {
     pub async fn purge_expired(&self, now: u64) -> Result<usize, StoreError> {
         match self {
             Store::Sled { db, .. } => db.purge_revoked(now).await,
-            Store::Postgres { db, limits } => db.purge(now, limits.window_secs).await,
+            Store::Postgres { db, limits, .. } => db.purge(now, limits.window_secs).await,
         }
     }
 
@@ -234,13 +244,16 @@ impl Store {
         };
         let verdict = match self {
             Store::Sled { throttle, .. } => throttle.begin(email, client),
-            Store::Postgres { db, limits } => {
-                let account = account_key(email, client);
-                let address = address_key(client);
-                db.begin_login(
-                    [
-                        (&account, limits.per_account),
-                        (&address, limits.per_address),
+            Store::Postgres { db, limits, keys } => {
+                // The address's counter guards the account's as well: the
+                // account key names the address too.
+                let address = keys.address(client);
+                let account = keys.account(email, client);
+                db.count_attempt(
+                    &address,
+                    &[
+                        Counter::new(&account, limits.per_account),
+                        Counter::new(&address, limits.per_address),
                     ],
                     attempt.id,
                     crate::domain::unix_now(),
@@ -260,8 +273,9 @@ impl Store {
                 throttle.succeeded(&attempt.email, attempt.client);
                 Ok(())
             }
-            Store::Postgres { db, .. } => {
-                db.login_succeeded(&account_key(&attempt.email, attempt.client), attempt.id)
+            Store::Postgres { db, keys, .. } => {
+                let account = keys.account(&attempt.email, attempt.client);
+                db.login_succeeded(&account, &keys.address(attempt.client), attempt.id)
                     .await
             }
         }
@@ -283,14 +297,4 @@ impl Store {
             Store::Postgres { .. } => Ok(()),
         }
     }
-}
-
-/// The shared counters' key for an (email, client) pair.
-fn account_key(email: &str, client: IpAddr) -> Vec<u8> {
-    format!("account {client} {email}").into_bytes()
-}
-
-/// The shared counters' key for a client address.
-fn address_key(client: IpAddr) -> Vec<u8> {
-    format!("address {client}").into_bytes()
 }

@@ -1,13 +1,17 @@
 //! The PostgreSQL store, for several gatehouse instances sharing one user
-//! base: users, revocations and login-failure counters in tables.
+//! base: users, revocations and throttle counters (failed logins,
+//! registrations) in tables.
 //!
 //! Driver: tokio-postgres with a deadpool pool (see ARCHITECTURE.md for why).
 //! Every operation is one SQL statement (the unique index on the normalized
-//! email decides registration races), runs within [`OP_TIMEOUT`], and is
-//! retried on serialization failures and deadlocks, so the SQL also suits
-//! PostgreSQL-compatible distributed engines: no advisory locks, no
-//! LISTEN/NOTIFY. A lost database is `StoreError::Unavailable` (503), never a
-//! hang, and the pool reconnects by itself when the database returns.
+//! email decides registration races), except counting a throttled attempt:
+//! one short transaction that locks the row guarding the counters, then
+//! counts and records ([`PgStore::count_attempt`]). Each runs within
+//! [`OP_TIMEOUT`] and is retried on serialization failures and deadlocks, so
+//! the SQL also suits PostgreSQL-compatible distributed engines: no advisory
+//! locks, no LISTEN/NOTIFY. A lost database is `StoreError::Unavailable`
+//! (503), never a hang, and the pool reconnects by itself when the database
+//! returns.
 
 use std::time::Duration;
 
@@ -32,7 +36,8 @@ const ATTEMPTS: usize = 5;
 
 /// Schema migrations, applied in order at start. Each is idempotent, so two
 /// instances starting at once may both run them.
-const MIGRATIONS: &[(i32, &str)] = &[(
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
     1,
     "CREATE TABLE IF NOT EXISTS gatehouse_users (
         id UUID PRIMARY KEY,
@@ -57,7 +62,30 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         PRIMARY KEY (key, attempt)
     );
     CREATE INDEX IF NOT EXISTS gatehouse_login_failures_time ON gatehouse_login_failures (failed_at);",
-)];
+    ),
+    // Throttle counters under keyed hashes (`domain::throttle::SharedKeys`),
+    // and the rows that serialize counting. The old counters were keyed by
+    // the email text (so an email could be too long for the index) and are
+    // dropped: they were only counts.
+    (
+        2,
+        "CREATE TABLE IF NOT EXISTS gatehouse_throttle_guards (
+            key BYTEA PRIMARY KEY,
+            touched_at BIGINT NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS gatehouse_throttle_guards_time
+            ON gatehouse_throttle_guards (touched_at);
+        CREATE TABLE IF NOT EXISTS gatehouse_throttle_events (
+            key BYTEA NOT NULL,
+            attempt UUID NOT NULL,
+            at BIGINT NOT NULL,
+            PRIMARY KEY (key, attempt)
+        );
+        CREATE INDEX IF NOT EXISTS gatehouse_throttle_events_time
+            ON gatehouse_throttle_events (at);
+        DROP TABLE IF EXISTS gatehouse_login_failures;",
+    ),
+];
 
 const USER_COLUMNS: &str =
     "id, name, email, role, password_hash, password_version, created_at, updated_at";
@@ -65,6 +93,20 @@ const USER_COLUMNS: &str =
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+}
+
+/// A shared throttle counter: the key of its rows, and how many attempts
+/// it may hold within the window.
+#[derive(Debug, Clone, Copy)]
+pub struct Counter<'a> {
+    pub key: &'a [u8],
+    pub limit: u32,
+}
+
+impl<'a> Counter<'a> {
+    pub fn new(key: &'a [u8], limit: u32) -> Counter<'a> {
+        Counter { key, limit }
+    }
 }
 
 impl PgStore {
@@ -313,8 +355,10 @@ impl PgStore {
         .await
     }
 
-    /// Deletes expired revocations and login failures older than `window`.
+    /// Deletes expired revocations, and throttle rows older than `window`.
+    /// A guard row still in use was touched within the window, so is kept.
     pub async fn purge(&self, now: u64, window_secs: u64) -> Result<usize, StoreError> {
+        let since = to_i64(now.saturating_sub(window_secs));
         self.run(|client| async move {
             let revoked = client
                 .execute(
@@ -322,47 +366,70 @@ impl PgStore {
                     &[&to_i64(now)],
                 )
                 .await?;
-            let failures = client
+            let events = client
                 .execute(
-                    "DELETE FROM gatehouse_login_failures WHERE failed_at <= $1",
-                    &[&to_i64(now.saturating_sub(window_secs))],
+                    "DELETE FROM gatehouse_throttle_events WHERE at <= $1",
+                    &[&since],
                 )
                 .await?;
-            Ok(usize::try_from(revoked + failures).unwrap_or(usize::MAX))
+            let guards = client
+                .execute(
+                    "DELETE FROM gatehouse_throttle_guards WHERE touched_at <= $1",
+                    &[&since],
+                )
+                .await?;
+            Ok(usize::try_from(revoked + events + guards).unwrap_or(usize::MAX))
         })
         .await
     }
 
-    /// Starts a login attempt against shared counters (see
-    /// `domain::throttle`): refused with the wait if a key is at its limit,
-    /// otherwise recorded as a failure under `attempt` until it succeeds.
-    pub async fn begin_login(
+    /// Counts `attempt` against every one of `counters` (see
+    /// `domain::throttle`), unless one of them already holds its limit of
+    /// attempts within the window: then nothing is recorded, and the answer
+    /// is the wait until the oldest of them leaves the window.
+    ///
+    /// Exact under concurrency, on every instance: one transaction first
+    /// upserts the `guard` row (which locks it until commit), so everyone
+    /// counting under that guard waits for the one before to commit, and
+    /// then counts what it committed. `guard` must therefore name a key that
+    /// every racing count shares: the client address's. Each counter then
+    /// holds at most its limit of rows within the window.
+    pub async fn count_attempt(
         &self,
-        keys: [(&[u8], u32); 2],
+        guard: &[u8],
+        counters: &[Counter<'_>],
         attempt: Uuid,
         now: u64,
         window_secs: u64,
     ) -> Result<Result<(), RetryAfter>, StoreError> {
-        let keys: Vec<(Vec<u8>, i64)> = keys
+        let guard = guard.to_vec();
+        let counters: Vec<(Vec<u8>, i64)> = counters
             .iter()
-            .map(|(k, l)| (k.to_vec(), i64::from(*l)))
+            .map(|c| (c.key.to_vec(), i64::from(c.limit.max(1))))
             .collect();
-        let since = to_i64(now.saturating_sub(window_secs));
-        self.run(|client| {
-            let keys = keys.clone();
+        let (now_i64, since) = (to_i64(now), to_i64(now.saturating_sub(window_secs)));
+        self.run(|mut client| {
+            let (guard, counters) = (guard.clone(), counters.clone());
             async move {
+                let tx = client.transaction().await?;
+                let lock = tx
+                    .prepare_cached(
+                        "INSERT INTO gatehouse_throttle_guards (key, touched_at) VALUES ($1, $2)
+                         ON CONFLICT (key) DO UPDATE SET touched_at = EXCLUDED.touched_at",
+                    )
+                    .await?;
+                tx.execute(&lock, &[&guard, &now_i64]).await?;
+                // The `limit`-th newest attempt in the window, if there is one.
+                let nth = tx
+                    .prepare_cached(
+                        "SELECT at FROM gatehouse_throttle_events
+                         WHERE key = $1 AND at > $2
+                         ORDER BY at DESC OFFSET $3 LIMIT 1",
+                    )
+                    .await?;
                 let mut wait: Option<u64> = None;
-                for (key, limit) in &keys {
-                    // The `limit`-th newest failure in the window, if there is one.
-                    let row = client
-                        .query_opt(
-                            "SELECT failed_at FROM gatehouse_login_failures
-                             WHERE key = $1 AND failed_at > $2
-                             ORDER BY failed_at DESC OFFSET $3 LIMIT 1",
-                            &[key, &since, &(limit - 1)],
-                        )
-                        .await?;
-                    if let Some(row) = row {
+                for (key, limit) in &counters {
+                    if let Some(row) = tx.query_opt(&nth, &[key, &since, &(limit - 1)]).await? {
                         let oldest: i64 = row.get(0);
                         let free_at = u64::try_from(oldest).unwrap_or(0) + window_secs;
                         let seconds = free_at.saturating_sub(now).max(1);
@@ -370,38 +437,43 @@ impl PgStore {
                     }
                 }
                 if let Some(seconds) = wait {
+                    tx.rollback().await?;
                     return Ok(Err(RetryAfter(seconds)));
                 }
-                for (key, _) in &keys {
-                    client
-                        .execute(
-                            "INSERT INTO gatehouse_login_failures (key, attempt, failed_at)
-                             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                            &[key, &attempt, &to_i64(now)],
-                        )
-                        .await?;
+                let record = tx
+                    .prepare_cached(
+                        "INSERT INTO gatehouse_throttle_events (key, attempt, at)
+                         VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    )
+                    .await?;
+                for (key, _) in &counters {
+                    tx.execute(&record, &[key, &attempt, &now_i64]).await?;
                 }
+                tx.commit().await?;
                 Ok(Ok(()))
             }
         })
         .await
     }
 
-    /// The attempt succeeded: the account's failures are cleared and the
-    /// address is not charged for this attempt.
+    /// The login attempt succeeded: the account's failures are cleared and
+    /// the address is not charged for this attempt. (Only deletes: fewer
+    /// rows never let a count overshoot, so no guard is needed.)
     pub async fn login_succeeded(
         &self,
-        account_key: &[u8],
+        account: &[u8],
+        address: &[u8],
         attempt: Uuid,
     ) -> Result<(), StoreError> {
-        let key = account_key.to_vec();
+        let (account, address) = (account.to_vec(), address.to_vec());
         self.run(|client| {
-            let key = key.clone();
+            let (account, address) = (account.clone(), address.clone());
             async move {
                 client
                     .execute(
-                        "DELETE FROM gatehouse_login_failures WHERE key = $1 OR attempt = $2",
-                        &[&key, &attempt],
+                        "DELETE FROM gatehouse_throttle_events
+                         WHERE key = $1 OR (key = $2 AND attempt = $3)",
+                        &[&account, &address, &attempt],
                     )
                     .await?;
                 Ok(())

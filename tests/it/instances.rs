@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use crate::support::*;
+use crate::throttle::{concurrent_wrong_guesses, count};
 
 /// Two servers (separate data dirs, same secret) on one fresh schema; `None`
 /// when there is no test database.
@@ -160,6 +161,26 @@ async fn concurrent_registrations_over_two_instances_yield_one_200() {
     let ok = statuses.iter().filter(|&&s| s == 200).count();
     let conflicts = statuses.iter().filter(|&&s| s == 409).count();
     assert_eq!((ok, conflicts), (1, 49), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn concurrent_wrong_guesses_over_two_instances_get_at_most_the_limit() {
+    let Some((a, b, _dirs)) = two_instances(
+        "concurrent_wrong_guesses_over_two_instances_get_at_most_the_limit",
+        |s| s.limits.login_failures_per_account = 5,
+    )
+    .await
+    else {
+        return;
+    };
+    a.register("Target", "target@example.com").await;
+    let statuses = concurrent_wrong_guesses(&[&a, &b], "target@example.com", 30).await;
+    assert!(count(&statuses, 401) <= 5, "{statuses:?}");
+    assert_eq!(
+        count(&statuses, 401) + count(&statuses, 429),
+        30,
+        "{statuses:?}"
+    );
 }
 
 #[tokio::test]

@@ -36,5 +36,6 @@ mod network;
 mod openapi;
 mod properties;
 mod protocol;
+mod throttle;
 mod tokens;
 mod users;
