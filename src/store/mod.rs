@@ -3,10 +3,10 @@
 //! behind one type with two implementations:
 //!
 //! - [`sled::SledStore`] (the default): an embedded database in `data_dir`,
-//!   with login failures counted in this process's memory;
+//!   with login failures and registrations counted in this process's memory;
 //! - [`postgres::PgStore`] (when `store.url` is a `postgres://` URL): tables
-//!   shared by every gatehouse instance on that database, login failures
-//!   included (under keyed hashes, [`SharedKeys`]).
+//!   shared by every gatehouse instance on that database, login failures and
+//!   registrations included (under keyed hashes, [`SharedKeys`]).
 //!
 //! [`Store`] is an enum over the two rather than a trait object: the set is
 //! closed, dispatch is static, and every method's contract is written once,
@@ -277,6 +277,29 @@ impl Store {
                 let account = keys.account(&attempt.email, attempt.client);
                 db.login_succeeded(&account, &keys.address(attempt.client), attempt.id)
                     .await
+            }
+        }
+    }
+
+    /// Counts a registration request from `client`, whatever its outcome:
+    /// refused with the wait when the address is at
+    /// `limits.registrations_per_address` in the window.
+    pub async fn begin_registration(
+        &self,
+        client: IpAddr,
+    ) -> Result<Result<(), RetryAfter>, StoreError> {
+        match self {
+            Store::Sled { throttle, .. } => Ok(throttle.count_registration(client)),
+            Store::Postgres { db, limits, keys } => {
+                let key = keys.registrations(client);
+                db.count_attempt(
+                    &key,
+                    &[Counter::new(&key, limits.registrations)],
+                    uuid::Uuid::new_v4(),
+                    crate::domain::unix_now(),
+                    limits.window_secs,
+                )
+                .await
             }
         }
     }

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use crate::support::*;
-use crate::throttle::{concurrent_wrong_guesses, count};
+use crate::throttle::{concurrent_wrong_guesses, count, registration};
 
 /// Two servers (separate data dirs, same secret) on one fresh schema; `None`
 /// when there is no test database.
@@ -135,7 +135,7 @@ async fn failed_logins_spread_over_instances_are_throttled() {
 async fn concurrent_registrations_over_two_instances_yield_one_200() {
     let Some((a, b, _dirs)) = two_instances(
         "concurrent_registrations_over_two_instances_yield_one_200",
-        |_| {},
+        |s| s.limits.registrations_per_address = 1_000,
     )
     .await
     else {
@@ -181,6 +181,27 @@ async fn concurrent_wrong_guesses_over_two_instances_get_at_most_the_limit() {
         30,
         "{statuses:?}"
     );
+}
+
+#[tokio::test]
+async fn the_registration_limit_is_shared_by_instances() {
+    let Some((a, b, _dirs)) = two_instances("the_registration_limit_is_shared_by_instances", |s| {
+        s.limits.registrations_per_address = 3;
+    })
+    .await
+    else {
+        return;
+    };
+    a.register("One", "one@example.com").await;
+    b.register("Two", "two@example.com").await;
+    a.register("Three", "three@example.com").await;
+    let reply = b
+        .post("/api/auth/register")
+        .json(registration("four@example.com"))
+        .send()
+        .await;
+    reply.assert_error(429, "too_many_attempts");
+    assert!(reply.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
 }
 
 #[tokio::test]

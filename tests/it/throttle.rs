@@ -1,4 +1,4 @@
-//! Login throttling: limits that hold exactly under
+//! Login and registration throttling: limits that hold exactly under
 //! concurrency (several instances on one PostgreSQL database: see
 //! `instances`), a `Retry-After` on every 429, and throttle keys that no
 //! email, however long, can break.
@@ -52,6 +52,40 @@ async fn concurrent_wrong_guesses_get_exactly_the_limit_of_401s() {
         .send()
         .await;
     reply.assert_error(429, "too_many_attempts");
+}
+}
+
+store_test! {
+async fn registrations_are_limited_per_address_whatever_their_outcome() {
+    let server = TestServer::start_with(|s| s.limits.registrations_per_address = 3).await;
+    server.register("One", "one@example.com").await;
+    // A refused body counts as well: the limit is on requests.
+    server
+        .post("/api/auth/register")
+        .json(json!({"name": "Two"}))
+        .send()
+        .await
+        .assert_error(400, "invalid_input");
+    server.register("Three", "three@example.com").await;
+    let reply = server
+        .post("/api/auth/register")
+        .json(registration("four@example.com"))
+        .send()
+        .await;
+    reply.assert_error(429, "too_many_attempts");
+    let wait: u64 = reply
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=900).contains(&wait), "{wait}");
+    // The refused registration created nothing.
+    server
+        .post("/api/auth/login")
+        .json(json!({"email": "four@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .assert_error(401, "invalid_credentials");
 }
 }
 
