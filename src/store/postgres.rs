@@ -9,9 +9,13 @@
 //! counts and records ([`PgStore::count_attempt`]). Each runs within
 //! [`OP_TIMEOUT`] and is retried on serialization failures and deadlocks, so
 //! the SQL also suits PostgreSQL-compatible distributed engines: no advisory
-//! locks, no LISTEN/NOTIFY. A lost database is `StoreError::Unavailable`
-//! (503), never a hang, and the pool reconnects by itself when the database
-//! returns.
+//! locks, no LISTEN/NOTIFY.
+//!
+//! A database that cannot serve (lost, read-only or recovering, full, shutting
+//! down) is `StoreError::Unavailable` (503), never a 500 and never a hang; the
+//! pool reconnects by itself when the database returns. On a read-only
+//! database whose schema is current, gatehouse starts (migrations then only
+//! read) and answers reads.
 
 use std::time::Duration;
 
@@ -86,6 +90,9 @@ const MIGRATIONS: &[(i32, &str)] = &[
         DROP TABLE IF EXISTS gatehouse_login_failures;",
     ),
 ];
+
+/// The version the last migration records.
+const SCHEMA_VERSION: i32 = 2;
 
 const USER_COLUMNS: &str =
     "id, name, email, role, password_hash, password_version, created_at, updated_at";
@@ -482,12 +489,28 @@ impl PgStore {
         .await
     }
 
+    /// Answers if the database can take writes: a read-only or recovering
+    /// one is `Unavailable`, as every write would be refused.
     pub async fn health(&self) -> Result<(), StoreError> {
-        self.run(|client| async move {
-            client.query_one("SELECT 1", &[]).await?;
+        let writable = self
+            .run(|client| async move {
+                let row = client
+                    .query_one(
+                        "SELECT NOT pg_is_in_recovery()
+                            AND current_setting('transaction_read_only') = 'off'",
+                        &[],
+                    )
+                    .await?;
+                row.try_get::<_, bool>(0)
+            })
+            .await?;
+        if writable {
             Ok(())
-        })
-        .await
+        } else {
+            Err(StoreError::Unavailable(
+                "the database is read-only or recovering".into(),
+            ))
+        }
     }
 
     /// Runs `op` on a pooled connection within [`OP_TIMEOUT`], retrying
@@ -522,7 +545,32 @@ impl PgStore {
     }
 }
 
+/// The schema version recorded in the database; 0 for an empty schema.
+/// Only reads, so that a read-only database with a current schema starts.
+async fn schema_version(client: &deadpool_postgres::Object) -> Result<i32, tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('gatehouse_migrations') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    if !exists {
+        return Ok(0);
+    }
+    client
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM gatehouse_migrations",
+            &[],
+        )
+        .await?
+        .try_get(0)
+}
+
 async fn apply_migrations(client: &deadpool_postgres::Object) -> Result<(), tokio_postgres::Error> {
+    if schema_version(client).await? >= SCHEMA_VERSION {
+        return Ok(());
+    }
     client
         .batch_execute("CREATE TABLE IF NOT EXISTS gatehouse_migrations (version INT PRIMARY KEY)")
         .await?;
@@ -555,15 +603,35 @@ fn retryable(error: &tokio_postgres::Error) -> bool {
 }
 
 fn map_error(error: tokio_postgres::Error) -> StoreError {
-    match error.code() {
-        Some(&SqlState::UNIQUE_VIOLATION) => StoreError::EmailTaken,
-        // Anything the server itself refused is a bug on our side; anything
-        // without a code is the connection.
-        Some(code) => StoreError::Corrupt {
+    let Some(code) = error.code() else {
+        // No SQLSTATE: the connection failed, or the server's answer did not
+        // arrive.
+        return StoreError::Unavailable(error.to_string());
+    };
+    if code == &SqlState::UNIQUE_VIOLATION {
+        return StoreError::EmailTaken;
+    }
+    match code.code().get(..2) {
+        // The database cannot serve now, whatever we send: connection (08),
+        // read-only or recovering (25, e.g. 25006), out of resources such as
+        // disk (53), shutting down or cancelled (57), and serialization
+        // failures still there after our retries (40). A 503, not a bug.
+        Some("08" | "25" | "40" | "53" | "57") => {
+            StoreError::Unavailable(format!("SQLSTATE {}: {}", code.code(), db_message(&error)))
+        }
+        // Anything else the server refused is a bug on our side.
+        _ => StoreError::Corrupt {
             key: format!("SQLSTATE {}", code.code()),
-            reason: error.to_string(),
+            reason: db_message(&error),
         },
-        None => StoreError::Unavailable(error.to_string()),
+    }
+}
+
+/// The server's own message (`Display` of the error says only "db error").
+fn db_message(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => error.to_string(),
     }
 }
 

@@ -205,6 +205,50 @@ async fn the_registration_limit_is_shared_by_instances() {
 }
 
 #[tokio::test]
+async fn a_read_only_database_answers_reads_and_refuses_writes() {
+    if test_database_url().is_none() {
+        not_run("a_read_only_database_answers_reads_and_refuses_writes");
+        return;
+    }
+    let url = fresh_schema_url().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    settings.store.url = Some(Secret::new(url.clone()));
+    let writer = TestServer::start_settings(settings).await;
+    let user = writer.register("Reader", "reader@example.com").await;
+    writer.stop().await.unwrap();
+
+    // The same schema, every transaction read-only, as on a hot standby: the
+    // option joins the search_path one in the URL's single `options`.
+    assert!(url.contains("options=-csearch_path%3D") && !url.ends_with('&'));
+    let read_only = format!("{url}%20-cdefault_transaction_read_only%3Don");
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    settings.store.url = Some(Secret::new(read_only));
+    let server = TestServer::start_settings(settings).await;
+    server
+        .get("/api/auth/me")
+        .token(&user.token)
+        .send()
+        .await
+        .assert_ok(200);
+    server
+        .post("/api/auth/register")
+        .json(registration("writer@example.com"))
+        .send()
+        .await
+        .assert_error(503, "store_unavailable");
+    server
+        .post("/api/auth/login")
+        .json(json!({"email": "reader@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .assert_error(503, "store_unavailable");
+    let health = server.get("/healthz").send().await;
+    assert_eq!(health.status, 503, "{}", health.text);
+}
+
+#[tokio::test]
 async fn instances_starting_at_once_all_migrate() {
     if test_database_url().is_none() {
         not_run("instances_starting_at_once_all_migrate");
