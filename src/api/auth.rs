@@ -22,6 +22,10 @@ pub async fn register(mut ctx: RequestContext) -> Result<HttpResponse, ApiError>
     if !ctx.app.settings.auth.allow_registration {
         return Err(ApiError::RegistrationClosed);
     }
+    // Counted first, whatever follows (a refused body too), so that a flood
+    // of registrations costs no bcrypt hash beyond the limit.
+    let client = ctx.client_ip();
+    ctx.app.store.begin_registration(client).await??;
     let mut fields = ctx.read_body().await?;
     let app = &ctx.app;
     let user = NewUser::from_fields(&mut fields)?

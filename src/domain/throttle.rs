@@ -1,5 +1,7 @@
-//! Login throttling: failed logins counted per (email, client address) and per
-//! client address over a sliding window, in bounded memory.
+//! Throttling: failed logins counted per (email, client address) and per
+//! client address, and registrations per client address, over a sliding
+//! window, in bounded memory ([`LoginThrottle`], the sled store's); and the
+//! keys under which a shared store counts the same things ([`SharedKeys`]).
 //!
 //! Each key keeps the times of at most `limit` recent failures, and each table
 //! keeps at most a fixed number of keys, evicting the least recently used; so
@@ -17,18 +19,22 @@ use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use hmac::{Hmac, KeyInit, Mac};
 use lru::LruCache;
+use sha2::Sha256;
 
 /// Most (email, address) pairs tracked at once (about 6 MB at most).
 pub const ACCOUNT_KEYS: usize = 50_000;
 /// Most client addresses tracked at once (about 5 MB at the default limit).
 pub const ADDRESS_KEYS: usize = 10_000;
 
-/// The configured limits (`limits.login_*`).
+/// The configured limits (`limits.login_*`, `limits.registrations_per_address`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThrottleLimits {
     pub per_account: u32,
     pub per_address: u32,
+    /// Registration requests per address per window, whatever their outcome.
+    pub registrations: u32,
     pub window_secs: u64,
 }
 
@@ -37,6 +43,7 @@ impl From<&crate::config::LimitSettings> for ThrottleLimits {
         ThrottleLimits {
             per_account: limits.login_failures_per_account,
             per_address: limits.login_failures_per_address,
+            registrations: limits.registrations_per_address,
             window_secs: limits.login_window_secs,
         }
     }
@@ -50,6 +57,7 @@ pub struct LoginThrottle {
     tables: Mutex<Tables>,
     per_account: usize,
     per_address: usize,
+    registrations: usize,
     window_secs: u32,
     /// Failure times are seconds since this instant, stored as `u32`.
     epoch: Instant,
@@ -60,6 +68,9 @@ pub struct LoginThrottle {
 struct Tables {
     accounts: LruCache<u64, VecDeque<u32>>,
     addresses: LruCache<u64, VecDeque<u32>>,
+    /// Registration requests by address (a table of its own: registering
+    /// and failing to log in are separate budgets).
+    registrations: LruCache<u64, VecDeque<u32>>,
 }
 
 impl LoginThrottle {
@@ -75,6 +86,7 @@ impl LoginThrottle {
         let ThrottleLimits {
             per_account,
             per_address,
+            registrations,
             window_secs,
         } = limits;
         let cap = |n: usize| NonZeroUsize::new(n.max(1)).unwrap_or(NonZeroUsize::MIN);
@@ -82,9 +94,11 @@ impl LoginThrottle {
             tables: Mutex::new(Tables {
                 accounts: LruCache::new(cap(account_keys)),
                 addresses: LruCache::new(cap(address_keys)),
+                registrations: LruCache::new(cap(address_keys)),
             }),
             per_account: per_account.max(1) as usize,
             per_address: per_address.max(1) as usize,
+            registrations: registrations.max(1) as usize,
             window_secs: u32::try_from(window_secs).unwrap_or(u32::MAX),
             epoch: Instant::now(),
             hash_keys: Default::default(),
@@ -108,6 +122,12 @@ impl LoginThrottle {
         }
     }
 
+    /// Counts a registration request from `addr`: refused with the wait if
+    /// the address is at its limit. Never forgiven, whatever the outcome.
+    pub fn count_registration(&self, addr: IpAddr) -> Result<(), RetryAfter> {
+        self.count_registration_at(addr, self.now())
+    }
+
     /// Keys tracked in (accounts, addresses); bounded by the capacities.
     pub fn len(&self) -> (usize, usize) {
         let tables = self.lock();
@@ -125,6 +145,7 @@ impl LoginThrottle {
         let Tables {
             accounts,
             addresses,
+            ..
         } = &mut *tables;
         let account_wait = wait(accounts, account, self.per_account, now, window);
         let address_wait = wait(addresses, address, self.per_address, now, window);
@@ -133,6 +154,17 @@ impl LoginThrottle {
         }
         record(accounts, account, self.per_account, now);
         record(addresses, address, self.per_address, now);
+        Ok(())
+    }
+
+    fn count_registration_at(&self, addr: IpAddr, now: u32) -> Result<(), RetryAfter> {
+        let key = self.hash_keys.hash_one((2u8, addr));
+        let mut tables = self.lock();
+        let table = &mut tables.registrations;
+        if let Some(seconds) = wait(table, key, self.registrations, now, self.window_secs) {
+            return Err(RetryAfter(seconds));
+        }
+        record(table, key, self.registrations, now);
         Ok(())
     }
 
@@ -153,6 +185,78 @@ impl LoginThrottle {
     fn address_key(&self, addr: IpAddr) -> u64 {
         self.hash_keys.hash_one((1u8, addr))
     }
+}
+
+/// The keys under which a store shared by several instances (PostgreSQL)
+/// counts attempts: HMAC-SHA256 under a key derived from `auth.secret`.
+///
+/// Every instance sharing the database shares that secret, so all compute the
+/// same key for the same (email, address); a key is 32 bytes whatever the
+/// email's length (no index refuses it); and the table holds neither emails
+/// nor addresses, nor anything a reader without the secret can test guesses
+/// against.
+#[derive(Clone)]
+pub struct SharedKeys {
+    mac: Hmac<Sha256>,
+}
+
+/// A shared counter's key.
+pub type SharedKey = [u8; 32];
+
+impl SharedKeys {
+    pub fn new(secret: &[u8]) -> SharedKeys {
+        // A key of its own rather than the signing secret itself, so that no
+        // throttle key is ever a MAC that also means something elsewhere.
+        let derived: SharedKey = keyed(secret)
+            .chain_update(b"gatehouse throttle keys v1")
+            .finalize()
+            .into_bytes()
+            .into();
+        SharedKeys {
+            mac: keyed(&derived),
+        }
+    }
+
+    /// The key of failed logins for `email` from `addr`.
+    pub fn account(&self, email: &str, addr: IpAddr) -> SharedKey {
+        self.key(b"account", addr, email.as_bytes())
+    }
+
+    /// The key of failed logins from `addr`, whatever the email.
+    pub fn address(&self, addr: IpAddr) -> SharedKey {
+        self.key(b"address", addr, b"")
+    }
+
+    /// The key of registration requests from `addr`.
+    pub fn registrations(&self, addr: IpAddr) -> SharedKey {
+        self.key(b"registrations", addr, b"")
+    }
+
+    fn key(&self, kind: &[u8], addr: IpAddr, rest: &[u8]) -> SharedKey {
+        // Unambiguous without escaping: the kind ends at its NUL, the address
+        // has a fixed length per family, and the email is whatever follows.
+        let mut mac = self.mac.clone();
+        mac.update(kind);
+        mac.update(&[0]);
+        match addr {
+            IpAddr::V4(v4) => {
+                mac.update(&[4]);
+                mac.update(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                mac.update(&[6]);
+                mac.update(&v6.octets());
+            }
+        }
+        mac.update(rest);
+        mac.finalize().into_bytes().into()
+    }
+}
+
+fn keyed(key: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes keys of any length (a long one is hashed first): this
+    // cannot fail, and it runs once, at start-up.
+    Hmac::new_from_slice(key).expect("HMAC accepts a key of any length")
 }
 
 /// Drops failures older than the window; if `limit` remain, the seconds until
@@ -198,6 +302,7 @@ mod tests {
         ThrottleLimits {
             per_account,
             per_address,
+            registrations: 3,
             window_secs,
         }
     }
@@ -254,5 +359,31 @@ mod tests {
         }
         let tables = t.lock();
         assert!(tables.accounts.iter().all(|(_, times)| times.len() <= 5));
+    }
+
+    #[test]
+    fn registrations_are_counted_per_address_whatever_their_outcome() {
+        let t = LoginThrottle::new(limits(5, 100, 60));
+        for now in [0, 1, 2] {
+            assert_eq!(t.count_registration_at(ADDR, now), Ok(()));
+        }
+        assert_eq!(t.count_registration_at(ADDR, 3), Err(RetryAfter(57)));
+        assert_eq!(t.count_registration_at(OTHER, 3), Ok(()));
+        // Logins from the address are a separate budget.
+        assert_eq!(t.begin_at("a@x.io", ADDR, 3), Ok(()));
+        assert_eq!(t.count_registration_at(ADDR, 60), Ok(()));
+    }
+
+    #[test]
+    fn shared_keys_agree_across_instances_and_differ_by_secret_and_kind() {
+        let secret = b"a-secret-of-more-than-thirty-two-bytes";
+        let (one, two) = (SharedKeys::new(secret), SharedKeys::new(secret));
+        let long = "x".repeat(10_000) + "@example.com";
+        assert_eq!(one.account(&long, ADDR), two.account(&long, ADDR));
+        assert_ne!(one.account("a@x.io", ADDR), one.account("a@x.io", OTHER));
+        assert_ne!(one.address(ADDR), one.registrations(ADDR));
+        assert_ne!(one.address(ADDR), one.account("", ADDR));
+        let other = SharedKeys::new(b"another-secret-of-more-than-32-bytes!!");
+        assert_ne!(one.address(ADDR), other.address(ADDR));
     }
 }

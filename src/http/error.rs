@@ -46,7 +46,7 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("Send the body as application/json or application/x-www-form-urlencoded.")]
     UnsupportedMediaType,
-    #[error("Too many failed logins; try again later.")]
+    #[error("Too many attempts; try again later.")]
     TooManyAttempts { retry_after_secs: u64 },
     #[error("The user store is unavailable; try again later.")]
     StoreUnavailable,

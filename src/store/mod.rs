@@ -3,10 +3,10 @@
 //! behind one type with two implementations:
 //!
 //! - [`sled::SledStore`] (the default): an embedded database in `data_dir`,
-//!   with login failures counted in this process's memory;
+//!   with login failures and registrations counted in this process's memory;
 //! - [`postgres::PgStore`] (when `store.url` is a `postgres://` URL): tables
-//!   shared by every gatehouse instance on that database, login failures
-//!   included.
+//!   shared by every gatehouse instance on that database, login failures and
+//!   registrations included (under keyed hashes, [`SharedKeys`]).
 //!
 //! [`Store`] is an enum over the two rather than a trait object: the set is
 //! closed, dispatch is static, and every method's contract is written once,
@@ -21,11 +21,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::config::Settings;
-use crate::domain::throttle::{LoginThrottle, RetryAfter, ThrottleLimits};
+use crate::domain::throttle::{LoginThrottle, RetryAfter, SharedKeys, ThrottleLimits};
 use crate::domain::token::LEEWAY_SECS;
 use crate::domain::user::{Role, User};
 
-pub use self::postgres::PgStore;
+pub use self::postgres::{Counter, PgStore};
 pub use self::sled::SledStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +86,8 @@ pub enum Store {
     Postgres {
         db: PgStore,
         limits: ThrottleLimits,
+        /// Derived from `auth.secret`, which every instance shares.
+        keys: SharedKeys,
     },
 }
 
@@ -95,10 +97,18 @@ impl Store {
     pub async fn open(settings: &Settings) -> Result<Store, StoreError> {
         let limits = ThrottleLimits::from(&settings.limits);
         match &settings.store.url {
-            Some(url) => Ok(Store::Postgres {
-                db: PgStore::connect(url.expose()).await?,
-                limits,
-            }),
+            Some(url) => {
+                // Settings validation requires the secret with store.url.
+                let secret =
+                    settings.auth.secret.as_ref().ok_or_else(|| {
+                        StoreError::Unavailable("store.url needs auth.secret".into())
+                    })?;
+                Ok(Store::Postgres {
+                    db: PgStore::connect(url.expose()).await?,
+                    limits,
+                    keys: SharedKeys::new(secret.expose().as_bytes()),
+                })
+            }
             None => Ok(Store::Sled {
                 db: SledStore::open(&settings.database_dir())?,
                 throttle: Arc::new(LoginThrottle::new(limits)),
@@ -233,7 +243,9 @@ impl Store {
         let expired_before = now.saturating_sub(LEEWAY_SECS);
         match self {
             Store::Sled { db, .. } => db.purge_revoked(expired_before).await,
-            Store::Postgres { db, limits } => db.purge(expired_before, limits.window_secs).await,
+            Store::Postgres { db, limits, .. } => {
+                db.purge(expired_before, limits.window_secs).await
+            }
         }
     }
 
@@ -252,13 +264,16 @@ impl Store {
         };
         let verdict = match self {
             Store::Sled { throttle, .. } => throttle.begin(email, client),
-            Store::Postgres { db, limits } => {
-                let account = account_key(email, client);
-                let address = address_key(client);
-                db.begin_login(
-                    [
-                        (&account, limits.per_account),
-                        (&address, limits.per_address),
+            Store::Postgres { db, limits, keys } => {
+                // The address's counter guards the account's as well: the
+                // account key names the address too.
+                let address = keys.address(client);
+                let account = keys.account(email, client);
+                db.count_attempt(
+                    &address,
+                    &[
+                        Counter::new(&account, limits.per_account),
+                        Counter::new(&address, limits.per_address),
                     ],
                     attempt.id,
                     crate::domain::unix_now(),
@@ -278,9 +293,33 @@ impl Store {
                 throttle.succeeded(&attempt.email, attempt.client);
                 Ok(())
             }
-            Store::Postgres { db, .. } => {
-                db.login_succeeded(&account_key(&attempt.email, attempt.client), attempt.id)
+            Store::Postgres { db, keys, .. } => {
+                let account = keys.account(&attempt.email, attempt.client);
+                db.login_succeeded(&account, &keys.address(attempt.client), attempt.id)
                     .await
+            }
+        }
+    }
+
+    /// Counts a registration request from `client`, whatever its outcome:
+    /// refused with the wait when the address is at
+    /// `limits.registrations_per_address` in the window.
+    pub async fn begin_registration(
+        &self,
+        client: IpAddr,
+    ) -> Result<Result<(), RetryAfter>, StoreError> {
+        match self {
+            Store::Sled { throttle, .. } => Ok(throttle.count_registration(client)),
+            Store::Postgres { db, limits, keys } => {
+                let key = keys.registrations(client);
+                db.count_attempt(
+                    &key,
+                    &[Counter::new(&key, limits.registrations)],
+                    uuid::Uuid::new_v4(),
+                    crate::domain::unix_now(),
+                    limits.window_secs,
+                )
+                .await
             }
         }
     }
@@ -303,14 +342,4 @@ impl Store {
             Store::Postgres { .. } => Ok(()),
         }
     }
-}
-
-/// The shared counters' key for an (email, client) pair.
-fn account_key(email: &str, client: IpAddr) -> Vec<u8> {
-    format!("account {client} {email}").into_bytes()
-}
-
-/// The shared counters' key for a client address.
-fn address_key(client: IpAddr) -> Vec<u8> {
-    format!("address {client}").into_bytes()
 }

@@ -1,13 +1,21 @@
 //! The PostgreSQL store, for several gatehouse instances sharing one user
-//! base: users, revocations and login-failure counters in tables.
+//! base: users, revocations and throttle counters (failed logins,
+//! registrations) in tables.
 //!
 //! Driver: tokio-postgres with a deadpool pool (see ARCHITECTURE.md for why).
 //! Every operation is one SQL statement (the unique index on the normalized
-//! email decides registration races), runs within [`OP_TIMEOUT`], and is
-//! retried on serialization failures and deadlocks, so the SQL also suits
-//! PostgreSQL-compatible distributed engines: no advisory locks, no
-//! LISTEN/NOTIFY. A lost database is `StoreError::Unavailable` (503), never a
-//! hang, and the pool reconnects by itself when the database returns.
+//! email decides registration races), except counting a throttled attempt:
+//! one short transaction that locks the row guarding the counters, then
+//! counts and records ([`PgStore::count_attempt`]). Each runs within
+//! [`OP_TIMEOUT`] and is retried on serialization failures and deadlocks, so
+//! the SQL also suits PostgreSQL-compatible distributed engines: no advisory
+//! locks, no LISTEN/NOTIFY.
+//!
+//! A database that cannot serve (lost, read-only or recovering, full, shutting
+//! down) is `StoreError::Unavailable` (503), never a 500 and never a hang; the
+//! pool reconnects by itself when the database returns. On a read-only
+//! database whose schema is current, gatehouse starts (migrations then only
+//! read) and answers reads.
 
 use std::time::Duration;
 
@@ -32,7 +40,8 @@ const ATTEMPTS: usize = 5;
 
 /// Schema migrations, applied in order at start. Each is idempotent, so two
 /// instances starting at once may both run them.
-const MIGRATIONS: &[(i32, &str)] = &[(
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
     1,
     "CREATE TABLE IF NOT EXISTS gatehouse_users (
         id UUID PRIMARY KEY,
@@ -57,7 +66,33 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         PRIMARY KEY (key, attempt)
     );
     CREATE INDEX IF NOT EXISTS gatehouse_login_failures_time ON gatehouse_login_failures (failed_at);",
-)];
+    ),
+    // Throttle counters under keyed hashes (`domain::throttle::SharedKeys`),
+    // and the rows that serialize counting. The old counters were keyed by
+    // the email text (so an email could be too long for the index) and are
+    // dropped: they were only counts.
+    (
+        2,
+        "CREATE TABLE IF NOT EXISTS gatehouse_throttle_guards (
+            key BYTEA PRIMARY KEY,
+            touched_at BIGINT NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS gatehouse_throttle_guards_time
+            ON gatehouse_throttle_guards (touched_at);
+        CREATE TABLE IF NOT EXISTS gatehouse_throttle_events (
+            key BYTEA NOT NULL,
+            attempt UUID NOT NULL,
+            at BIGINT NOT NULL,
+            PRIMARY KEY (key, attempt)
+        );
+        CREATE INDEX IF NOT EXISTS gatehouse_throttle_events_time
+            ON gatehouse_throttle_events (at);
+        DROP TABLE IF EXISTS gatehouse_login_failures;",
+    ),
+];
+
+/// The version the last migration records.
+const SCHEMA_VERSION: i32 = 2;
 
 const USER_COLUMNS: &str =
     "id, name, email, role, password_hash, password_version, created_at, updated_at";
@@ -65,6 +100,20 @@ const USER_COLUMNS: &str =
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+}
+
+/// A shared throttle counter: the key of its rows, and how many attempts
+/// it may hold within the window.
+#[derive(Debug, Clone, Copy)]
+pub struct Counter<'a> {
+    pub key: &'a [u8],
+    pub limit: u32,
+}
+
+impl<'a> Counter<'a> {
+    pub fn new(key: &'a [u8], limit: u32) -> Counter<'a> {
+        Counter { key, limit }
+    }
 }
 
 impl PgStore {
@@ -121,7 +170,7 @@ impl PgStore {
     }
 
     pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
-        let Ok(id) = Uuid::parse_str(id) else {
+        let Some(id) = issued_id(id) else {
             return Ok(None);
         };
         let sql = format!("SELECT {USER_COLUMNS} FROM gatehouse_users WHERE id = $1");
@@ -158,9 +207,9 @@ impl PgStore {
         // Our ids are UUIDs and order as such (index range scan). Any other
         // cursor is compared as text in byte order, as the sled store does.
         let (after_id, after_text) = match after {
-            Some(after) => match Uuid::parse_str(after) {
-                Ok(id) if id.to_string() == after => (Some(id), None),
-                _ => (None, Some(after.to_string())),
+            Some(after) => match issued_id(after) {
+                Some(id) => (Some(id), None),
+                None => (None, Some(after.to_string())),
             },
             None => (None, None),
         };
@@ -222,7 +271,7 @@ impl PgStore {
         patch: UserPatch,
         now: u64,
     ) -> Result<User, StoreError> {
-        let Ok(id) = Uuid::parse_str(id) else {
+        let Some(id) = issued_id(id) else {
             return Err(StoreError::NotFound);
         };
         let sql = format!(
@@ -271,7 +320,7 @@ impl PgStore {
     }
 
     pub async fn delete_user(&self, id: &str) -> Result<User, StoreError> {
-        let Ok(id) = Uuid::parse_str(id) else {
+        let Some(id) = issued_id(id) else {
             return Err(StoreError::NotFound);
         };
         let sql = format!("DELETE FROM gatehouse_users WHERE id = $1 RETURNING {USER_COLUMNS}");
@@ -325,8 +374,10 @@ impl PgStore {
         .await
     }
 
-    /// Deletes expired revocations and login failures older than `window`.
+    /// Deletes expired revocations, and throttle rows older than `window`.
+    /// A guard row still in use was touched within the window, so is kept.
     pub async fn purge(&self, now: u64, window_secs: u64) -> Result<usize, StoreError> {
+        let since = to_i64(now.saturating_sub(window_secs));
         self.run(|client| async move {
             let revoked = client
                 .execute(
@@ -334,47 +385,70 @@ impl PgStore {
                     &[&to_i64(now)],
                 )
                 .await?;
-            let failures = client
+            let events = client
                 .execute(
-                    "DELETE FROM gatehouse_login_failures WHERE failed_at <= $1",
-                    &[&to_i64(now.saturating_sub(window_secs))],
+                    "DELETE FROM gatehouse_throttle_events WHERE at <= $1",
+                    &[&since],
                 )
                 .await?;
-            Ok(usize::try_from(revoked + failures).unwrap_or(usize::MAX))
+            let guards = client
+                .execute(
+                    "DELETE FROM gatehouse_throttle_guards WHERE touched_at <= $1",
+                    &[&since],
+                )
+                .await?;
+            Ok(usize::try_from(revoked + events + guards).unwrap_or(usize::MAX))
         })
         .await
     }
 
-    /// Starts a login attempt against shared counters (see
-    /// `domain::throttle`): refused with the wait if a key is at its limit,
-    /// otherwise recorded as a failure under `attempt` until it succeeds.
-    pub async fn begin_login(
+    /// Counts `attempt` against every one of `counters` (see
+    /// `domain::throttle`), unless one of them already holds its limit of
+    /// attempts within the window: then nothing is recorded, and the answer
+    /// is the wait until the oldest of them leaves the window.
+    ///
+    /// Exact under concurrency, on every instance: one transaction first
+    /// upserts the `guard` row (which locks it until commit), so everyone
+    /// counting under that guard waits for the one before to commit, and
+    /// then counts what it committed. `guard` must therefore name a key that
+    /// every racing count shares: the client address's. Each counter then
+    /// holds at most its limit of rows within the window.
+    pub async fn count_attempt(
         &self,
-        keys: [(&[u8], u32); 2],
+        guard: &[u8],
+        counters: &[Counter<'_>],
         attempt: Uuid,
         now: u64,
         window_secs: u64,
     ) -> Result<Result<(), RetryAfter>, StoreError> {
-        let keys: Vec<(Vec<u8>, i64)> = keys
+        let guard = guard.to_vec();
+        let counters: Vec<(Vec<u8>, i64)> = counters
             .iter()
-            .map(|(k, l)| (k.to_vec(), i64::from(*l)))
+            .map(|c| (c.key.to_vec(), i64::from(c.limit.max(1))))
             .collect();
-        let since = to_i64(now.saturating_sub(window_secs));
-        self.run(|client| {
-            let keys = keys.clone();
+        let (now_i64, since) = (to_i64(now), to_i64(now.saturating_sub(window_secs)));
+        self.run(|mut client| {
+            let (guard, counters) = (guard.clone(), counters.clone());
             async move {
+                let tx = client.transaction().await?;
+                let lock = tx
+                    .prepare_cached(
+                        "INSERT INTO gatehouse_throttle_guards (key, touched_at) VALUES ($1, $2)
+                         ON CONFLICT (key) DO UPDATE SET touched_at = EXCLUDED.touched_at",
+                    )
+                    .await?;
+                tx.execute(&lock, &[&guard, &now_i64]).await?;
+                // The `limit`-th newest attempt in the window, if there is one.
+                let nth = tx
+                    .prepare_cached(
+                        "SELECT at FROM gatehouse_throttle_events
+                         WHERE key = $1 AND at > $2
+                         ORDER BY at DESC OFFSET $3 LIMIT 1",
+                    )
+                    .await?;
                 let mut wait: Option<u64> = None;
-                for (key, limit) in &keys {
-                    // The `limit`-th newest failure in the window, if there is one.
-                    let row = client
-                        .query_opt(
-                            "SELECT failed_at FROM gatehouse_login_failures
-                             WHERE key = $1 AND failed_at > $2
-                             ORDER BY failed_at DESC OFFSET $3 LIMIT 1",
-                            &[key, &since, &(limit - 1)],
-                        )
-                        .await?;
-                    if let Some(row) = row {
+                for (key, limit) in &counters {
+                    if let Some(row) = tx.query_opt(&nth, &[key, &since, &(limit - 1)]).await? {
                         let oldest: i64 = row.get(0);
                         let free_at = u64::try_from(oldest).unwrap_or(0) + window_secs;
                         let seconds = free_at.saturating_sub(now).max(1);
@@ -382,38 +456,43 @@ impl PgStore {
                     }
                 }
                 if let Some(seconds) = wait {
+                    tx.rollback().await?;
                     return Ok(Err(RetryAfter(seconds)));
                 }
-                for (key, _) in &keys {
-                    client
-                        .execute(
-                            "INSERT INTO gatehouse_login_failures (key, attempt, failed_at)
-                             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                            &[key, &attempt, &to_i64(now)],
-                        )
-                        .await?;
+                let record = tx
+                    .prepare_cached(
+                        "INSERT INTO gatehouse_throttle_events (key, attempt, at)
+                         VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    )
+                    .await?;
+                for (key, _) in &counters {
+                    tx.execute(&record, &[key, &attempt, &now_i64]).await?;
                 }
+                tx.commit().await?;
                 Ok(Ok(()))
             }
         })
         .await
     }
 
-    /// The attempt succeeded: the account's failures are cleared and the
-    /// address is not charged for this attempt.
+    /// The login attempt succeeded: the account's failures are cleared and
+    /// the address is not charged for this attempt. (Only deletes: fewer
+    /// rows never let a count overshoot, so no guard is needed.)
     pub async fn login_succeeded(
         &self,
-        account_key: &[u8],
+        account: &[u8],
+        address: &[u8],
         attempt: Uuid,
     ) -> Result<(), StoreError> {
-        let key = account_key.to_vec();
+        let (account, address) = (account.to_vec(), address.to_vec());
         self.run(|client| {
-            let key = key.clone();
+            let (account, address) = (account.clone(), address.clone());
             async move {
                 client
                     .execute(
-                        "DELETE FROM gatehouse_login_failures WHERE key = $1 OR attempt = $2",
-                        &[&key, &attempt],
+                        "DELETE FROM gatehouse_throttle_events
+                         WHERE key = $1 OR (key = $2 AND attempt = $3)",
+                        &[&account, &address, &attempt],
                     )
                     .await?;
                 Ok(())
@@ -422,12 +501,28 @@ impl PgStore {
         .await
     }
 
+    /// Answers if the database can take writes: a read-only or recovering
+    /// one is `Unavailable`, as every write would be refused.
     pub async fn health(&self) -> Result<(), StoreError> {
-        self.run(|client| async move {
-            client.query_one("SELECT 1", &[]).await?;
+        let writable = self
+            .run(|client| async move {
+                let row = client
+                    .query_one(
+                        "SELECT NOT pg_is_in_recovery()
+                            AND current_setting('transaction_read_only') = 'off'",
+                        &[],
+                    )
+                    .await?;
+                row.try_get::<_, bool>(0)
+            })
+            .await?;
+        if writable {
             Ok(())
-        })
-        .await
+        } else {
+            Err(StoreError::Unavailable(
+                "the database is read-only or recovering".into(),
+            ))
+        }
     }
 
     /// Runs `op` on a pooled connection within [`OP_TIMEOUT`], retrying
@@ -481,7 +576,32 @@ async fn others_stay_admin(
     Ok(!is_admin || admins.len() > 1)
 }
 
+/// The schema version recorded in the database; 0 for an empty schema.
+/// Only reads, so that a read-only database with a current schema starts.
+async fn schema_version(client: &deadpool_postgres::Object) -> Result<i32, tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('gatehouse_migrations') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    if !exists {
+        return Ok(0);
+    }
+    client
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM gatehouse_migrations",
+            &[],
+        )
+        .await?
+        .try_get(0)
+}
+
 async fn apply_migrations(client: &deadpool_postgres::Object) -> Result<(), tokio_postgres::Error> {
+    if schema_version(client).await? >= SCHEMA_VERSION {
+        return Ok(());
+    }
     client
         .batch_execute("CREATE TABLE IF NOT EXISTS gatehouse_migrations (version INT PRIMARY KEY)")
         .await?;
@@ -514,15 +634,35 @@ fn retryable(error: &tokio_postgres::Error) -> bool {
 }
 
 fn map_error(error: tokio_postgres::Error) -> StoreError {
-    match error.code() {
-        Some(&SqlState::UNIQUE_VIOLATION) => StoreError::EmailTaken,
-        // Anything the server itself refused is a bug on our side; anything
-        // without a code is the connection.
-        Some(code) => StoreError::Corrupt {
+    let Some(code) = error.code() else {
+        // No SQLSTATE: the connection failed, or the server's answer did not
+        // arrive.
+        return StoreError::Unavailable(error.to_string());
+    };
+    if code == &SqlState::UNIQUE_VIOLATION {
+        return StoreError::EmailTaken;
+    }
+    match code.code().get(..2) {
+        // The database cannot serve now, whatever we send: connection (08),
+        // read-only or recovering (25, e.g. 25006), out of resources such as
+        // disk (53), shutting down or cancelled (57), and serialization
+        // failures still there after our retries (40). A 503, not a bug.
+        Some("08" | "25" | "40" | "53" | "57") => {
+            StoreError::Unavailable(format!("SQLSTATE {}: {}", code.code(), db_message(&error)))
+        }
+        // Anything else the server refused is a bug on our side.
+        _ => StoreError::Corrupt {
             key: format!("SQLSTATE {}", code.code()),
-            reason: error.to_string(),
+            reason: db_message(&error),
         },
-        None => StoreError::Unavailable(error.to_string()),
+    }
+}
+
+/// The server's own message (`Display` of the error says only "db error").
+fn db_message(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => error.to_string(),
     }
 }
 
@@ -562,6 +702,16 @@ fn role_text(role: Role) -> &'static str {
 
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The UUID `id` names, if it is spelled as gatehouse issues ids (lowercase,
+/// hyphenated). `Uuid::parse_str` also takes upper case, braces, URNs and
+/// the simple form; the sled store's keys are exact bytes, so only the
+/// issued spelling may name a user here as well.
+fn issued_id(id: &str) -> Option<Uuid> {
+    let uuid = Uuid::try_parse(id).ok()?;
+    let mut spelled = Uuid::encode_buffer();
+    (uuid.hyphenated().encode_lower(&mut spelled) == id).then_some(uuid)
 }
 
 fn parse_id(id: &str) -> Result<Uuid, StoreError> {

@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use crate::support::*;
+use crate::throttle::{concurrent_wrong_guesses, count, registration};
 
 /// Two servers (separate data dirs, same secret) on one fresh schema; `None`
 /// when there is no test database.
@@ -134,7 +135,7 @@ async fn failed_logins_spread_over_instances_are_throttled() {
 async fn concurrent_registrations_over_two_instances_yield_one_200() {
     let Some((a, b, _dirs)) = two_instances(
         "concurrent_registrations_over_two_instances_yield_one_200",
-        |_| {},
+        |s| s.limits.registrations_per_address = 1_000,
     )
     .await
     else {
@@ -160,6 +161,91 @@ async fn concurrent_registrations_over_two_instances_yield_one_200() {
     let ok = statuses.iter().filter(|&&s| s == 200).count();
     let conflicts = statuses.iter().filter(|&&s| s == 409).count();
     assert_eq!((ok, conflicts), (1, 49), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn concurrent_wrong_guesses_over_two_instances_get_at_most_the_limit() {
+    let Some((a, b, _dirs)) = two_instances(
+        "concurrent_wrong_guesses_over_two_instances_get_at_most_the_limit",
+        |s| s.limits.login_failures_per_account = 5,
+    )
+    .await
+    else {
+        return;
+    };
+    a.register("Target", "target@example.com").await;
+    let statuses = concurrent_wrong_guesses(&[&a, &b], "target@example.com", 30).await;
+    assert!(count(&statuses, 401) <= 5, "{statuses:?}");
+    assert_eq!(
+        count(&statuses, 401) + count(&statuses, 429),
+        30,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_registration_limit_is_shared_by_instances() {
+    let Some((a, b, _dirs)) = two_instances("the_registration_limit_is_shared_by_instances", |s| {
+        s.limits.registrations_per_address = 3;
+    })
+    .await
+    else {
+        return;
+    };
+    a.register("One", "one@example.com").await;
+    b.register("Two", "two@example.com").await;
+    a.register("Three", "three@example.com").await;
+    let reply = b
+        .post("/api/auth/register")
+        .json(registration("four@example.com"))
+        .send()
+        .await;
+    reply.assert_error(429, "too_many_attempts");
+    assert!(reply.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+}
+
+#[tokio::test]
+async fn a_read_only_database_answers_reads_and_refuses_writes() {
+    if test_database_url().is_none() {
+        not_run("a_read_only_database_answers_reads_and_refuses_writes");
+        return;
+    }
+    let url = fresh_schema_url().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    settings.store.url = Some(Secret::new(url.clone()));
+    let writer = TestServer::start_settings(settings).await;
+    let user = writer.register("Reader", "reader@example.com").await;
+    writer.stop().await.unwrap();
+
+    // The same schema, every transaction read-only, as on a hot standby: the
+    // option joins the search_path one in the URL's single `options`.
+    assert!(url.contains("options=-csearch_path%3D") && !url.ends_with('&'));
+    let read_only = format!("{url}%20-cdefault_transaction_read_only%3Don");
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    settings.store.url = Some(Secret::new(read_only));
+    let server = TestServer::start_settings(settings).await;
+    server
+        .get("/api/auth/me")
+        .token(&user.token)
+        .send()
+        .await
+        .assert_ok(200);
+    server
+        .post("/api/auth/register")
+        .json(registration("writer@example.com"))
+        .send()
+        .await
+        .assert_error(503, "store_unavailable");
+    server
+        .post("/api/auth/login")
+        .json(json!({"email": "reader@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .assert_error(503, "store_unavailable");
+    let health = server.get("/healthz").send().await;
+    assert_eq!(health.status, 503, "{}", health.text);
 }
 
 #[tokio::test]

@@ -92,6 +92,9 @@ pub fn test_settings(data_dir: &std::path::Path) -> Settings {
     };
     settings.server.port = 0;
     settings.auth.bcrypt_cost = 4;
+    // Tests register many users from one address; the tests of the
+    // registration limit set their own.
+    settings.limits.registrations_per_address = 100_000;
     settings.auth.secret = Some(Secret::new("test-secret-test-secret-test-secret!"));
     settings
 }
@@ -390,6 +393,8 @@ impl Binary {
             .args(["--port", "0", "--data-dir"])
             .arg(data_dir)
             .env("GATEHOUSE_AUTH__BCRYPT_COST", "4")
+            // As in `test_settings`: tests register many users from loopback.
+            .env("GATEHOUSE_LIMITS__REGISTRATIONS_PER_ADDRESS", "100000")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
