@@ -3,10 +3,11 @@
 //! registrations) in tables.
 //!
 //! Driver: tokio-postgres with a deadpool pool (see ARCHITECTURE.md for why).
-//! Every operation is one SQL statement (the unique index on the normalized
-//! email decides registration races), except counting a throttled attempt:
-//! one short transaction that locks the row guarding the counters, then
-//! counts and records ([`PgStore::count_attempt`]). Each runs within
+//! Most operations are one SQL statement (the unique index on the normalized
+//! email decides registration races). Three are short transactions that lock
+//! what they decide on: counting a throttled attempt (the row guarding the
+//! client's counters, [`PgStore::count_attempt`]), and demoting or deleting a
+//! user (every admin row, so the last admin always remains). Each runs within
 //! [`OP_TIMEOUT`] and is retried on serialization failures and deadlocks, so
 //! the SQL also suits PostgreSQL-compatible distributed engines: no advisory
 //! locks, no LISTEN/NOTIFY.
