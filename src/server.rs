@@ -9,7 +9,6 @@
 //! of clients costs a few bytes each instead of memory and waiting.
 
 use std::convert::Infallible;
-use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +19,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, StatusCode};
+use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,6 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::app::App;
 use crate::domain::unix_now;
 use crate::http::error::ApiError;
+use crate::log::RequestLine;
 
 /// How long shutdown waits for in-flight requests before closing anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -199,65 +199,6 @@ async fn respond(
     Ok(response)
 }
 
-/// `request method=GET path=/api/auth/me status=200 micros=41
-/// peer=127.0.0.1:50412`: the request log line's message, appended to the
-/// line [`RequestLog`](crate::log::RequestLog) builds, not passed as
-/// `tracing` fields: it is written for every request and each formatted part
-/// costs. The path cannot break the line: hyper refuses request targets with
-/// spaces or control characters.
-struct RequestLine<'r> {
-    method: &'r Method,
-    path: &'r str,
-    status: StatusCode,
-    micros: u64,
-    peer: SocketAddr,
-}
-
-impl RequestLine<'_> {
-    fn push_to(&self, line: &mut String) {
-        line.push_str("request method=");
-        line.push_str(self.method.as_str());
-        line.push_str(" path=");
-        line.push_str(self.path);
-        line.push_str(" status=");
-        line.push_str(self.status.as_str());
-        line.push_str(" micros=");
-        push_decimal(line, self.micros);
-        line.push_str(" peer=");
-        match self.peer {
-            SocketAddr::V4(v4) => {
-                for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-                    if i > 0 {
-                        line.push('.');
-                    }
-                    push_decimal(line, u64::from(octet));
-                }
-                line.push(':');
-                push_decimal(line, u64::from(v4.port()));
-            }
-            SocketAddr::V6(v6) => {
-                use fmt::Write as _;
-                let _ = write!(line, "{v6}");
-            }
-        }
-    }
-}
-
-fn push_decimal(out: &mut String, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[start..]).unwrap_or("?"));
-}
-
 async fn purge_revocations(app: Arc<App>) {
     let mut interval = tokio::time::interval(PURGE_INTERVAL);
     loop {
@@ -267,35 +208,5 @@ async fn purge_revocations(app: Arc<App>) {
             Ok(removed) => tracing::info!(removed, "purged expired revocations"),
             Err(error) => tracing::warn!(%error, "purging revocations failed"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_request_line_names_every_field() {
-        let line = |peer: &str| {
-            let mut text = String::new();
-            RequestLine {
-                method: &Method::PATCH,
-                path: "/api/users/abc",
-                status: StatusCode::NOT_FOUND,
-                micros: 1234,
-                peer: peer.parse().unwrap(),
-            }
-            .push_to(&mut text);
-            text
-        };
-        assert_eq!(
-            line("10.0.255.7:50412"),
-            "request method=PATCH path=/api/users/abc status=404 micros=1234 peer=10.0.255.7:50412"
-        );
-        assert!(line("[::1]:8080").ends_with(" peer=[::1]:8080"));
-        assert!(line("0.0.0.0:0").ends_with(" micros=1234 peer=0.0.0.0:0"));
-        let mut max = String::new();
-        push_decimal(&mut max, u64::MAX);
-        assert_eq!(max, u64::MAX.to_string());
     }
 }
