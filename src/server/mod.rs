@@ -6,7 +6,15 @@
 //! `limits.body_bytes` and the same time, connections by
 //! `server.max_connections`: a connection over the limit is answered at once
 //! with `503 server_busy` and closed, without reading its request, so a flood
-//! of clients costs a few bytes each instead of memory and waiting.
+//! of clients costs a few bytes each instead of memory and waiting. What a
+//! client can hold after that is bounded by [`connection`]: an answer it does
+//! not read (`server.write_timeout_secs`), an idle keep-alive connection
+//! (`server.idle_timeout_secs`), a slow head. [`answers`] gives the answers
+//! hyper writes by itself the contract's JSON body. This module does not
+//! route, and knows no status code but the canned 503's.
+
+mod answers;
+mod connection;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,8 +27,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::Request;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -30,6 +38,8 @@ use crate::app::App;
 use crate::domain::unix_now;
 use crate::http::error::ApiError;
 use crate::log::RequestLine;
+use answers::ErrorAnswers;
+use connection::{Connection, Limits, Requests};
 
 /// How long shutdown waits for in-flight requests before closing anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,10 +70,15 @@ pub async fn serve(
     tracing::info!(%address, store = %app.store.kind(), "gatehouse listening");
     let settings = &app.settings.server;
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(settings.header_timeout_secs))
-        .keep_alive(true)
-        .max_buf_size(MAX_HEAD_BYTES);
+    // No `header_read_timeout`: `Connection` keeps the header timeout, as
+    // hyper's would also cut idle keep-alive connections (see `connection`).
+    http.keep_alive(true).max_buf_size(MAX_HEAD_BYTES);
+    let limits = Limits {
+        header: Duration::from_secs(settings.header_timeout_secs),
+        idle: Duration::from_secs(settings.idle_timeout_secs),
+        write: Duration::from_secs(settings.write_timeout_secs),
+    };
+    let error_answers = Arc::new(ErrorAnswers::new().await);
     let connections = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
     let purger = tokio::spawn(purge_revocations(app.clone()));
@@ -105,8 +120,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = service_fn(move |request| respond(app.clone(), request, peer));
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let requests = Arc::new(Requests::default());
+        let io = Connection::new(stream, requests.clone(), limits, error_answers.clone());
+        let service =
+            service_fn(move |request| respond(app.clone(), requests.clone(), request, peer));
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(io), service));
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
@@ -179,10 +197,13 @@ async fn reject(mut stream: TcpStream, reply: Arc<Vec<u8>>, _permit: OwnedSemaph
 /// which may carry tokens or passwords).
 async fn respond(
     app: Arc<App>,
+    requests: Arc<Requests>,
     request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<crate::http::HttpResponse, Infallible> {
     let started = Instant::now();
+    // Until this returns, the connection's idle timer stays off.
+    let _in_progress = requests.begin(request.method() == Method::HEAD);
     let method = request.method().clone();
     // A `Uri` clone shares its bytes: no copy of the path per request.
     let uri = request.uri().clone();
