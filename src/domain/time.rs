@@ -55,6 +55,16 @@ pub(crate) fn write_digits(out: &mut [u8], mut value: u64) {
     }
 }
 
+/// Appends `value` in decimal, without going through `core::fmt` (the
+/// request log writes several numbers per line).
+pub(crate) fn push_decimal(out: &mut String, value: u64) {
+    let mut digits = [0u8; 20];
+    let len = value.checked_ilog10().map_or(1, |log| log as usize + 1);
+    write_digits(&mut digits[..len], value);
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[..len]).unwrap_or("?"));
+}
+
 /// (year, month, day) of the day `days` after 1970-01-01, in the proleptic
 /// Gregorian calendar (Howard Hinnant's `civil_from_days`, for days ≥ 0).
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
@@ -104,6 +114,15 @@ mod tests {
             Rfc3339::from_unix(u64::MAX).as_str(),
             "9999-12-31T23:59:59Z"
         );
+    }
+
+    #[test]
+    fn decimals_have_every_digit_and_no_more() {
+        for value in [0, 7, 10, 99, 100, 1234, u64::from(u32::MAX), u64::MAX] {
+            let mut text = String::from("=");
+            push_decimal(&mut text, value);
+            assert_eq!(text, format!("={value}"));
+        }
     }
 
     #[test]

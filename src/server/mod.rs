@@ -6,10 +6,17 @@
 //! `limits.body_bytes` and the same time, connections by
 //! `server.max_connections`: a connection over the limit is answered at once
 //! with `503 server_busy` and closed, without reading its request, so a flood
-//! of clients costs a few bytes each instead of memory and waiting.
+//! of clients costs a few bytes each instead of memory and waiting. What a
+//! client can hold after that is bounded by [`connection`]: an answer it does
+//! not read (`server.write_timeout_secs`), an idle keep-alive connection
+//! (`server.idle_timeout_secs`), a slow head. [`answers`] gives the answers
+//! hyper writes by itself the contract's JSON body. This module does not
+//! route, and knows no status code but the canned 503's.
+
+mod answers;
+mod connection;
 
 use std::convert::Infallible;
-use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,8 +27,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -30,6 +37,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::app::App;
 use crate::domain::unix_now;
 use crate::http::error::ApiError;
+use crate::log::RequestLine;
+use answers::ErrorAnswers;
+use connection::{Connection, Limits, Requests};
 
 /// How long shutdown waits for in-flight requests before closing anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,10 +70,15 @@ pub async fn serve(
     tracing::info!(%address, store = %app.store.kind(), "gatehouse listening");
     let settings = &app.settings.server;
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(settings.header_timeout_secs))
-        .keep_alive(true)
-        .max_buf_size(MAX_HEAD_BYTES);
+    // No `header_read_timeout`: `Connection` keeps the header timeout, as
+    // hyper's would also cut idle keep-alive connections (see `connection`).
+    http.keep_alive(true).max_buf_size(MAX_HEAD_BYTES);
+    let limits = Limits {
+        header: Duration::from_secs(settings.header_timeout_secs),
+        idle: Duration::from_secs(settings.idle_timeout_secs),
+        write: Duration::from_secs(settings.write_timeout_secs),
+    };
+    let error_answers = Arc::new(ErrorAnswers::new().await);
     let connections = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
     let purger = tokio::spawn(purge_revocations(app.clone()));
@@ -105,8 +120,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = service_fn(move |request| respond(app.clone(), request, peer));
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let requests = Arc::new(Requests::default());
+        let io = Connection::new(stream, requests.clone(), limits, error_answers.clone());
+        let service =
+            service_fn(move |request| respond(app.clone(), requests.clone(), request, peer));
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(io), service));
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
@@ -179,10 +197,13 @@ async fn reject(mut stream: TcpStream, reply: Arc<Vec<u8>>, _permit: OwnedSemaph
 /// which may carry tokens or passwords).
 async fn respond(
     app: Arc<App>,
+    requests: Arc<Requests>,
     request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<crate::http::HttpResponse, Infallible> {
     let started = Instant::now();
+    // Until this returns, the connection's idle timer stays off.
+    let _in_progress = requests.begin(request.method() == Method::HEAD);
     let method = request.method().clone();
     // A `Uri` clone shares its bytes: no copy of the path per request.
     let uri = request.uri().clone();
@@ -199,65 +220,6 @@ async fn respond(
     Ok(response)
 }
 
-/// `request method=GET path=/api/auth/me status=200 micros=41
-/// peer=127.0.0.1:50412`: the request log line's message, appended to the
-/// line [`RequestLog`](crate::log::RequestLog) builds, not passed as
-/// `tracing` fields: it is written for every request and each formatted part
-/// costs. The path cannot break the line: hyper refuses request targets with
-/// spaces or control characters.
-struct RequestLine<'r> {
-    method: &'r Method,
-    path: &'r str,
-    status: StatusCode,
-    micros: u64,
-    peer: SocketAddr,
-}
-
-impl RequestLine<'_> {
-    fn push_to(&self, line: &mut String) {
-        line.push_str("request method=");
-        line.push_str(self.method.as_str());
-        line.push_str(" path=");
-        line.push_str(self.path);
-        line.push_str(" status=");
-        line.push_str(self.status.as_str());
-        line.push_str(" micros=");
-        push_decimal(line, self.micros);
-        line.push_str(" peer=");
-        match self.peer {
-            SocketAddr::V4(v4) => {
-                for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-                    if i > 0 {
-                        line.push('.');
-                    }
-                    push_decimal(line, u64::from(octet));
-                }
-                line.push(':');
-                push_decimal(line, u64::from(v4.port()));
-            }
-            SocketAddr::V6(v6) => {
-                use fmt::Write as _;
-                let _ = write!(line, "{v6}");
-            }
-        }
-    }
-}
-
-fn push_decimal(out: &mut String, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[start..]).unwrap_or("?"));
-}
-
 async fn purge_revocations(app: Arc<App>) {
     let mut interval = tokio::time::interval(PURGE_INTERVAL);
     loop {
@@ -267,35 +229,5 @@ async fn purge_revocations(app: Arc<App>) {
             Ok(removed) => tracing::info!(removed, "purged expired revocations"),
             Err(error) => tracing::warn!(%error, "purging revocations failed"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_request_line_names_every_field() {
-        let line = |peer: &str| {
-            let mut text = String::new();
-            RequestLine {
-                method: &Method::PATCH,
-                path: "/api/users/abc",
-                status: StatusCode::NOT_FOUND,
-                micros: 1234,
-                peer: peer.parse().unwrap(),
-            }
-            .push_to(&mut text);
-            text
-        };
-        assert_eq!(
-            line("10.0.255.7:50412"),
-            "request method=PATCH path=/api/users/abc status=404 micros=1234 peer=10.0.255.7:50412"
-        );
-        assert!(line("[::1]:8080").ends_with(" peer=[::1]:8080"));
-        assert!(line("0.0.0.0:0").ends_with(" micros=1234 peer=0.0.0.0:0"));
-        let mut max = String::new();
-        push_decimal(&mut max, u64::MAX);
-        assert_eq!(max, u64::MAX.to_string());
     }
 }
