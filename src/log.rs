@@ -153,6 +153,24 @@ impl RequestLine<'_> {
     }
 }
 
+/// Writes one ERROR line straight to standard error, bypassing the
+/// background writer: for the last words of a process about to exit (whose
+/// writer thread would not be flushed). Same shape as every other line; a
+/// line break inside `message` becomes a space, so it stays one line.
+pub fn write_fatal(target: &str, message: &str) {
+    let mut line = String::with_capacity(64 + message.len());
+    // Writing into a String cannot fail.
+    let _ = write_prefix(&mut line, SystemTime::now(), Level::ERROR, target);
+    line.push(' ');
+    line.extend(
+        message
+            .chars()
+            .map(|c| if c == '\n' || c == '\r' { ' ' } else { c }),
+    );
+    line.push('\n');
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 /// `<RFC 3339 UTC time, microseconds> <LEVEL> <target>: <message> <k=v>...`,
 /// the same shape as `tracing-subscriber`'s default format without colours.
 /// String fields are quoted and escaped (`name="a \"b\""`), so a value cannot

@@ -52,7 +52,6 @@ use sled::Transactional;
 use super::filter::{MaybeSet, COUNTERS};
 use super::record;
 use super::{StoreError, UserPatch};
-use crate::domain::time::Rfc3339;
 use crate::domain::user::User;
 
 /// The exit status of a process whose sled store failed a write (sysexits'
@@ -391,15 +390,14 @@ fn fail(failed: &AtomicBool, error: &::sled::Error) {
     if failed.swap(true, Ordering::AcqRel) {
         return;
     }
-    let now = Rfc3339::from_unix(crate::domain::unix_now());
-    // One line, whatever the error's text holds.
-    let error = error.to_string().replace(['\n', '\r'], " ");
-    let line = format!(
-        "{now} ERROR gatehouse::store::sled: a write to the database failed; \
-         exiting so that no write missing from disk is served (restart once \
-         the disk is fixed) error={error} exit_code={EXIT_STORE_FAILED}\n"
+    crate::log::write_fatal(
+        "gatehouse::store::sled",
+        &format!(
+            "a write to the database failed; exiting so that no write missing \
+             from disk is served (restart once the disk is fixed) \
+             error={error} exit_code={EXIT_STORE_FAILED}"
+        ),
     );
-    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
     std::process::exit(EXIT_STORE_FAILED);
 }
 

@@ -97,9 +97,21 @@ async fn a_full_disk_stops_the_server_and_no_refused_write_survives() {
         "the store failure's own exit code"
     );
     let log = server.drain_lines().join("\n");
-    assert!(
-        log.contains("ERROR") && log.contains("exiting"),
+    let fatal: Vec<&str> = log
+        .lines()
+        .filter(|line| {
+            line.contains(" ERROR gatehouse::store::sled: a write to the database failed")
+        })
+        .collect();
+    assert_eq!(
+        fatal.len(),
+        1,
         "one clear error line before the exit:\n{log}"
+    );
+    assert!(
+        fatal[0].ends_with("exit_code=74") && fatal[0].as_bytes()[26] == b'Z',
+        "the log's own line shape (time with microseconds, level, target): {}",
+        fatal[0]
     );
     assert!(!log.contains(PASSWORD), "the log holds no password:\n{log}");
     drop(server);
