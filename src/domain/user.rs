@@ -343,6 +343,22 @@ mod tests {
     }
 
     #[test]
+    fn the_openapi_documents_subset_is_accepted() {
+        // The document's Email pattern describes ASCII addresses only (JSON
+        // Schema cannot express NFKC or UTS #46); every one it allows must
+        // pass here.
+        for email in [
+            "a@b.c",
+            "a@b.1",
+            "!#$%&'*+/=?^_`{|}~.-\"\\\\[]()<>,;:@a-b.c-d",
+            "Z@0.0.0.0",
+            "x@a1-b2-c3.d4",
+        ] {
+            assert!(valid_email(email).is_ok(), "{email:?}");
+        }
+    }
+
+    #[test]
     fn invisible_and_space_characters_are_refused() {
         for bad in [
             "mi\u{200b}ke@example.com", // zero-width space
