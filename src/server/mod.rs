@@ -7,9 +7,9 @@
 //! `server.max_connections`: a connection over the limit is answered at once
 //! with `503 server_busy` and closed, without reading its request, so a flood
 //! of clients costs a few bytes each instead of memory and waiting. What a
-//! client can hold after that is bounded by [`connection`]: an answer it does
+//! client can hold after that is bounded by `connection`: an answer it does
 //! not read (`server.write_timeout_secs`), an idle keep-alive connection
-//! (`server.idle_timeout_secs`), a slow head. [`answers`] gives the answers
+//! (`server.idle_timeout_secs`), a slow head. `answers` gives the answers
 //! hyper writes by itself the contract's JSON body. This module does not
 //! route, and knows no status code but the canned 503's.
 

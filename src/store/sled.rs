@@ -3,7 +3,7 @@
 //! are the only code that names sled.
 //!
 //! Layout:
-//! - tree `users`: user id → [`User`] in the [`record`](super::record) format
+//! - tree `users`: user id → [`User`] in the [`super::record`] format
 //!   (ids are UUIDv7, so key order is creation order, the order of
 //!   `GET /api/users`);
 //! - tree `emails`: normalized email → user id;
@@ -23,7 +23,7 @@
 //! lookups and run inline.
 //!
 //! A write that fails with a storage error (a full disk, an IO error, a
-//! corruption) is fatal: [`SledStore::write`] logs one line and exits the
+//! corruption) is fatal: `SledStore::write` logs one line and exits the
 //! process with [`EXIT_STORE_FAILED`]. After such an error sled keeps the
 //! failed write in memory (readable, never durable) and refuses every later
 //! write until restarted, so the only state that can be trusted is what is on
@@ -31,7 +31,7 @@
 //! path decide that, or answer 2xx for a write whose flush failed.
 //!
 //! Every token-checked request reads its user by id, so recently read users
-//! are also kept decoded in a small [`UserCache`]. sled lets one process open
+//! are also kept decoded in a small `UserCache`. sled lets one process open
 //! a database, so every write goes through this file, and each one that
 //! changes a user forgets it from the cache before it is acknowledged.
 //!
