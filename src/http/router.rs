@@ -47,6 +47,10 @@ pub struct Route {
     /// `{id}`, anywhere (`/api/users/{id}/sessions`); it matches one
     /// non-empty segment.
     pub path: &'static str,
+    /// Where the `{…}` parameter of `path` starts and ends (byte offsets,
+    /// the braces included), found once when the table is built rather than
+    /// on every request.
+    param: Option<(usize, usize)>,
     pub handler: Handler,
     /// Whether caches may keep the answer (static documents only); every
     /// other response carries `Cache-Control: no-store`, as it may hold a
@@ -63,6 +67,7 @@ impl Route {
         Route {
             method,
             path,
+            param: param_of(path),
             handler: Handler::Public(handler),
             cacheable: false,
         }
@@ -76,6 +81,7 @@ impl Route {
         Route {
             method,
             path,
+            param: param_of(path),
             handler: Handler::Protected(handler),
             cacheable: false,
         }
@@ -90,6 +96,26 @@ impl Route {
     pub fn is_protected(&self) -> bool {
         matches!(self.handler, Handler::Protected(_))
     }
+}
+
+/// The byte range of the first `{…}` in `path`, braces included.
+const fn param_of(path: &str) -> Option<(usize, usize)> {
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'{' {
+            let mut j = i + 1;
+            while j < bytes.len() {
+                if bytes[j] == b'}' {
+                    return Some((i, j + 1));
+                }
+                j += 1;
+            }
+            return None;
+        }
+        i += 1;
+    }
+    None
 }
 
 impl PartialEq for Route {
@@ -131,7 +157,7 @@ pub fn resolve<'p>(routes: &'static [Route], method: &Method, path: &'p str) -> 
     };
     let mut allowed: Vec<&str> = Vec::new();
     for route in routes {
-        let Some(id) = matches(route.path, path) else {
+        let Some(id) = route.matches(path) else {
             continue;
         };
         if route.method == *wanted {
@@ -149,16 +175,19 @@ pub fn resolve<'p>(routes: &'static [Route], method: &Method, path: &'p str) -> 
     }
 }
 
-/// `Some(id segment or None)` if `path` fits `pattern`. Compares whole
-/// strings (a prefix and a suffix around the one parameter) rather than
-/// splitting into segments: this runs for every route on every request.
-fn matches<'p>(pattern: &str, path: &'p str) -> Option<Option<&'p str>> {
-    let Some((prefix, rest)) = pattern.split_once('{') else {
-        return (pattern == path).then_some(None);
-    };
-    let suffix = rest.split_once('}').map_or("", |(_, suffix)| suffix);
-    let id = path.strip_prefix(prefix)?.strip_suffix(suffix)?;
-    (!id.is_empty() && !id.contains('/')).then_some(Some(id))
+impl Route {
+    /// `Some(id segment or None)` if `path` fits this route's pattern.
+    /// Compares whole strings (a prefix and a suffix around the one
+    /// parameter) rather than splitting into segments: this runs for every
+    /// route on every request.
+    fn matches<'p>(&self, path: &'p str) -> Option<Option<&'p str>> {
+        let Some((start, end)) = self.param else {
+            return (self.path == path).then_some(None);
+        };
+        let (prefix, suffix) = (self.path.get(..start)?, self.path.get(end..)?);
+        let id = path.strip_prefix(prefix)?.strip_suffix(suffix)?;
+        (!id.is_empty() && !id.contains('/')).then_some(Some(id))
+    }
 }
 
 /// Routes one request through `routes` and turns any error into its

@@ -371,7 +371,16 @@ impl Framing {
                     }
                 }
                 At::Head(scan) => {
-                    let Some(end) = rest.iter().position(|b| *b == b'\n') else {
+                    if scan.at_start() {
+                        // The fast path: a whole head here, as hyper
+                        // usually writes one, read in place.
+                        if let Some((length, head)) = whole_head(rest) {
+                            rest = &rest[length..];
+                            self.at = self.after_head(&head, requests);
+                            continue;
+                        }
+                    }
+                    let Some(end) = memchr::memchr(b'\n', rest) else {
                         keep(scan, rest);
                         return None;
                     };
@@ -389,7 +398,9 @@ impl Framing {
         let At::Head(scan) = &mut self.at else {
             return;
         };
-        let line = &scan.line[..scan.kept];
+        // A copy (the slow path only), as `scan` is updated from it.
+        let kept = scan.line;
+        let line = &kept[..scan.kept];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if scan.lines == 0 {
             match status_of(line) {
@@ -400,12 +411,9 @@ impl Framing {
             let scan = *scan;
             self.at = self.after_head(&scan, requests);
             return;
-        } else if starts_with_ignore_case(line, b"content-length:") {
-            let value = line[b"content-length:".len()..].trim_ascii();
-            scan.length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-            scan.unframed |= scan.long || scan.length.is_none();
-        } else if starts_with_ignore_case(line, b"transfer-encoding:") {
-            scan.unframed = true;
+        } else {
+            let long = scan.long;
+            header_line(scan, line, long);
         }
         scan.lines += 1;
         scan.kept = 0;
@@ -433,6 +441,48 @@ impl Framing {
             Some(length) => At::Body(length),
             None => At::Lost,
         }
+    }
+}
+
+/// The head at the start of `bytes`, if all of it is there: its length
+/// (blank line included) and what it says. Lines are found with `memchr`
+/// and read in place, with no copy: this runs for every answer.
+fn whole_head(bytes: &[u8]) -> Option<(usize, HeadScan)> {
+    let mut scan = HeadScan::START;
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', bytes) {
+        let line = &bytes[start..end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if scan.lines == 0 {
+            match status_of(line) {
+                Some(status) => scan.status = status,
+                None => scan.unframed = true,
+            }
+        } else if line.is_empty() {
+            return Some((end + 1, scan));
+        } else {
+            header_line(&mut scan, line, false);
+        }
+        scan.lines += 1;
+        start = end + 1;
+    }
+    None
+}
+
+/// Reads one header line (cut to its first bytes if `long`) into `scan`:
+/// only `content-length` and `transfer-encoding` matter for the framing.
+fn header_line(scan: &mut HeadScan, line: &[u8], long: bool) {
+    // Most lines are neither: the first byte tells which one to compare.
+    match line.first() {
+        Some(b'c' | b'C') if starts_with_ignore_case(line, b"content-length:") => {
+            let value = line[b"content-length:".len()..].trim_ascii();
+            scan.length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+            scan.unframed |= long || scan.length.is_none();
+        }
+        Some(b't' | b'T') if starts_with_ignore_case(line, b"transfer-encoding:") => {
+            scan.unframed = true;
+        }
+        _ => {}
     }
 }
 
