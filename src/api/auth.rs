@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::api::users::NewUser;
 use crate::app::App;
 use crate::domain::unix_now;
-use crate::domain::user::{normalize_email, Role, User};
+use crate::domain::user::{earlier_normalized_email, normalize_email, Role, User};
 use crate::http::auth::{check_token, presented_token, AuthUser};
 use crate::http::context::RequestContext;
 use crate::http::error::ApiError;
@@ -40,10 +40,19 @@ pub async fn login(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
     let mut fields = ctx.read_body().await?;
     let app = &ctx.app;
     let client = ctx.client_ip();
-    let email = normalize_email(&fields.required("email")?);
+    let typed = fields.required("email")?;
+    let email = normalize_email(&typed);
     let password = fields.required("password")?;
     let attempt = app.store.begin_login(&email, client).await??;
-    let user = app.store.user_by_email(&email).await?;
+    let mut user = app.store.user_by_email(&email).await?;
+    if user.is_none() {
+        // An account stored before emails were NFKC/UTS #46-normalized keeps
+        // its address as it was then (trimmed, lower-cased): still found.
+        let earlier = earlier_normalized_email(&typed);
+        if earlier != email {
+            user = app.store.user_by_email(&earlier).await?;
+        }
+    }
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     match (app.passwords.verify(password, hash).await?, user) {
         (true, Some(user)) => {

@@ -188,6 +188,13 @@ pub fn normalize_email(email: &str) -> String {
     }
 }
 
+/// An email as versions before [`normalize_email`] stored it: trimmed and
+/// lower-cased only. Login falls back to it, so accounts stored then under a
+/// non-ASCII or punycode address keep working; nothing is stored in it.
+pub fn earlier_normalized_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
 /// The UTS #46 Unicode form of a domain, if it is a valid one (STD3 rules:
 /// letters, digits and hyphens in each label, within DNS lengths).
 fn unicode_domain(domain: &str) -> Option<String> {

@@ -491,3 +491,34 @@ async fn lookalike_emails_are_one_account_and_invisible_characters_are_refused()
     assert_eq!(me.body["email"], "other@example.com");
 }
 }
+
+store_test! {
+async fn accounts_stored_before_email_normalization_still_log_in() {
+    let server = TestServer::start().await;
+    // What an earlier version stored for `A@XN--BCHER-KVA.DE`: trimmed and
+    // lower-cased only, the domain in punycode.
+    let legacy = gatehouse::domain::user::User::new(
+        "Legacy".into(),
+        "a@xn--bcher-kva.de".into(),
+        gatehouse::domain::user::Role::User,
+        bcrypt::hash(PASSWORD, 4).unwrap(),
+        gatehouse::domain::unix_now(),
+    );
+    server.app.store.insert_user(legacy).await.unwrap();
+    let login = |email: &'static str| {
+        server
+            .post("/api/auth/login")
+            .json(json!({"email": email, "password": PASSWORD}))
+            .send()
+    };
+    login("A@XN--BCHER-KVA.DE").await.assert_ok(200);
+    login("  a@xn--bcher-kva.de ").await.assert_ok(200);
+    // A wrong password is still refused, with the usual answer.
+    let wrong = server
+        .post("/api/auth/login")
+        .json(json!({"email": "a@xn--bcher-kva.de", "password": "wrong password"}))
+        .send()
+        .await;
+    wrong.assert_error(401, "invalid_credentials");
+}
+}
