@@ -237,11 +237,7 @@ async fn a_request_waiting_for_its_body_is_not_cut_by_the_idle_timer() {
     })
     .await;
     let body = br#"{"name":"Slow","email":"slow@example.com","password":"correct horse"}"#;
-    let head = format!(
-        "POST /api/auth/register HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n",
-        body.len()
-    );
+    let head = register_head(body.len());
     let mut stream = TcpStream::connect(server.address()).await.unwrap();
     stream.write_all(head.as_bytes()).await.unwrap();
     // Twice the idle timeout, well within the body's time limit.
@@ -259,13 +255,8 @@ async fn a_request_waiting_for_its_hash_is_not_cut_by_the_idle_timer() {
         s.auth.bcrypt_cost = 15;
     })
     .await;
-    let body = br#"{"name":"Hashed","email":"hashed@example.com","password":"correct horse"}"#;
-    let request = format!(
-        "POST /api/auth/register HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n{}",
-        body.len(),
-        String::from_utf8_lossy(body)
-    );
+    let body = r#"{"name":"Hashed","email":"hashed@example.com","password":"correct horse"}"#;
+    let request = format!("{}{body}", register_head(body.len()));
     let mut stream = TcpStream::connect(server.address()).await.unwrap();
     let started = Instant::now();
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -340,6 +331,14 @@ async fn hypers_own_error_answers_carry_the_contracts_json_body() {
 
 /// Everything the server sends until it closes the connection (or, with
 /// `one`, until one whole response with a content-length has arrived).
+/// The head of a JSON registration whose body is `length` bytes.
+fn register_head(length: usize) -> String {
+    format!(
+        "POST /api/auth/register HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {length}\r\n\r\n"
+    )
+}
+
 async fn read_until_closed(stream: &mut TcpStream, within: Duration, one: bool) -> Vec<u8> {
     let deadline = Instant::now() + within;
     let mut received = Vec::new();
