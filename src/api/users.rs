@@ -146,12 +146,26 @@ pub async fn update(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
         .transpose()?;
     let password = fields.optional("password")?;
     let role = role(&mut fields)?;
+    let current_password = fields.optional("current_password")?;
     fields.refuse_unknown()?;
     if role.is_some() && !caller.is_admin() {
         return Err(ApiError::Forbidden);
     }
     if let Some(password) = &password {
         valid_password(password, app.settings.auth.min_password_len)?;
+    }
+    // A stolen access token must not be enough to take the account over: a
+    // user changing their own password or email proves they know the
+    // current password. (An admin changing someone else's does not.)
+    let own = caller.user().id == id;
+    let new_email = email.as_ref().is_some_and(|e| *e != caller.user().email);
+    if own && (password.is_some() || new_email) {
+        let current = current_password.ok_or_else(|| {
+            ApiError::InvalidInput(
+                "current_password is required to change your own password or email".into(),
+            )
+        })?;
+        confirm_password(app, caller.user(), current, ctx.client_ip()).await?;
     }
     let password_hash = match password {
         Some(password) => Some(app.passwords.hash(password).await?),
@@ -169,6 +183,27 @@ pub async fn update(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
         Arc::new(app.store.update_user(id, patch, unix_now()).await?)
     };
     Ok(json_bytes(StatusCode::OK, user.view().to_json()))
+}
+
+/// Checks `password` against `user`'s, as a login would: throttled (429)
+/// with logins for the same email and address, and a wrong one counted as a
+/// failed login (403 `wrong_password`), so it cannot be guessed faster here.
+async fn confirm_password(
+    app: &App,
+    user: &User,
+    password: String,
+    client: std::net::IpAddr,
+) -> Result<(), ApiError> {
+    let attempt = app.store.begin_login(&user.email, client).await??;
+    if !app
+        .passwords
+        .verify(password, Some(user.password_hash.clone()))
+        .await?
+    {
+        return Err(ApiError::WrongPassword);
+    }
+    app.store.login_succeeded(attempt).await?;
+    Ok(())
 }
 
 /// `DELETE /api/users/{id}` (themself or admin): the email is free again and

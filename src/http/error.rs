@@ -32,6 +32,9 @@ pub enum ApiError {
     InvalidCredentials,
     #[error("You are not allowed to do this.")]
     Forbidden,
+    /// `current_password` does not match; counted as a failed login.
+    #[error("The current password is wrong.")]
+    WrongPassword,
     #[error("Registration is closed.")]
     RegistrationClosed,
     #[error("No such resource.")]
@@ -65,7 +68,9 @@ impl ApiError {
             ApiError::MissingToken | ApiError::InvalidToken | ApiError::InvalidCredentials => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::Forbidden | ApiError::RegistrationClosed => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::RegistrationClosed | ApiError::WrongPassword => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::EmailTaken | ApiError::LastAdmin => StatusCode::CONFLICT,
@@ -86,6 +91,7 @@ impl ApiError {
             ApiError::InvalidToken => "invalid_token",
             ApiError::InvalidCredentials => "invalid_credentials",
             ApiError::Forbidden => "forbidden",
+            ApiError::WrongPassword => "wrong_password",
             ApiError::RegistrationClosed => "registration_closed",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
@@ -110,6 +116,7 @@ impl ApiError {
             ApiError::InvalidToken,
             ApiError::InvalidCredentials,
             ApiError::Forbidden,
+            ApiError::WrongPassword,
             ApiError::RegistrationClosed,
             ApiError::NotFound,
             ApiError::MethodNotAllowed {
@@ -136,6 +143,7 @@ impl ApiError {
                 | ApiError::InvalidToken
                 | ApiError::InvalidCredentials
                 | ApiError::Forbidden
+                | ApiError::WrongPassword
                 | ApiError::RegistrationClosed
                 | ApiError::NotFound
                 | ApiError::MethodNotAllowed { .. }

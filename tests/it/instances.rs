@@ -89,7 +89,7 @@ async fn logout_and_password_changes_revoke_on_every_instance() {
     // Password changed on A: the older token fails on B.
     a.patch(&format!("/api/users/{}", user.id))
         .token(&second)
-        .json(json!({"password": "a new password"}))
+        .json(json!({"password": "a new password", "current_password": PASSWORD}))
         .send()
         .await
         .assert_ok(200);

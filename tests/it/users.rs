@@ -479,7 +479,7 @@ async fn a_user_cannot_take_another_users_email_in_any_letter_case() {
             server
                 .request(method, &user_path(&mike.id))
                 .token(&mike.token)
-                .json(json!({"email": email}))
+                .json(json!({"email": email, "current_password": PASSWORD}))
                 .send()
                 .await
                 .assert_error(409, "email_taken");
@@ -490,7 +490,7 @@ async fn a_user_cannot_take_another_users_email_in_any_letter_case() {
         &server,
         &admin.token,
         &mike.id,
-        json!({"email": "Admin@Example.com"}),
+        json!({"email": "Admin@Example.com", "current_password": PASSWORD}),
     )
     .await
     .assert_error(409, "email_taken");
@@ -518,7 +518,7 @@ async fn changing_ones_own_email_frees_the_old_one() {
         &server,
         &mike.token,
         &mike.id,
-        json!({"email": " Mike.New@Example.com "}),
+        json!({"email": " Mike.New@Example.com ", "current_password": PASSWORD}),
     )
     .await;
     let user = user_body(&reply, 200);
@@ -550,7 +550,7 @@ async fn two_users_racing_for_one_new_email_yield_exactly_one_winner() {
     let server = TestServer::start().await;
     let mike = server.register("Mike", "mike@example.com").await;
     let olga = server.register("Olga", "olga@example.com").await;
-    let body = json!({"email": "shared@example.com"});
+    let body = json!({"email": "shared@example.com", "current_password": PASSWORD});
     let (a, b) = tokio::join!(
         patch_user(&server, &mike.token, &mike.id, body.clone()),
         patch_user(&server, &olga.token, &olga.id, body),
@@ -660,7 +660,11 @@ async fn put_and_patch_accept_json_and_form_bodies() {
     let reply = server
         .patch(&user_path(&user.id))
         .token(&user.token)
-        .form(&[("name", "Form Mike"), ("email", "Form.Mike@Example.com")])
+        .form(&[
+            ("name", "Form Mike"),
+            ("email", "Form.Mike@Example.com"),
+            ("current_password", PASSWORD),
+        ])
         .send()
         .await;
     let user_object = user_body(&reply, 200);
@@ -698,7 +702,7 @@ async fn a_password_change_revokes_old_tokens_and_the_old_password() {
         &server,
         &user.token,
         &user.id,
-        json!({"password": NEW_PASSWORD}),
+        json!({"password": NEW_PASSWORD, "current_password": PASSWORD}),
     )
     .await;
     assert_eq!(user_body(&reply, 200)["_id"], user.id.as_str());
@@ -1102,4 +1106,88 @@ async fn all_ids_with_role(server: &TestServer, users: [&TestUser; 2], role: &st
         }
     }
     found
+}
+
+store_test! {
+async fn changing_ones_own_password_or_email_needs_the_current_password() {
+    let server = TestServer::start_with(|s| s.limits.login_failures_per_account = 3).await;
+    let admin = server.admin().await;
+    let mike = server.register("Mike", "mike@example.com").await;
+    let path = user_path(&mike.id);
+    // Without it: 400 naming the field, and nothing changes.
+    for body in [
+        json!({"password": NEW_PASSWORD}),
+        json!({"email": "mike.new@example.com", "name": "Renamed"}),
+    ] {
+        let reply = patch_user(&server, &mike.token, &mike.id, body).await;
+        reply.assert_error(400, "invalid_input");
+        assert!(reply.text.contains("current_password"), "{}", reply.text);
+    }
+    let current = user_body(&me(&server, &mike.token).await, 200).clone();
+    assert_eq!((current["name"].as_str(), current["email"].as_str()), (Some("Mike"), Some("mike@example.com")));
+    // A name alone, or the same email, needs no password.
+    patch_user(&server, &mike.token, &mike.id, json!({"name": "Mikey", "email": "MIKE@example.com"}))
+        .await
+        .assert_ok(200);
+    // A wrong one: 403, counted as a failed login; past the limit 429, even
+    // with the right password, on this route and on login alike.
+    for _ in 0..3 {
+        server
+            .put(&path)
+            .token(&mike.token)
+            .json(json!({"password": NEW_PASSWORD, "current_password": "wrong password"}))
+            .send()
+            .await
+            .assert_error(403, "wrong_password");
+    }
+    let throttled = patch_user(
+        &server,
+        &mike.token,
+        &mike.id,
+        json!({"password": NEW_PASSWORD, "current_password": PASSWORD}),
+    )
+    .await;
+    throttled.assert_error(429, "too_many_attempts");
+    assert!(throttled.header("retry-after").is_some());
+    server
+        .post("/api/auth/login")
+        .json(json!({"email": "mike@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .assert_error(429, "too_many_attempts");
+    // An admin changes someone else's password and email without theirs.
+    patch_user(&server, &admin.token, &mike.id, json!({"password": NEW_PASSWORD, "email": "mike2@example.com"}))
+        .await
+        .assert_ok(200);
+    // With the right current password (a fresh account, not throttled), the
+    // change goes through and the old password stops working.
+    let olga = server.register("Olga", "olga@example.com").await;
+    patch_user(
+        &server,
+        &olga.token,
+        &olga.id,
+        json!({"password": NEW_PASSWORD, "current_password": PASSWORD}),
+    )
+    .await
+    .assert_ok(200);
+    assert_login_refused(
+        &server
+            .post("/api/auth/login")
+            .json(json!({"email": "olga@example.com", "password": PASSWORD}))
+            .send()
+            .await,
+    );
+    // The admin changing their own email needs theirs.
+    patch_user(&server, &admin.token, &admin.id, json!({"email": "boss@example.com"}))
+        .await
+        .assert_error(400, "invalid_input");
+    patch_user(
+        &server,
+        &admin.token,
+        &admin.id,
+        json!({"email": "boss@example.com", "current_password": PASSWORD}),
+    )
+    .await
+    .assert_ok(200);
+}
 }
