@@ -472,14 +472,18 @@ fn whole_head(bytes: &[u8]) -> Option<(usize, HeadScan)> {
 /// Reads one header line (cut to its first bytes if `long`) into `scan`:
 /// only `content-length` and `transfer-encoding` matter for the framing.
 fn header_line(scan: &mut HeadScan, line: &[u8], long: bool) {
-    // Most lines are neither: the first byte tells which one to compare.
+    // hyper writes every header name in lower case (`HeaderName` is lower
+    // case, and title-casing is off), so the names are compared as they
+    // are, after one byte has told which one to compare. A name in another
+    // case would leave the length unknown, and the framing is then no longer
+    // followed (bytes pass unchanged): never a wrong guess.
     match line.first() {
-        Some(b'c' | b'C') if starts_with_ignore_case(line, b"content-length:") => {
+        Some(b'c') if line.starts_with(b"content-length:") => {
             let value = line[b"content-length:".len()..].trim_ascii();
             scan.length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
             scan.unframed |= long || scan.length.is_none();
         }
-        Some(b't' | b'T') if starts_with_ignore_case(line, b"transfer-encoding:") => {
+        Some(b't') if line.starts_with(b"transfer-encoding:") => {
             scan.unframed = true;
         }
         _ => {}
