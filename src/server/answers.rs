@@ -25,7 +25,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use http_body_util::BodyExt;
 use hyper::header::{HeaderValue, CACHE_CONTROL};
 use tokio::io::AsyncWrite;
 
@@ -91,23 +90,7 @@ async fn tail(message: &str) -> Vec<u8> {
     response
         .headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    let (parts, body) = response.into_parts();
-    // A `Full` body cannot fail to collect.
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
-    out.extend_from_slice(&body);
-    out
+    super::headers_and_body(response).await
 }
 
 /// The status code of a status line `HTTP/1.x NNN ...`.

@@ -160,23 +160,33 @@ const MAX_REJECTORS: usize = 64;
 /// The whole HTTP response sent to a connection over the limit, without
 /// reading its request: `503 server_busy`, `Retry-After: 1`, then close.
 async fn busy_response() -> Vec<u8> {
-    let (parts, body) = ApiError::ServerBusy.into_response().into_parts();
+    let response = ApiError::ServerBusy.into_response();
+    let mut bytes = format!("HTTP/1.1 {}\r\n", response.status()).into_bytes();
+    bytes.extend(headers_and_body(response).await);
+    bytes
+}
+
+/// A response as HTTP/1.1 bytes after its status line: its header lines, a
+/// `content-length`, the blank line and the body. For the answers written
+/// without hyper (the busy 503) or in place of hyper's own (`answers`).
+async fn headers_and_body(response: crate::http::HttpResponse) -> Vec<u8> {
+    let (parts, body) = response.into_parts();
     // A `Full` body cannot fail to collect.
     let body = body
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let mut head = format!("HTTP/1.1 {}\r\n", parts.status);
+    let mut out = Vec::new();
     for (name, value) in &parts.headers {
-        if let Ok(value) = value.to_str() {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
-    head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
-    let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(&body);
-    bytes
+    out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(&body);
+    out
 }
 
 /// Answers an excess connection with the busy response, then lets the client

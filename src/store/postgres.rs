@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
@@ -292,28 +293,17 @@ impl PgStore {
             .run(|client| {
                 let (sql, patch) = (sql.clone(), patch.clone());
                 async move {
-                    let mut client = client;
-                    let transaction = client.transaction().await?;
-                    if demotes && !others_stay_admin(&transaction, id).await? {
-                        return Ok(Err(StoreError::LastAdmin));
-                    }
                     let name = patch.name.as_ref().map(|n| n.as_bytes().to_vec());
                     let role = patch.role.map(role_text);
-                    let row = transaction
-                        .query_opt(
-                            &sql,
-                            &[
-                                &id,
-                                &name,
-                                &patch.email,
-                                &role,
-                                &patch.password_hash,
-                                &to_i64(now),
-                            ],
-                        )
-                        .await?;
-                    transaction.commit().await?;
-                    Ok(row.ok_or(StoreError::NotFound))
+                    let params: [&(dyn ToSql + Sync); 6] = [
+                        &id,
+                        &name,
+                        &patch.email,
+                        &role,
+                        &patch.password_hash,
+                        &to_i64(now),
+                    ];
+                    change_user(client, id, demotes, &sql, &params).await
                 }
             })
             .await?;
@@ -328,16 +318,7 @@ impl PgStore {
         let outcome = self
             .run(|client| {
                 let sql = sql.clone();
-                async move {
-                    let mut client = client;
-                    let transaction = client.transaction().await?;
-                    if !others_stay_admin(&transaction, id).await? {
-                        return Ok(Err(StoreError::LastAdmin));
-                    }
-                    let row = transaction.query_opt(&sql, &[&id]).await?;
-                    transaction.commit().await?;
-                    Ok(row.ok_or(StoreError::NotFound))
-                }
+                async move { change_user(client, id, true, &sql, &[&id]).await }
             })
             .await?;
         user_from_row(&outcome?)
@@ -556,6 +537,33 @@ impl PgStore {
             )),
         }
     }
+}
+
+/// Runs `sql`, which changes the user `id` and returns its row. When the
+/// change may leave no admin (`guard`), it runs in a transaction that first
+/// locks the admin rows and refuses with `LastAdmin` if `id` is the only one
+/// ([`others_stay_admin`]); any other change is the single statement alone,
+/// with no transaction's round trips.
+async fn change_user(
+    mut client: deadpool_postgres::Object,
+    id: Uuid,
+    guard: bool,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Result<Row, StoreError>, tokio_postgres::Error> {
+    if !guard {
+        return Ok(client
+            .query_opt(sql, params)
+            .await?
+            .ok_or(StoreError::NotFound));
+    }
+    let transaction = client.transaction().await?;
+    if !others_stay_admin(&transaction, id).await? {
+        return Ok(Err(StoreError::LastAdmin));
+    }
+    let row = transaction.query_opt(sql, params).await?;
+    transaction.commit().await?;
+    Ok(row.ok_or(StoreError::NotFound))
 }
 
 /// False if `id` is the only admin. Locks every admin row (in id order, so

@@ -330,7 +330,7 @@ impl SledStore {
     /// Answers if no write has failed and the database can be read.
     pub async fn health(&self) -> Result<(), StoreError> {
         if self.failed.load(Ordering::Acquire) {
-            return Err(StoreError::Unavailable("a write to disk failed".into()));
+            return Err(failed_write());
         }
         self.users.first()?;
         Ok(())
@@ -354,7 +354,7 @@ impl SledStore {
         let failed = Arc::clone(&self.failed);
         tokio::task::spawn_blocking(move || {
             if failed.load(Ordering::Acquire) {
-                return Err(StoreError::Unavailable("a write to disk failed".into()));
+                return Err(failed_write());
             }
             let result = work().and_then(|value| {
                 db.flush()?;
@@ -370,6 +370,12 @@ impl SledStore {
         })
         .await?
     }
+}
+
+/// What a write or health check answers once a write has failed (the
+/// process is then exiting).
+fn failed_write() -> StoreError {
+    StoreError::Unavailable("a write to disk failed".into())
 }
 
 /// A write failed in sled: exits the process at once, as PostgreSQL panics
