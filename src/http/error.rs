@@ -5,7 +5,7 @@
 //! Internal details (store and hashing failures) go to the log, never to the
 //! client.
 
-use hyper::header::{HeaderValue, ALLOW, CONNECTION, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONNECTION, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::StatusCode;
 use serde_json::{json, Map, Value};
 
@@ -179,6 +179,9 @@ impl ApiError {
         }
         let mut response = json(self.status(), &body);
         let headers = response.headers_mut();
+        // No error is worth caching, wherever it is sent from (the router,
+        // the busy 503, the answers that replace hyper's own).
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match &self {
             ApiError::MissingToken => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

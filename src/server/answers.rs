@@ -25,7 +25,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use hyper::header::{HeaderValue, CACHE_CONTROL};
 use tokio::io::AsyncWrite;
 
 use super::connection::Requests;
@@ -83,14 +82,9 @@ impl ErrorAnswers {
 }
 
 /// The added header lines, blank line and body for `message`: those of
-/// [`ApiError::InvalidInput`]'s response, with `Cache-Control: no-store`
-/// like every error answer.
+/// [`ApiError::InvalidInput`]'s response.
 async fn tail(message: &str) -> Vec<u8> {
-    let mut response = ApiError::InvalidInput(message.to_string()).into_response();
-    response
-        .headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    super::headers_and_body(response).await
+    super::headers_and_body(ApiError::InvalidInput(message.to_string()).into_response()).await
 }
 
 /// The status code of a status line `HTTP/1.x NNN ...`.

@@ -108,6 +108,13 @@ async fn clients_over_the_connection_limit_get_a_quick_503() {
         answer.to_ascii_lowercase().contains("retry-after: 1"),
         "{answer}"
     );
+    // Like every answer but the static documents (API.md, Conventions).
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("cache-control: no-store"),
+        "{answer}"
+    );
     assert!(closed_within(&mut excess, Duration::from_secs(10)).await);
 
     // The held connections are still served.
