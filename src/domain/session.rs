@@ -33,6 +33,11 @@ use uuid::Uuid;
 use super::user::Timestamp;
 use crate::config::AuthSettings;
 
+/// Spent tokens whose reuse window a session remembers, at most: more
+/// rotations than this within one window are no second tab, and an older
+/// token presented then is treated as reuse.
+pub const REMEMBERED_SPENDS: usize = 16;
+
 /// The longest `user_agent` kept, in characters.
 pub const MAX_USER_AGENT_CHARS: usize = 256;
 
@@ -55,9 +60,14 @@ pub struct Session {
     pub password_version: u64,
     /// The current refresh token's place in the chain.
     pub generation: u64,
-    /// When `generation` became current (the start of the reuse window of
-    /// the token before it).
-    pub rotated_at: u64,
+    /// When each of the last few tokens was spent, oldest first: the last
+    /// entry is when generation − 1 was spent (and `generation` made), the
+    /// one before it generation − 2's, and so on. Each spent token has a
+    /// reuse window of its own, counted from its rotation; entries whose
+    /// window has closed are dropped at the next rotation, and at most
+    /// [`REMEMBERED_SPENDS`] are kept.
+    #[serde(default)]
+    pub spent_at: Vec<u64>,
     /// SHA-256 of the current refresh token.
     #[serde(with = "hex_bytes")]
     pub refresh_hash: [u8; 32],
@@ -103,7 +113,7 @@ impl Session {
             ip: client.ip,
             password_version,
             generation: 0,
-            rotated_at: now,
+            spent_at: Vec::new(),
             refresh_hash: hash_token(&token),
         };
         (session, token)
@@ -121,13 +131,27 @@ impl Session {
 
     /// The session after rotating to the next refresh token at `now`, and
     /// that token.
-    pub fn rotated(&self, keys: &RefreshKeys, now: u64) -> Result<(Session, String), ParseError> {
+    pub fn rotated(
+        &self,
+        keys: &RefreshKeys,
+        policy: &SessionPolicy,
+        now: u64,
+    ) -> Result<(Session, String), ParseError> {
         let id = Uuid::try_parse(&self.id).map_err(|_| ParseError)?;
         let generation = self.generation + 1;
         let token = keys.token(id, generation);
+        let mut spent_at: Vec<u64> = self
+            .spent_at
+            .iter()
+            .copied()
+            .filter(|&at| now <= at.saturating_add(policy.reuse_secs))
+            .collect();
+        spent_at.push(now);
+        let excess = spent_at.len().saturating_sub(REMEMBERED_SPENDS);
+        spent_at.drain(..excess);
         let next = Session {
             generation,
-            rotated_at: now,
+            spent_at,
             last_used_at: now,
             refresh_hash: hash_token(&token),
             ..self.clone()
@@ -135,22 +159,28 @@ impl Session {
         Ok((next, token))
     }
 
-    /// What presenting the refresh token of `generation` means for this
-    /// (alive) session at `now`.
+    /// What presenting a refresh token means for this (alive) session at
+    /// `now`: a spent one within `policy.reuse_secs` of its own rotation is
+    /// `JustSpent`, however many rotations came after it in that time.
     pub fn classify(
         &self,
         presented: &PresentedToken,
         policy: &SessionPolicy,
         now: u64,
     ) -> Presentation {
-        if presented.generation == self.generation && presented.hash == self.refresh_hash {
+        if presented.generation < self.generation {
+            // How many rotations ago it was spent: 1 for the last one.
+            let back = self.generation - presented.generation;
+            let spent_at = usize::try_from(back)
+                .ok()
+                .and_then(|back| self.spent_at.len().checked_sub(back))
+                .map(|i| self.spent_at[i]);
+            match spent_at {
+                Some(at) if now <= at.saturating_add(policy.reuse_secs) => Presentation::JustSpent,
+                _ => Presentation::Reused,
+            }
+        } else if presented.generation == self.generation && presented.hash == self.refresh_hash {
             Presentation::Current
-        } else if presented.generation.checked_add(1) == Some(self.generation)
-            && now <= self.rotated_at.saturating_add(policy.reuse_secs)
-        {
-            Presentation::JustSpent
-        } else if presented.generation < self.generation {
-            Presentation::Reused
         } else {
             // Ahead of the chain, or the current generation with another
             // hash: not a token this session issued as it now stands (a
@@ -402,16 +432,34 @@ mod tests {
         let (s0, t0) = start(&keys);
         let p0 = keys.parse(&t0).unwrap();
         assert_eq!(s0.classify(&p0, &POLICY, 60), Presentation::Current);
-        let (s1, t1) = s0.rotated(&keys, 60).unwrap();
+        let (s1, t1) = s0.rotated(&keys, &POLICY, 60).unwrap();
         let p1 = keys.parse(&t1).unwrap();
         assert_eq!(p1.generation, 1);
         assert_eq!(s1.current_token(&keys).unwrap(), t1);
         assert_eq!(s1.classify(&p1, &POLICY, 61), Presentation::Current);
         assert_eq!(s1.classify(&p0, &POLICY, 70), Presentation::JustSpent);
         assert_eq!(s1.classify(&p0, &POLICY, 71), Presentation::Reused);
-        let (s2, _) = s1.rotated(&keys, 65).unwrap();
-        assert_eq!(s2.classify(&p0, &POLICY, 65), Presentation::Reused);
+        // Each spent token's window is its own: after a second rotation,
+        // generation 0 (spent at 60) is still just spent until 70, and
+        // generation 1 (spent at 65) until 75.
+        let (s2, _) = s1.rotated(&keys, &POLICY, 65).unwrap();
+        assert_eq!(s2.spent_at, [60, 65]);
+        assert_eq!(s2.classify(&p0, &POLICY, 70), Presentation::JustSpent);
+        assert_eq!(s2.classify(&p0, &POLICY, 71), Presentation::Reused);
+        assert_eq!(s2.classify(&p1, &POLICY, 75), Presentation::JustSpent);
+        assert_eq!(s2.classify(&p1, &POLICY, 76), Presentation::Reused);
         assert_eq!(s0.classify(&p1, &POLICY, 65), Presentation::Unknown);
+        // Closed windows are forgotten at the next rotation, and at most
+        // REMEMBERED_SPENDS are kept.
+        let (s3, _) = s2.rotated(&keys, &POLICY, 74).unwrap();
+        assert_eq!(s3.spent_at, [65, 74]);
+        assert_eq!(s3.classify(&p0, &POLICY, 74), Presentation::Reused);
+        let mut s = s3;
+        for _ in 0..20 {
+            s = s.rotated(&keys, &POLICY, 80).unwrap().0;
+        }
+        assert_eq!(s.spent_at.len(), REMEMBERED_SPENDS);
+        assert_eq!(s.classify(&p1, &POLICY, 80), Presentation::Reused);
     }
 
     #[test]
@@ -421,7 +469,7 @@ mod tests {
         assert!(s.is_alive(&POLICY, 3, 149));
         assert!(!s.is_alive(&POLICY, 3, 150), "idle");
         assert!(!s.is_alive(&POLICY, 4, 60), "password changed");
-        let (s, _) = s.rotated(&keys, 140).unwrap();
+        let (s, _) = s.rotated(&keys, &POLICY, 140).unwrap();
         assert!(s.is_alive(&POLICY, 3, 239));
         let late = Session {
             last_used_at: 1040,

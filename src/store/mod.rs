@@ -288,7 +288,8 @@ impl Store {
             };
             match session.classify(presented, policy, now) {
                 Presentation::Current => {
-                    let (next, refresh_token) = session.rotated(keys, now).map_err(corrupt)?;
+                    let (next, refresh_token) =
+                        session.rotated(keys, policy, now).map_err(corrupt)?;
                     if self.replace_session(&session, next.clone()).await? {
                         return Ok(Refresh::Granted {
                             session: next,

@@ -105,7 +105,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
             ip TEXT NOT NULL,
             password_version BIGINT NOT NULL,
             generation BIGINT NOT NULL,
-            rotated_at BIGINT NOT NULL,
+            spent_at BIGINT[] NOT NULL,
             refresh_hash BYTEA NOT NULL
         );
         CREATE INDEX IF NOT EXISTS gatehouse_sessions_user ON gatehouse_sessions (user_id);
@@ -121,13 +121,13 @@ const USER_COLUMNS: &str =
 
 /// The session columns, in [`session_from_row`]'s order.
 const SESSION_COLUMNS: &str = "id, user_id, created_at, last_used_at, expires_at, user_agent, ip,
-     password_version, generation, rotated_at, refresh_hash";
+     password_version, generation, spent_at, refresh_hash";
 
 /// The user's columns then the session's, for the token check's join.
 const USER_AND_SESSION_COLUMNS: &str = "u.id, u.name, u.email, u.role, u.password_hash,
      u.password_version, u.created_at, u.updated_at, s.id, s.user_id, s.created_at,
      s.last_used_at, s.expires_at, s.user_agent, s.ip, s.password_version, s.generation,
-     s.rotated_at, s.refresh_hash";
+     s.spent_at, s.refresh_hash";
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -410,7 +410,7 @@ impl PgStore {
                             &s.ip,
                             &to_i64(s.password_version),
                             &to_i64(s.generation),
-                            &to_i64(s.rotated_at),
+                            &spent_at(&s),
                             &s.refresh_hash.as_slice(),
                         ],
                     )
@@ -460,13 +460,13 @@ impl PgStore {
                 async move {
                     client
                         .execute(
-                            "UPDATE gatehouse_sessions SET generation = $2, rotated_at = $3,
+                            "UPDATE gatehouse_sessions SET generation = $2, spent_at = $3,
                                 last_used_at = $4, refresh_hash = $5
                              WHERE id = $1 AND generation = $6 AND refresh_hash = $7",
                             &[
                                 &id,
                                 &to_i64(next.generation),
-                                &to_i64(next.rotated_at),
+                                &spent_at(&next),
                                 &to_i64(next.last_used_at),
                                 &next.refresh_hash.as_slice(),
                                 &generation,
@@ -931,11 +931,20 @@ fn session_from_row(row: &Row, at: usize) -> Result<Session, StoreError> {
         ip: row.try_get(at + 6).map_err(|e| corrupt(e.to_string()))?,
         password_version: get_u64(7)?,
         generation: get_u64(8)?,
-        rotated_at: get_u64(9)?,
+        spent_at: row
+            .try_get::<_, Vec<i64>>(at + 9)
+            .map_err(|e| corrupt(e.to_string()))?
+            .into_iter()
+            .map(|t| u64::try_from(t).map_err(|_| corrupt("negative number".into())))
+            .collect::<Result<_, _>>()?,
         refresh_hash: hash
             .try_into()
             .map_err(|_| corrupt("refresh_hash is not 32 bytes".into()))?,
     })
+}
+
+fn spent_at(session: &Session) -> Vec<i64> {
+    session.spent_at.iter().map(|&t| to_i64(t)).collect()
 }
 
 fn role_text(role: Role) -> &'static str {
