@@ -1214,7 +1214,7 @@ async fn tokens_from_before_sessions_keep_working_until_logged_out() {
 async fn crash_env() -> Vec<(String, String)> {
     let mut env = vec![(
         "GATEHOUSE_AUTH__REFRESH_REUSE_SECS".to_string(),
-        "600".to_string(),
+        "120".to_string(),
     )];
     if backend() == Backend::Postgres {
         env.push(("GATEHOUSE_STORE__URL".into(), fresh_schema_url().await));
