@@ -32,7 +32,7 @@ fn user(i: usize) -> User {
 fn token_verify(c: &mut Criterion) {
     let keys = TokenKeys::new(&[7u8; 32], "gatehouse", 86_400).expect("token keys");
     let now = unix_now();
-    let (token, _claims) = keys.issue(&user(0), now).expect("issue");
+    let (token, _claims) = keys.issue(&user(0), None, now).expect("issue");
     c.bench_function("token/verify", |b| {
         b.iter(|| keys.verify(black_box(&token), now).expect("valid token"))
     });

@@ -1,6 +1,7 @@
 //! [`App`]: the one piece of shared state: validated settings, the store (which
-//! also keeps the login and registration throttles), the token keys, the
-//! password hasher and the request log. It is built once at start-up and
+//! also keeps the login and registration throttles), the token and
+//! refresh-token keys, the session policy, the password hasher and the
+//! request log. It is built once at start-up and
 //! passed explicitly (as `Arc<App>`) to whatever needs it; there is no global
 //! state.
 //!
@@ -18,6 +19,7 @@ use anyhow::{bail, Context};
 
 use crate::config::Settings;
 use crate::domain::password::PasswordHasher;
+use crate::domain::session::{RefreshKeys, SessionPolicy};
 use crate::domain::token::TokenKeys;
 use crate::log::RequestLog;
 use crate::store::Store;
@@ -26,6 +28,10 @@ pub struct App {
     pub settings: Settings,
     pub store: Store,
     pub tokens: TokenKeys,
+    /// The refresh-token key, derived from the signing secret.
+    pub refresh_keys: RefreshKeys,
+    /// `auth.session_*` and `auth.refresh_reuse_secs`.
+    pub sessions: SessionPolicy,
     pub passwords: PasswordHasher,
     /// Where the server writes its per-request lines (`log::init` makes the
     /// fast one; the default goes through `tracing`).
@@ -45,6 +51,8 @@ impl App {
         let tokens = TokenKeys::new(&secret, &settings.auth.issuer, settings.auth.token_ttl_secs)
             .context("auth.secret: unusable signing key")?;
         Ok(App {
+            refresh_keys: RefreshKeys::new(&secret),
+            sessions: SessionPolicy::from(&settings.auth),
             passwords: PasswordHasher::new(settings.auth.bcrypt_cost),
             store,
             tokens,

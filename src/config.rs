@@ -74,6 +74,12 @@ pub struct AuthSettings {
     pub bcrypt_cost: u32,
     pub min_password_len: usize,
     pub allow_registration: bool,
+    /// A session's absolute lifetime.
+    pub session_ttl_secs: u64,
+    /// A session ends after this long without a refresh.
+    pub session_idle_secs: u64,
+    /// Grace for a spent refresh token presented again (two tabs).
+    pub refresh_reuse_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -145,6 +151,9 @@ impl Default for AuthSettings {
             bcrypt_cost: 12,
             min_password_len: 8,
             allow_registration: true,
+            session_ttl_secs: 2_592_000,
+            session_idle_secs: 604_800,
+            refresh_reuse_secs: 10,
         }
     }
 }
@@ -295,6 +304,21 @@ impl Settings {
             (1..=72).contains(&a.min_password_len),
             "auth.min_password_len",
             "must be between 1 and 72",
+        )?;
+        check(
+            (1..=315_360_000).contains(&a.session_ttl_secs),
+            "auth.session_ttl_secs",
+            "must be between 1 and 315360000 (ten years)",
+        )?;
+        check(
+            (1..=315_360_000).contains(&a.session_idle_secs),
+            "auth.session_idle_secs",
+            "must be between 1 and 315360000 (ten years)",
+        )?;
+        check(
+            a.refresh_reuse_secs <= 300,
+            "auth.refresh_reuse_secs",
+            "must be between 0 and 300",
         )?;
         if let Some(url) = &self.store.url {
             let url = url.expose();

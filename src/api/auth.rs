@@ -1,20 +1,25 @@
-//! `/api/auth`: register, login, me, logout.
+//! `/api/auth`: register, login, me, logout, refresh, password change.
+//! Register, login, refresh and password change answer a token pair (see
+//! `api::sessions`).
 //!
 //! Login answers an unknown email, a wrong password and an over-long password
 //! identically and in about the same time (one bcrypt verification each), and
 //! goes through the login throttle first.
 
-use hyper::StatusCode;
+use hyper::header::CONTENT_TYPE;
+use hyper::{Method, StatusCode};
 use serde_json::json;
 
-use crate::api::users::NewUser;
-use crate::app::App;
+use crate::api::sessions::{start_session, token_pair};
+use crate::api::users::{confirm_password, NewUser};
 use crate::domain::unix_now;
-use crate::domain::user::{earlier_normalized_email, normalize_email, Role, User};
+use crate::domain::user::{earlier_normalized_email, normalize_email, valid_password, Role};
 use crate::http::auth::{check_token, presented_token, AuthUser};
+use crate::http::body::parse_query;
 use crate::http::context::RequestContext;
 use crate::http::error::ApiError;
 use crate::http::{json, json_bytes, HttpResponse};
+use crate::store::{Refresh, UserPatch};
 
 /// `POST /api/auth/register {name, email, password}`: a new `user`, and a
 /// token for it. Unknown fields are ignored, as tutorial clients send extras.
@@ -32,7 +37,7 @@ pub async fn register(mut ctx: RequestContext) -> Result<HttpResponse, ApiError>
         .insert(app, Role::User)
         .await?;
     tracing::info!(user = %user.id, "registered");
-    token_response(app, &user)
+    start_session(&ctx, &user).await
 }
 
 /// `POST /api/auth/login {email, password}`.
@@ -57,7 +62,7 @@ pub async fn login(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
     match (app.passwords.verify(password, hash).await?, user) {
         (true, Some(user)) => {
             app.store.login_succeeded(attempt).await?;
-            token_response(app, &user)
+            start_session(&ctx, &user).await
         }
         _ => Err(ApiError::InvalidCredentials),
     }
@@ -68,28 +73,154 @@ pub async fn me(_ctx: RequestContext, caller: AuthUser) -> Result<HttpResponse, 
     Ok(json_bytes(StatusCode::OK, caller.user().view().to_json()))
 }
 
-/// `GET|POST /api/auth/logout`: always 200; a valid token sent with it is
-/// revoked, durably, until it expires.
-pub async fn logout(ctx: RequestContext) -> Result<HttpResponse, ApiError> {
+/// `GET|POST /api/auth/logout[?scope=local|global|others]`: always 200
+/// (unless the scope is not one of those, or the store cannot answer). With
+/// a valid token: `local` (the default) ends its session, `global` every
+/// session of its user, `others` every one but its own; a token from before
+/// sessions is revoked, durably, until it expires. A body's
+/// `refresh_token` ends that token's session too (for a client whose access
+/// token has expired). An invalid token or refresh token has nothing left
+/// to end.
+pub async fn logout(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
+    let scope = LogoutScope::from_query(ctx.parts.uri.query())?;
+    let refresh_token = logout_refresh_token(&mut ctx).await;
+    let app = &ctx.app;
     if let Ok(Some(token)) = presented_token(&ctx.parts.headers) {
-        match check_token(&ctx.app, token).await {
+        match check_token(app, token).await {
             Ok(caller) => {
                 let claims = caller.claims();
-                ctx.app.store.revoke(&claims.jti, claims.exp).await?;
+                let own = claims.sid.as_deref();
+                match (scope, own) {
+                    (LogoutScope::Local, Some(sid)) => {
+                        app.store.end_session(sid).await?;
+                    }
+                    (LogoutScope::Local, None) => {}
+                    (LogoutScope::Global, _) => {
+                        app.store.end_user_sessions(&claims.sub, None).await?;
+                    }
+                    (LogoutScope::Others, _) => {
+                        app.store.end_user_sessions(&claims.sub, own).await?;
+                    }
+                }
+                if own.is_none() && scope != LogoutScope::Others {
+                    app.store.revoke(&claims.jti, claims.exp).await?;
+                }
             }
             Err(ApiError::StoreUnavailable) => return Err(ApiError::StoreUnavailable),
-            Err(_) => {} // An invalid token has nothing left to revoke.
+            Err(_) => {} // An invalid token has nothing left to end.
         }
+    }
+    if let Some(presented) = refresh_token.and_then(|t| app.refresh_keys.parse(&t).ok()) {
+        app.store.end_session(&presented.session_id).await?;
     }
     Ok(json(StatusCode::OK, &json!({"auth": false, "token": null})))
 }
 
-fn token_response(app: &App, user: &User) -> Result<HttpResponse, ApiError> {
-    // Signing with our own HS256 key cannot fail short of a bug: a 500, not
-    // the 401 that `From<TokenError>` would make of it.
-    let (token, _) = app
-        .tokens
-        .issue(user, unix_now())
-        .map_err(|e| ApiError::Internal(format!("signing a token: {e}")))?;
-    Ok(json(StatusCode::OK, &json!({"auth": true, "token": token})))
+/// What a logout ends, besides a refresh token's session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogoutScope {
+    Local,
+    Global,
+    Others,
+}
+
+impl LogoutScope {
+    /// `?scope=`; absent means `local`. Anything else is refused rather than
+    /// read as `local`: a client asking to end every session must not be told
+    /// "done" when only one ended.
+    fn from_query(query: Option<&str>) -> Result<LogoutScope, ApiError> {
+        let mut query = parse_query(query.unwrap_or_default())?;
+        match query.optional("scope")?.as_deref() {
+            None | Some("local") => Ok(LogoutScope::Local),
+            Some("global") => Ok(LogoutScope::Global),
+            Some("others") => Ok(LogoutScope::Others),
+            Some(_) => Err(ApiError::InvalidInput(
+                "scope must be \"local\", \"global\" or \"others\"".into(),
+            )),
+        }
+    }
+}
+
+/// The `refresh_token` of a logout's body, if it has a readable one. A
+/// logout answers 200 whatever its body (tutorial clients post empty or
+/// unrelated ones), so an unreadable body names no session.
+async fn logout_refresh_token(ctx: &mut RequestContext) -> Option<String> {
+    if ctx.parts.method != Method::POST || !ctx.parts.headers.contains_key(CONTENT_TYPE) {
+        return None;
+    }
+    match ctx.read_body().await {
+        Ok(mut fields) => fields.optional("refresh_token").ok().flatten(),
+        Err(error) => {
+            tracing::debug!(%error, "logout body not read");
+            None
+        }
+    }
+}
+
+/// `POST /api/auth/refresh {refresh_token}`: a new token pair, the
+/// presented token spent (see `Store::refresh` for the reuse window and
+/// reuse detection).
+pub async fn refresh(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
+    let mut fields = ctx.read_body().await?;
+    let text = fields.required("refresh_token")?;
+    if text.is_empty() {
+        return Err(ApiError::InvalidInput(
+            "refresh_token must not be empty".into(),
+        ));
+    }
+    let app = &ctx.app;
+    let Ok(presented) = app.refresh_keys.parse(&text) else {
+        return Err(ApiError::InvalidRefreshToken);
+    };
+    match app
+        .store
+        .refresh(&presented, &app.refresh_keys, &app.sessions, unix_now())
+        .await?
+    {
+        Refresh::Granted {
+            session,
+            user,
+            refresh_token,
+        } => token_pair(app, &user, &session.id, refresh_token),
+        Refresh::Reused { session } => {
+            tracing::warn!(
+                user = %session.user_id,
+                session = %session.id,
+                "refresh token reused: session ended"
+            );
+            Err(ApiError::InvalidRefreshToken)
+        }
+        Refresh::Refused => Err(ApiError::InvalidRefreshToken),
+    }
+}
+
+/// `POST /api/auth/password {current_password, new_password}`: the
+/// current password checked as a login would be (throttled; a wrong one
+/// counts as a failure), then the new one stored, which ends every session
+/// and token of the user; the answer is the token pair of a new session.
+pub async fn change_password(
+    mut ctx: RequestContext,
+    caller: AuthUser,
+) -> Result<HttpResponse, ApiError> {
+    let mut fields = ctx.read_body().await?;
+    let current = fields.required("current_password")?;
+    let new_password = fields.required("new_password")?;
+    fields.refuse_unknown()?;
+    let app = &ctx.app;
+    valid_password(&new_password, app.settings.auth.min_password_len)?;
+    confirm_password(app, caller.user(), current, ctx.client_ip()).await?;
+    let patch = UserPatch {
+        password_hash: Some(app.passwords.hash(new_password).await?),
+        ..UserPatch::default()
+    };
+    let user = app
+        .store
+        .update_user(&caller.user().id, patch, unix_now())
+        .await?;
+    // The new password version already refuses every earlier session and
+    // token; deleting the sessions keeps the store from holding them until
+    // the purge.
+    app.store.end_user_sessions(&user.id, None).await?;
+    tracing::info!(user = %user.id, "password changed");
+    start_session(&ctx, &user).await
 }

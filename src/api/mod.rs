@@ -11,6 +11,7 @@ pub mod auth;
 pub mod health;
 pub mod openapi;
 pub mod routes;
+pub mod sessions;
 pub mod users;
 
 use std::net::SocketAddr;

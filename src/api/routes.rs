@@ -6,7 +6,7 @@
 
 use hyper::Method;
 
-use super::{auth, health, openapi, users};
+use super::{auth, health, openapi, sessions, users};
 use crate::http::router::Route;
 
 /// A public handler as a table entry: `public!(module::function)`.
@@ -32,12 +32,38 @@ pub static ROUTES: &[Route] = &[
     Route::protected(Method::GET, "/api/auth/me", protected!(auth::me)),
     Route::public(Method::GET, "/api/auth/logout", public!(auth::logout)),
     Route::public(Method::POST, "/api/auth/logout", public!(auth::logout)),
+    Route::public(Method::POST, "/api/auth/refresh", public!(auth::refresh)),
+    Route::protected(
+        Method::POST,
+        "/api/auth/password",
+        protected!(auth::change_password),
+    ),
+    Route::protected(
+        Method::GET,
+        "/api/auth/sessions",
+        protected!(sessions::list_own),
+    ),
+    Route::protected(
+        Method::DELETE,
+        "/api/auth/sessions/{id}",
+        protected!(sessions::end_own),
+    ),
     Route::protected(Method::GET, "/api/users", protected!(users::list)),
     Route::protected(Method::POST, "/api/users", protected!(users::create)),
     Route::protected(Method::GET, "/api/users/{id}", protected!(users::get)),
     Route::protected(Method::PUT, "/api/users/{id}", protected!(users::update)),
     Route::protected(Method::PATCH, "/api/users/{id}", protected!(users::update)),
     Route::protected(Method::DELETE, "/api/users/{id}", protected!(users::delete)),
+    Route::protected(
+        Method::GET,
+        "/api/users/{id}/sessions",
+        protected!(sessions::list_user),
+    ),
+    Route::protected(
+        Method::DELETE,
+        "/api/users/{id}/sessions",
+        protected!(sessions::end_user),
+    ),
 ];
 
 #[cfg(test)]

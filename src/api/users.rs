@@ -127,8 +127,8 @@ pub async fn get(ctx: RequestContext, caller: AuthUser) -> Result<HttpResponse, 
 }
 
 /// `PUT|PATCH /api/users/{id} {name?, email?, password?, role?}` (themself or
-/// admin; only an admin sets `role`). A new password revokes the user's
-/// earlier tokens.
+/// admin; only an admin sets `role`). A new password ends every session and
+/// token of the user.
 pub async fn update(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpResponse, ApiError> {
     if !caller.may_access(ctx.id()) {
         return Err(ApiError::Forbidden);
@@ -177,18 +177,25 @@ pub async fn update(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
         role,
         password_hash,
     };
+    let new_password = patch.password_hash.is_some();
     let user = if patch.is_empty() {
         app.store.user_by_id(id).await?.ok_or(ApiError::NotFound)?
     } else {
         Arc::new(app.store.update_user(id, patch, unix_now()).await?)
     };
+    if new_password {
+        // The new password version already refuses every earlier session
+        // and token (the caller's too); deleting the sessions keeps the
+        // store from holding them until the purge.
+        app.store.end_user_sessions(&user.id, None).await?;
+    }
     Ok(json_bytes(StatusCode::OK, user.view().to_json()))
 }
 
 /// Checks `password` against `user`'s, as a login would: throttled (429)
 /// with logins for the same email and address, and a wrong one counted as a
 /// failed login (403 `wrong_password`), so it cannot be guessed faster here.
-async fn confirm_password(
+pub async fn confirm_password(
     app: &App,
     user: &User,
     password: String,
@@ -207,7 +214,7 @@ async fn confirm_password(
 }
 
 /// `DELETE /api/users/{id}` (themself or admin): the email is free again and
-/// the user's tokens stop working.
+/// the user's sessions and tokens stop working.
 pub async fn delete(ctx: RequestContext, caller: AuthUser) -> Result<HttpResponse, ApiError> {
     let id = ctx.id();
     if !caller.may_access(id) {

@@ -33,6 +33,10 @@ pub struct Claims {
     pub iss: String,
     /// The user's password version at issue time (see `User::password_version`).
     pub pwv: u64,
+    /// The session the token belongs to. Tokens issued before sessions
+    /// existed have none, and keep their old check until they expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 /// Why a token was refused. Clients only ever see one answer; this goes to the
@@ -87,7 +91,19 @@ impl TokenKeys {
         })
     }
 
-    pub fn issue(&self, user: &User, now: u64) -> Result<(String, Claims), TokenError> {
+    /// Seconds an issued token lives (`auth.token_ttl_secs`).
+    pub fn ttl_secs(&self) -> u64 {
+        self.ttl_secs
+    }
+
+    /// A token for `user` in `session` (`None` only for tests of tokens
+    /// from before sessions).
+    pub fn issue(
+        &self,
+        user: &User,
+        session: Option<&str>,
+        now: u64,
+    ) -> Result<(String, Claims), TokenError> {
         let claims = Claims {
             sub: user.id.clone(),
             id: user.id.clone(),
@@ -96,6 +112,7 @@ impl TokenKeys {
             jti: uuid::Uuid::new_v4().simple().to_string(),
             iss: self.issuer.clone(),
             pwv: user.password_version,
+            sid: session.map(str::to_string),
         };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
         Ok((token, claims))
@@ -149,10 +166,10 @@ mod tests {
 
     #[test]
     fn issued_tokens_verify_with_their_claims() {
-        let (token, claims) = keys().issue(&user(), 1_000).unwrap();
+        let (token, claims) = keys().issue(&user(), None, 1_000).unwrap();
         // `verify` checks `exp` against the real clock, so issue near now.
         let now = crate::domain::unix_now();
-        let (token2, _) = keys().issue(&user(), now).unwrap();
+        let (token2, _) = keys().issue(&user(), None, now).unwrap();
         let verified = keys().verify(&token2, now).unwrap();
         assert_eq!(verified.sub, verified.id);
         assert_eq!(verified.exp, now + 3600);
@@ -165,7 +182,7 @@ mod tests {
     fn a_remembered_token_still_expires() {
         let now = crate::domain::unix_now();
         let keys = TokenKeys::new(&[7u8; 32], "gatehouse", 60).unwrap();
-        let (token, _) = keys.issue(&user(), now).unwrap();
+        let (token, _) = keys.issue(&user(), None, now).unwrap();
         assert!(keys.verify(&token, now).is_ok());
         assert!(keys.verify(&token, now + 10).is_ok(), "from the cache");
         assert!(matches!(
@@ -183,12 +200,12 @@ mod tests {
     #[test]
     fn other_keys_issuers_and_future_tokens_fail() {
         let now = crate::domain::unix_now();
-        let (token, _) = keys().issue(&user(), now).unwrap();
+        let (token, _) = keys().issue(&user(), None, now).unwrap();
         let other_key = TokenKeys::new(&[8u8; 32], "gatehouse", 3600).unwrap();
         assert!(other_key.verify(&token, now).is_err());
         let other_issuer = TokenKeys::new(&[7u8; 32], "someone-else", 3600).unwrap();
         assert!(other_issuer.verify(&token, now).is_err());
-        let (future, _) = keys().issue(&user(), now + 60).unwrap();
+        let (future, _) = keys().issue(&user(), None, now + 60).unwrap();
         assert!(matches!(
             keys().verify(&future, now),
             Err(TokenError::IssuedInFuture)

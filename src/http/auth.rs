@@ -4,8 +4,9 @@
 //! `AuthUser` has private fields and no public constructor: the only way to get
 //! one is [`authenticate`], and every protected handler takes one as an
 //! argument, so no protected handler can run for an unauthenticated request.
-//! The check loads the user on every request, so logout, password changes,
-//! deletion and role changes take effect at once on every route.
+//! The check loads the user (and the token's session) on every request, so
+//! logout, ended sessions, password changes, deletion and role changes take
+//! effect at once on every route.
 
 use std::sync::Arc;
 
@@ -82,8 +83,13 @@ pub fn presented_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 
 /// Verifies a token and loads its user; every failure is the same
 /// `invalid_token` to the client (the reason is logged at debug).
+///
+/// A token with a `sid` is good while its session is alive (ending a session
+/// is deleting it, so one lookup answers for logout, revocation and reuse);
+/// a token from before sessions (no `sid`) while its `jti` is not revoked.
 pub async fn check_token(app: &App, token: &str) -> Result<AuthUser, ApiError> {
-    let claims = app.tokens.verify(token, unix_now())?;
+    let now = unix_now();
+    let claims = app.tokens.verify(token, now)?;
     let refuse = |reason: &str| {
         tracing::debug!(reason, "token refused");
         ApiError::InvalidToken
@@ -91,12 +97,28 @@ pub async fn check_token(app: &App, token: &str) -> Result<AuthUser, ApiError> {
     if claims.sub != claims.id {
         return Err(refuse("sub and id differ"));
     }
-    if app.store.is_revoked(&claims.jti).await? {
-        return Err(refuse("revoked"));
-    }
-    let user = match app.store.user_by_id(&claims.sub).await? {
-        Some(user) => user,
-        None => return Err(refuse("user deleted")),
+    let user = match &claims.sid {
+        Some(sid) => {
+            let Some((session, user)) = app.store.session_and_user(sid).await? else {
+                return Err(refuse("session ended or user deleted"));
+            };
+            if session.user_id != claims.sub {
+                return Err(refuse("the session is another user's"));
+            }
+            if !session.is_alive(&app.sessions, user.password_version, now) {
+                return Err(refuse("session expired"));
+            }
+            user
+        }
+        None => {
+            if app.store.is_revoked(&claims.jti).await? {
+                return Err(refuse("revoked"));
+            }
+            match app.store.user_by_id(&claims.sub).await? {
+                Some(user) => user,
+                None => return Err(refuse("user deleted")),
+            }
+        }
     };
     if user.password_version != claims.pwv {
         return Err(refuse("issued before a password change"));

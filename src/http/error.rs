@@ -30,6 +30,9 @@ pub enum ApiError {
     InvalidToken,
     #[error("Invalid email or password.")]
     InvalidCredentials,
+    /// Unknown, spent outside the reuse window, expired, or its session ended.
+    #[error("The refresh token is not valid; log in again.")]
+    InvalidRefreshToken,
     #[error("You are not allowed to do this.")]
     Forbidden,
     /// `current_password` does not match; counted as a failed login.
@@ -65,9 +68,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidBody(_) | ApiError::InvalidInput(_) => StatusCode::BAD_REQUEST,
-            ApiError::MissingToken | ApiError::InvalidToken | ApiError::InvalidCredentials => {
-                StatusCode::UNAUTHORIZED
-            }
+            ApiError::MissingToken
+            | ApiError::InvalidToken
+            | ApiError::InvalidCredentials
+            | ApiError::InvalidRefreshToken => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden | ApiError::RegistrationClosed | ApiError::WrongPassword => {
                 StatusCode::FORBIDDEN
             }
@@ -90,6 +94,7 @@ impl ApiError {
             ApiError::MissingToken => "missing_token",
             ApiError::InvalidToken => "invalid_token",
             ApiError::InvalidCredentials => "invalid_credentials",
+            ApiError::InvalidRefreshToken => "invalid_refresh_token",
             ApiError::Forbidden => "forbidden",
             ApiError::WrongPassword => "wrong_password",
             ApiError::RegistrationClosed => "registration_closed",
@@ -115,6 +120,7 @@ impl ApiError {
             ApiError::MissingToken,
             ApiError::InvalidToken,
             ApiError::InvalidCredentials,
+            ApiError::InvalidRefreshToken,
             ApiError::Forbidden,
             ApiError::WrongPassword,
             ApiError::RegistrationClosed,
@@ -142,6 +148,7 @@ impl ApiError {
                 | ApiError::MissingToken
                 | ApiError::InvalidToken
                 | ApiError::InvalidCredentials
+                | ApiError::InvalidRefreshToken
                 | ApiError::Forbidden
                 | ApiError::WrongPassword
                 | ApiError::RegistrationClosed
@@ -168,7 +175,7 @@ impl ApiError {
         body.insert("error".into(), json!(self.code()));
         body.insert("message".into(), json!(self.to_string()));
         match &self {
-            ApiError::MissingToken | ApiError::InvalidToken => {
+            ApiError::MissingToken | ApiError::InvalidToken | ApiError::InvalidRefreshToken => {
                 body.insert("auth".into(), json!(false));
             }
             ApiError::InvalidCredentials => {

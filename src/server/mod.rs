@@ -47,7 +47,7 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head (request line and headers) we read; more is a 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
-/// How often expired revocations are purged.
+/// How often ended sessions and expired revocations are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Binds the configured address. Port 0 picks a free port.
@@ -81,7 +81,7 @@ pub async fn serve(
     let error_answers = Arc::new(ErrorAnswers::new().await);
     let connections = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
-    let purger = tokio::spawn(purge_revocations(app.clone()));
+    let purger = tokio::spawn(purge_expired(app.clone()));
     let warm_up = tokio::spawn({
         let app = app.clone();
         async move { app.passwords.warm_up().await }
@@ -230,14 +230,14 @@ async fn respond(
     Ok(response)
 }
 
-async fn purge_revocations(app: Arc<App>) {
+async fn purge_expired(app: Arc<App>) {
     let mut interval = tokio::time::interval(PURGE_INTERVAL);
     loop {
         interval.tick().await;
-        match app.store.purge_expired(unix_now()).await {
+        match app.store.purge_expired(unix_now(), &app.sessions).await {
             Ok(0) => {}
-            Ok(removed) => tracing::info!(removed, "purged expired revocations"),
-            Err(error) => tracing::warn!(%error, "purging revocations failed"),
+            Ok(removed) => tracing::info!(removed, "purged expired sessions and revocations"),
+            Err(error) => tracing::warn!(%error, "purging expired sessions and revocations failed"),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The store: users by id and by email, atomic create / update / delete with
-//! the email uniqueness rule, token revocation and login-failure counting,
-//! behind one type with two implementations:
+//! the email uniqueness rule, sessions and the rotation of their refresh
+//! tokens, token revocation and login-failure counting, behind one type with
+//! two implementations:
 //!
 //! - [`sled::SledStore`] (the default): an embedded database in `data_dir`,
 //!   with login failures and registrations counted in this process's memory;
@@ -21,6 +22,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::config::Settings;
+use crate::domain::session::{Presentation, PresentedToken, RefreshKeys, Session, SessionPolicy};
 use crate::domain::throttle::{LoginThrottle, RetryAfter, SharedKeys, ThrottleLimits};
 use crate::domain::token::LEEWAY_SECS;
 use crate::domain::user::{Role, User};
@@ -68,6 +70,29 @@ impl UserPatch {
             && self.password_hash.is_none()
     }
 }
+
+/// The outcome of presenting a refresh token ([`Store::refresh`]).
+#[derive(Debug)]
+pub enum Refresh {
+    /// The token was current and is now spent: `refresh_token` is its
+    /// successor. Or it was spent moments ago (within the reuse window):
+    /// `refresh_token` is the session's current one, again.
+    Granted {
+        session: Session,
+        user: Arc<User>,
+        refresh_token: String,
+    },
+    /// A spent token came back after the window: the session has ended.
+    Reused { session: Session },
+    /// Not a token of a live session (unknown, ended, expired, its user
+    /// deleted or its password changed).
+    Refused,
+}
+
+/// Attempts of a rotation that keeps losing races, before giving up: each
+/// loss means another rotation won, after which the token is no longer
+/// current and the next attempt decides without a write.
+const ROTATION_ATTEMPTS: usize = 4;
 
 /// A login attempt counted as a failure until [`Store::login_succeeded`].
 #[derive(Debug)]
@@ -212,6 +237,125 @@ impl Store {
         }
     }
 
+    /// Stores a new session; `NotFound` if its user is gone.
+    pub async fn insert_session(&self, session: Session) -> Result<(), StoreError> {
+        match self {
+            Store::Sled { db, .. } => db.insert_session(session).await,
+            Store::Postgres { db, .. } => db.insert_session(session).await,
+        }
+    }
+
+    /// The session `id` with its user, alive or not (the caller decides with
+    /// `Session::is_alive`); `None` if either is gone. The token check calls
+    /// this on every request with a `sid`: on sled it is served from memory,
+    /// on PostgreSQL it is one statement.
+    pub async fn session_and_user(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Arc<Session>, Arc<User>)>, StoreError> {
+        match self {
+            Store::Sled { db, .. } => db.session_and_user(id).await,
+            Store::Postgres { db, .. } => Ok(db
+                .session_and_user(id)
+                .await?
+                .map(|(session, user)| (Arc::new(session), Arc::new(user)))),
+        }
+    }
+
+    /// Presents a refresh token (already parsed: its tag verified):
+    /// rotates the session if the token is current (atomically: of racing
+    /// presentations of one token, on any number of instances, exactly one
+    /// rotates, and the others find it spent within the window), answers
+    /// the current token again within `policy.reuse_secs` of its
+    /// rotation, and ends the session on reuse after that.
+    pub async fn refresh(
+        &self,
+        presented: &PresentedToken,
+        keys: &RefreshKeys,
+        policy: &SessionPolicy,
+        now: u64,
+    ) -> Result<Refresh, StoreError> {
+        for _ in 0..ROTATION_ATTEMPTS {
+            let Some((session, user)) = self.session_and_user(&presented.session_id).await? else {
+                return Ok(Refresh::Refused);
+            };
+            if !session.is_alive(policy, user.password_version, now) {
+                return Ok(Refresh::Refused);
+            }
+            let corrupt = |_| StoreError::Corrupt {
+                key: session.id.clone(),
+                reason: "the session id is not a UUID".into(),
+            };
+            match session.classify(presented, policy, now) {
+                Presentation::Current => {
+                    let (next, refresh_token) = session.rotated(keys, now).map_err(corrupt)?;
+                    if self.replace_session(&session, next.clone()).await? {
+                        return Ok(Refresh::Granted {
+                            session: next,
+                            user,
+                            refresh_token,
+                        });
+                    }
+                    // Another presentation rotated first: decide again.
+                }
+                Presentation::JustSpent => {
+                    let refresh_token = session.current_token(keys).map_err(corrupt)?;
+                    return Ok(Refresh::Granted {
+                        session: Session::clone(&session),
+                        user,
+                        refresh_token,
+                    });
+                }
+                Presentation::Reused => {
+                    let ended = self.end_session(&session.id).await?;
+                    return Ok(Refresh::Reused {
+                        session: ended.unwrap_or_else(|| Session::clone(&session)),
+                    });
+                }
+                Presentation::Unknown => return Ok(Refresh::Refused),
+            }
+        }
+        Err(StoreError::Unavailable(
+            "a session's rotation kept losing races".into(),
+        ))
+    }
+
+    async fn replace_session(&self, current: &Session, next: Session) -> Result<bool, StoreError> {
+        match self {
+            Store::Sled { db, .. } => db.replace_session(current, next).await,
+            Store::Postgres { db, .. } => db.replace_session(current, next).await,
+        }
+    }
+
+    /// Ends the session `id`; returns it if it was stored.
+    pub async fn end_session(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        match self {
+            Store::Sled { db, .. } => db.end_session(id).await,
+            Store::Postgres { db, .. } => db.end_session(id).await,
+        }
+    }
+
+    /// Ends every session of `user_id` except `except`; returns those ended
+    /// (alive or not).
+    pub async fn end_user_sessions(
+        &self,
+        user_id: &str,
+        except: Option<&str>,
+    ) -> Result<Vec<Session>, StoreError> {
+        match self {
+            Store::Sled { db, .. } => db.end_user_sessions(user_id, except).await,
+            Store::Postgres { db, .. } => db.end_user_sessions(user_id, except).await,
+        }
+    }
+
+    /// Every stored session of `user_id`, alive or not yet purged.
+    pub async fn sessions_of(&self, user_id: &str) -> Result<Vec<Session>, StoreError> {
+        match self {
+            Store::Sled { db, .. } => db.sessions_of(user_id).await,
+            Store::Postgres { db, .. } => db.sessions_of(user_id).await,
+        }
+    }
+
     /// Records a logged-out token until its expiry.
     pub async fn revoke(&self, jti: &str, expires_at: u64) -> Result<(), StoreError> {
         match self {
@@ -239,12 +383,29 @@ impl Store {
     /// leeway. (PostgreSQL's login failures are purged by the same cut-off,
     /// that is up to the leeway late, which changes no count: a failure
     /// outside the window is not counted whether or not it is deleted.)
-    pub async fn purge_expired(&self, now: u64) -> Result<usize, StoreError> {
+    ///
+    /// Sessions that are no longer alive (`Session::is_alive` under
+    /// `policy`) are deleted too: no leeway is needed there, as a token whose
+    /// session is gone is refused, so deleting one only refuses sooner.
+    pub async fn purge_expired(
+        &self,
+        now: u64,
+        policy: &SessionPolicy,
+    ) -> Result<usize, StoreError> {
         let expired_before = now.saturating_sub(LEEWAY_SECS);
         match self {
-            Store::Sled { db, .. } => db.purge_revoked(expired_before).await,
+            Store::Sled { db, .. } => {
+                let policy = *policy;
+                let sessions = db
+                    .purge_sessions(move |session, password_version| {
+                        password_version.is_some_and(|pv| session.is_alive(&policy, pv, now))
+                    })
+                    .await?;
+                Ok(db.purge_revoked(expired_before).await? + sessions)
+            }
             Store::Postgres { db, limits, .. } => {
-                db.purge(expired_before, limits.window_secs).await
+                let sessions = db.purge_sessions(now, policy.idle_secs).await?;
+                Ok(db.purge(expired_before, limits.window_secs).await? + sessions)
             }
         }
     }

@@ -1,5 +1,5 @@
 //! The PostgreSQL store, for several gatehouse instances sharing one user
-//! base: users, revocations and throttle counters (failed logins,
+//! base: users, sessions, revocations and throttle counters (failed logins,
 //! registrations) in tables.
 //!
 //! Driver: tokio-postgres with a deadpool pool (see ARCHITECTURE.md for why).
@@ -27,6 +27,7 @@ use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
 use super::{StoreError, UserPatch};
+use crate::domain::session::Session;
 use crate::domain::throttle::RetryAfter;
 use crate::domain::user::{Role, User};
 
@@ -91,13 +92,42 @@ const MIGRATIONS: &[(i32, &str)] = &[
             ON gatehouse_throttle_events (at);
         DROP TABLE IF EXISTS gatehouse_login_failures;",
     ),
+    // Sessions (domain::session). A user's deletion ends them (the cascade).
+    (
+        3,
+        "CREATE TABLE IF NOT EXISTS gatehouse_sessions (
+            id UUID PRIMARY KEY,
+            user_id UUID NOT NULL REFERENCES gatehouse_users (id) ON DELETE CASCADE,
+            created_at BIGINT NOT NULL,
+            last_used_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            user_agent TEXT NOT NULL,
+            ip TEXT NOT NULL,
+            password_version BIGINT NOT NULL,
+            generation BIGINT NOT NULL,
+            rotated_at BIGINT NOT NULL,
+            refresh_hash BYTEA NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS gatehouse_sessions_user ON gatehouse_sessions (user_id);
+        CREATE INDEX IF NOT EXISTS gatehouse_sessions_expiry ON gatehouse_sessions (expires_at);",
+    ),
 ];
 
 /// The version the last migration records.
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 
 const USER_COLUMNS: &str =
     "id, name, email, role, password_hash, password_version, created_at, updated_at";
+
+/// The session columns, in [`session_from_row`]'s order.
+const SESSION_COLUMNS: &str = "id, user_id, created_at, last_used_at, expires_at, user_agent, ip,
+     password_version, generation, rotated_at, refresh_hash";
+
+/// The user's columns then the session's, for the token check's join.
+const USER_AND_SESSION_COLUMNS: &str = "u.id, u.name, u.email, u.role, u.password_hash,
+     u.password_version, u.created_at, u.updated_at, s.id, s.user_id, s.created_at,
+     s.last_used_at, s.expires_at, s.user_agent, s.ip, s.password_version, s.generation,
+     s.rotated_at, s.refresh_hash";
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -354,6 +384,175 @@ impl PgStore {
             }
         })
         .await
+    }
+
+    /// Stores a new session of an existing user (`NotFound` otherwise, by
+    /// the foreign key).
+    pub async fn insert_session(&self, session: Session) -> Result<(), StoreError> {
+        let (id, user_id) = (parse_id(&session.id)?, parse_id(&session.user_id)?);
+        let sql = format!(
+            "INSERT INTO gatehouse_sessions ({SESSION_COLUMNS})
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        );
+        self.run(|client| {
+            let (sql, s) = (sql.clone(), session.clone());
+            async move {
+                client
+                    .execute(
+                        &sql,
+                        &[
+                            &id,
+                            &user_id,
+                            &to_i64(s.created_at),
+                            &to_i64(s.last_used_at),
+                            &to_i64(s.expires_at),
+                            &s.user_agent,
+                            &s.ip,
+                            &to_i64(s.password_version),
+                            &to_i64(s.generation),
+                            &to_i64(s.rotated_at),
+                            &s.refresh_hash.as_slice(),
+                        ],
+                    )
+                    .await?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    /// The session `id` and its user, in one statement.
+    pub async fn session_and_user(&self, id: &str) -> Result<Option<(Session, User)>, StoreError> {
+        let Some(id) = issued_id(id) else {
+            return Ok(None);
+        };
+        let sql = format!(
+            "SELECT {USER_AND_SESSION_COLUMNS} FROM gatehouse_sessions s
+             JOIN gatehouse_users u ON u.id = s.user_id WHERE s.id = $1"
+        );
+        let row = self
+            .run(|client| {
+                let sql = sql.clone();
+                async move { client.query_opt(&sql, &[&id]).await }
+            })
+            .await?;
+        match row {
+            Some(row) => Ok(Some((session_from_row(&row, 8)?, user_from_row(&row)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces the session `current` with `next` (a rotation), if it is
+    /// still at `current`'s generation and refresh hash: false if another
+    /// rotation (or an end) came first. One conditional `UPDATE`: racing
+    /// rotations on any number of instances serialize on the row, and the
+    /// later ones find the generation moved.
+    pub async fn replace_session(
+        &self,
+        current: &Session,
+        next: Session,
+    ) -> Result<bool, StoreError> {
+        let id = parse_id(&next.id)?;
+        let (generation, hash) = (to_i64(current.generation), current.refresh_hash);
+        let updated = self
+            .run(|client| {
+                let next = next.clone();
+                async move {
+                    client
+                        .execute(
+                            "UPDATE gatehouse_sessions SET generation = $2, rotated_at = $3,
+                                last_used_at = $4, refresh_hash = $5
+                             WHERE id = $1 AND generation = $6 AND refresh_hash = $7",
+                            &[
+                                &id,
+                                &to_i64(next.generation),
+                                &to_i64(next.rotated_at),
+                                &to_i64(next.last_used_at),
+                                &next.refresh_hash.as_slice(),
+                                &generation,
+                                &hash.as_slice(),
+                            ],
+                        )
+                        .await
+                }
+            })
+            .await?;
+        Ok(updated == 1)
+    }
+
+    /// Ends (deletes) the session `id`; returns it if it was there.
+    pub async fn end_session(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        let Some(id) = issued_id(id) else {
+            return Ok(None);
+        };
+        let sql =
+            format!("DELETE FROM gatehouse_sessions WHERE id = $1 RETURNING {SESSION_COLUMNS}");
+        let row = self
+            .run(|client| {
+                let sql = sql.clone();
+                async move { client.query_opt(&sql, &[&id]).await }
+            })
+            .await?;
+        row.map(|row| session_from_row(&row, 0)).transpose()
+    }
+
+    /// Ends every session of `user_id` but `except`; returns them.
+    pub async fn end_user_sessions(
+        &self,
+        user_id: &str,
+        except: Option<&str>,
+    ) -> Result<Vec<Session>, StoreError> {
+        let Some(user_id) = issued_id(user_id) else {
+            return Ok(Vec::new());
+        };
+        let except = except.and_then(issued_id);
+        let sql = format!(
+            "DELETE FROM gatehouse_sessions WHERE user_id = $1 AND ($2::uuid IS NULL OR id <> $2)
+             RETURNING {SESSION_COLUMNS}"
+        );
+        let rows = self
+            .run(|client| {
+                let sql = sql.clone();
+                async move { client.query(&sql, &[&user_id, &except]).await }
+            })
+            .await?;
+        rows.iter().map(|row| session_from_row(row, 0)).collect()
+    }
+
+    /// Every stored session of `user_id` (alive or not yet purged).
+    pub async fn sessions_of(&self, user_id: &str) -> Result<Vec<Session>, StoreError> {
+        let Some(user_id) = issued_id(user_id) else {
+            return Ok(Vec::new());
+        };
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM gatehouse_sessions WHERE user_id = $1");
+        let rows = self
+            .run(|client| {
+                let sql = sql.clone();
+                async move { client.query(&sql, &[&user_id]).await }
+            })
+            .await?;
+        rows.iter().map(|row| session_from_row(row, 0)).collect()
+    }
+
+    /// Deletes the sessions that are no longer alive at `now` (the rule of
+    /// `Session::is_alive`, in SQL): past their absolute end, idle for
+    /// `idle_secs`, or from before their user's last password change.
+    pub async fn purge_sessions(&self, now: u64, idle_secs: u64) -> Result<usize, StoreError> {
+        let (now, idle) = (to_i64(now), to_i64(idle_secs));
+        let deleted = self
+            .run(|client| async move {
+                client
+                    .execute(
+                        "DELETE FROM gatehouse_sessions s
+                         WHERE s.expires_at <= $1 OR s.last_used_at + $2 <= $1
+                            OR s.password_version <> (SELECT u.password_version
+                                FROM gatehouse_users u WHERE u.id = s.user_id)",
+                        &[&now, &idle],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
     }
 
     /// Deletes expired revocations, and throttle rows older than `window`.
@@ -651,6 +850,10 @@ fn map_error(error: tokio_postgres::Error) -> StoreError {
     if code == &SqlState::UNIQUE_VIOLATION {
         return StoreError::EmailTaken;
     }
+    // A session for a user deleted meanwhile (the only foreign key).
+    if code == &SqlState::FOREIGN_KEY_VIOLATION {
+        return StoreError::NotFound;
+    }
     match code.code().get(..2) {
         // The database cannot serve now, whatever we send: connection (08),
         // read-only or recovering (25, e.g. 25006), out of resources such as
@@ -699,6 +902,39 @@ fn user_from_row(row: &Row) -> Result<User, StoreError> {
         password_version: get_u64(5)?,
         created_at: get_u64(6)?,
         updated_at: get_u64(7)?,
+    })
+}
+
+/// The session in `row`'s columns from `at` on ([`SESSION_COLUMNS`]' order).
+fn session_from_row(row: &Row, at: usize) -> Result<Session, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: row
+            .try_get::<_, Uuid>(at)
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        reason,
+    };
+    let get_u64 = |i: usize| -> Result<u64, StoreError> {
+        let value: i64 = row.try_get(at + i).map_err(|e| corrupt(e.to_string()))?;
+        u64::try_from(value).map_err(|_| corrupt("negative number".into()))
+    };
+    let id: Uuid = row.try_get(at).map_err(|e| corrupt(e.to_string()))?;
+    let user_id: Uuid = row.try_get(at + 1).map_err(|e| corrupt(e.to_string()))?;
+    let hash: Vec<u8> = row.try_get(at + 10).map_err(|e| corrupt(e.to_string()))?;
+    Ok(Session {
+        id: id.to_string(),
+        user_id: user_id.to_string(),
+        created_at: get_u64(2)?,
+        last_used_at: get_u64(3)?,
+        expires_at: get_u64(4)?,
+        user_agent: row.try_get(at + 5).map_err(|e| corrupt(e.to_string()))?,
+        ip: row.try_get(at + 6).map_err(|e| corrupt(e.to_string()))?,
+        password_version: get_u64(7)?,
+        generation: get_u64(8)?,
+        rotated_at: get_u64(9)?,
+        refresh_hash: hash
+            .try_into()
+            .map_err(|_| corrupt("refresh_hash is not 32 bytes".into()))?,
     })
 }
 

@@ -9,6 +9,12 @@
 //! - tree `emails`: normalized email → user id;
 //! - tree `revoked`: token `jti` → expiry (u64, big-endian), purged once the
 //!   verifier refuses the token anyway (`Store::purge_expired` sets when);
+//! - tree `sessions`: session id → [`Session`] (JSON), deleted when the
+//!   session ends (a session ended by time or a password change stays until
+//!   the purge, refused meanwhile by `Session::is_alive`);
+//! - tree `user_sessions`: user id, NUL, session id → nothing: the index
+//!   that lists and ends a user's sessions, changed in the same transaction
+//!   as `sessions`;
 //! - tree `meta`: `admins` → how many users are admins (u64, big-endian),
 //!   kept in the same transaction as every change of a role, so that "is
 //!   this the last admin?" is answered without a scan (sled transactions
@@ -30,10 +36,13 @@
 //! disk, which is what a restart serves. This file must not let any other
 //! path decide that, or answer 2xx for a write whose flush failed.
 //!
-//! Every token-checked request reads its user by id, so recently read users
-//! are also kept decoded in a small `UserCache`. sled lets one process open
-//! a database, so every write goes through this file, and each one that
-//! changes a user forgets it from the cache before it is acknowledged.
+//! Every token-checked request reads its user by id (and its session, for a
+//! token with a `sid`), so recently read users and sessions are also kept
+//! decoded in small [`RecordCache`]s. sled lets one process open a database,
+//! so every write goes through this file, and each one that changes a user
+//! or a session forgets it from its cache before it is acknowledged: the
+//! token check never reads the disk for a hot session, and never sees one
+//! that has ended.
 //!
 //! Likewise, revoked token ids are mirrored in a [`MaybeSet`], so the token
 //! check asks sled only about ids that may have been revoked.
@@ -52,6 +61,7 @@ use sled::Transactional;
 use super::filter::{MaybeSet, COUNTERS};
 use super::record;
 use super::{StoreError, UserPatch};
+use crate::domain::session::Session;
 use crate::domain::user::User;
 
 /// The exit status of a process whose sled store failed a write (sysexits'
@@ -64,7 +74,7 @@ pub const EXIT_STORE_FAILED: i32 = 74;
 /// figure; measured RSS after reading all of 100,000 users: 70.8 MiB with
 /// 32 MiB here, 66.3 MiB with 16, 64.3 MiB with 8, 62.8 with 4 (and two
 /// malloc arenas). Records that fall out of it are re-read from the OS page
-/// cache; the token check's reads are served by [`UserCache`] anyway.
+/// cache; the token check's reads are served by [`RecordCache`]s anyway.
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The mode of the database folder and its subfolders: the owner's only.
@@ -73,8 +83,11 @@ const PRIVATE_DIR: u32 = 0o700;
 /// The mode of every file in the database folder.
 const PRIVATE_FILE: u32 = 0o600;
 
-/// Users kept decoded by [`UserCache`] (about 400 bytes each).
+/// Users kept decoded by the [`RecordCache`] (about 400 bytes each).
 const CACHED_USERS: usize = 4096;
+
+/// Sessions kept decoded by the [`RecordCache`] (about 400 bytes each).
+const CACHED_SESSIONS: usize = 4096;
 
 #[derive(Clone)]
 pub struct SledStore {
@@ -83,7 +96,10 @@ pub struct SledStore {
     emails: sled::Tree,
     revoked: sled::Tree,
     meta: sled::Tree,
-    cache: Arc<UserCache>,
+    sessions: sled::Tree,
+    user_sessions: sled::Tree,
+    cache: Arc<RecordCache<User>>,
+    sessions_cache: Arc<RecordCache<Session>>,
     /// Every id in `revoked` is in here: added before it is written, removed
     /// after it is deleted.
     maybe_revoked: Arc<MaybeSet>,
@@ -138,8 +154,11 @@ impl SledStore {
             emails: db.open_tree("emails")?,
             meta,
             revoked,
+            sessions: db.open_tree("sessions")?,
+            user_sessions: db.open_tree("user_sessions")?,
             db,
-            cache: Arc::new(UserCache::new(CACHED_USERS)),
+            cache: Arc::new(RecordCache::new(CACHED_USERS)),
+            sessions_cache: Arc::new(RecordCache::new(CACHED_SESSIONS)),
             maybe_revoked: Arc::new(maybe_revoked),
             failed: Arc::new(AtomicBool::new(false)),
         })
@@ -157,7 +176,7 @@ impl SledStore {
             .transpose()?
             .map(Arc::new);
         if let Some(user) = &user {
-            self.cache.insert(user, generation);
+            self.cache.insert(id, user, generation);
         }
         Ok(user)
     }
@@ -262,24 +281,235 @@ impl SledStore {
         .await
     }
 
-    /// Removes the user and frees its email; returns the removed user.
+    /// Removes the user, frees its email and ends its sessions; returns the
+    /// removed user.
     pub async fn delete_user(&self, id: &str) -> Result<User, StoreError> {
         let store = self.clone();
         let id = id.to_string();
         self.write(move || {
-            let deleted = (&store.users, &store.emails, &store.meta)
-                .transaction(|(users, emails, meta)| {
+            // A session started after this scan fails its own transaction's
+            // check that the user exists, or is refused (no user) and purged.
+            let sessions = store.session_ids_of(&id)?;
+            let trees = (&store.users, &store.emails, &store.meta);
+            let deleted = (
+                trees.0,
+                trees.1,
+                trees.2,
+                &store.sessions,
+                &store.user_sessions,
+            )
+                .transaction(|(users, emails, meta, sessions_tree, index)| {
                     let user = load(users, &id)?;
                     if user.is_admin() {
                         add_admins(meta, -1)?;
                     }
                     users.remove(user.id.as_bytes())?;
                     emails.remove(user.email.as_bytes())?;
+                    for sid in &sessions {
+                        sessions_tree.remove(sid.as_bytes())?;
+                        index.remove(index_key(&id, sid))?;
+                    }
                     Ok(user)
                 })
                 .map_err(tx_error);
             store.cache.forget(&id);
+            for sid in &sessions {
+                store.sessions_cache.forget(sid);
+            }
             deleted
+        })
+        .await
+    }
+
+    /// Stores a new session of an existing user (`NotFound` otherwise).
+    pub async fn insert_session(&self, session: Session) -> Result<(), StoreError> {
+        let store = self.clone();
+        self.write(move || {
+            let record = encode_session(&session)?;
+            (&store.users, &store.sessions, &store.user_sessions)
+                .transaction(|(users, sessions, index)| {
+                    if users.get(session.user_id.as_bytes())?.is_none() {
+                        return abort(StoreError::NotFound);
+                    }
+                    sessions.insert(session.id.as_bytes(), record.as_slice())?;
+                    index.insert(index_key(&session.user_id, &session.id), &[])?;
+                    Ok(())
+                })
+                .map_err(tx_error)?;
+            store.sessions_cache.forget(&session.id);
+            Ok(())
+        })
+        .await
+    }
+
+    /// The session `id` and its user, from the caches when they hold them.
+    pub async fn session_and_user(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Arc<Session>, Arc<User>)>, StoreError> {
+        let session = match self.sessions_cache.get(id) {
+            Ok(session) => session,
+            Err(generation) => match self.sessions.get(id.as_bytes())? {
+                Some(bytes) => {
+                    let session = Arc::new(decode_session(id.as_bytes(), &bytes)?);
+                    self.sessions_cache.insert(id, &session, generation);
+                    session
+                }
+                None => return Ok(None),
+            },
+        };
+        Ok(self
+            .user_by_id(&session.user_id)
+            .await?
+            .map(|user| (session, user)))
+    }
+
+    /// Replaces the session `current` with `next` (a rotation), if it is
+    /// still at `current`'s generation and refresh hash: false if another
+    /// rotation (or an end) came first. Atomic: of racing rotations of one
+    /// session, exactly one succeeds.
+    pub async fn replace_session(
+        &self,
+        current: &Session,
+        next: Session,
+    ) -> Result<bool, StoreError> {
+        let store = self.clone();
+        let (generation, hash) = (current.generation, current.refresh_hash);
+        self.write(move || {
+            let record = encode_session(&next)?;
+            let key = next.id.as_bytes();
+            let replaced = store
+                .sessions
+                .transaction(|sessions| {
+                    let Some(bytes) = sessions.get(key)? else {
+                        return Ok(false);
+                    };
+                    let stored = decode_session(key, &bytes).map_err(abort_with)?;
+                    if stored.generation != generation || stored.refresh_hash != hash {
+                        return Ok(false);
+                    }
+                    sessions.insert(key, record.as_slice())?;
+                    Ok(true)
+                })
+                .map_err(tx_error)?;
+            store.sessions_cache.forget(&next.id);
+            Ok(replaced)
+        })
+        .await
+    }
+
+    /// Ends (deletes) the session `id`; returns it if it was there.
+    pub async fn end_session(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        let store = self.clone();
+        let id = id.to_string();
+        self.write(move || {
+            let ended = (&store.sessions, &store.user_sessions)
+                .transaction(|(sessions, index)| {
+                    let Some(bytes) = sessions.remove(id.as_bytes())? else {
+                        return Ok(None);
+                    };
+                    let session = decode_session(id.as_bytes(), &bytes).map_err(abort_with)?;
+                    index.remove(index_key(&session.user_id, &id))?;
+                    Ok(Some(session))
+                })
+                .map_err(tx_error);
+            store.sessions_cache.forget(&id);
+            ended
+        })
+        .await
+    }
+
+    /// Ends every session of `user_id` but `except`; returns them.
+    pub async fn end_user_sessions(
+        &self,
+        user_id: &str,
+        except: Option<&str>,
+    ) -> Result<Vec<Session>, StoreError> {
+        let store = self.clone();
+        let user_id = user_id.to_string();
+        let except = except.map(str::to_string);
+        self.write(move || {
+            let ids: Vec<String> = store
+                .session_ids_of(&user_id)?
+                .into_iter()
+                .filter(|sid| Some(sid) != except.as_ref())
+                .collect();
+            let ended = (&store.sessions, &store.user_sessions)
+                .transaction(|(sessions, index)| {
+                    let mut ended = Vec::with_capacity(ids.len());
+                    for sid in &ids {
+                        index.remove(index_key(&user_id, sid))?;
+                        if let Some(bytes) = sessions.remove(sid.as_bytes())? {
+                            ended.push(decode_session(sid.as_bytes(), &bytes).map_err(abort_with)?);
+                        }
+                    }
+                    Ok(ended)
+                })
+                .map_err(tx_error);
+            for sid in &ids {
+                store.sessions_cache.forget(sid);
+            }
+            ended
+        })
+        .await
+    }
+
+    /// Every stored session of `user_id` (alive or not yet purged).
+    pub async fn sessions_of(&self, user_id: &str) -> Result<Vec<Session>, StoreError> {
+        let mut sessions = Vec::new();
+        for sid in self.session_ids_of(user_id)? {
+            if let Some(bytes) = self.sessions.get(sid.as_bytes())? {
+                sessions.push(decode_session(sid.as_bytes(), &bytes)?);
+            }
+        }
+        Ok(sessions)
+    }
+
+    /// The ids in the `user_sessions` index under `user_id`.
+    fn session_ids_of(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = index_key(user_id, "");
+        let mut ids = Vec::new();
+        for key in self.user_sessions.scan_prefix(&prefix).keys() {
+            let key = key?;
+            ids.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
+        }
+        Ok(ids)
+    }
+
+    /// Deletes every session that is no longer alive (`alive` decides, given
+    /// the session and its user's password version, `None` for a user that
+    /// is gone). Returns how many.
+    pub async fn purge_sessions(
+        &self,
+        alive: impl Fn(&Session, Option<u64>) -> bool + Send + 'static,
+    ) -> Result<usize, StoreError> {
+        let store = self.clone();
+        self.write(move || {
+            let mut dead = Vec::new();
+            for entry in store.sessions.iter() {
+                let (key, bytes) = entry?;
+                let session = decode_session(&key, &bytes)?;
+                let password_version = store
+                    .users
+                    .get(session.user_id.as_bytes())?
+                    .map(|bytes| decode_user(session.user_id.as_bytes(), &bytes))
+                    .transpose()?
+                    .map(|user| user.password_version);
+                if !alive(&session, password_version) {
+                    dead.push(session);
+                }
+            }
+            for session in &dead {
+                (&store.sessions, &store.user_sessions)
+                    .transaction(|(sessions, index)| {
+                        sessions.remove(session.id.as_bytes())?;
+                        index.remove(index_key(&session.user_id, &session.id))?;
+                        Ok(())
+                    })
+                    .map_err(tx_error)?;
+                store.sessions_cache.forget(&session.id);
+            }
+            Ok(dead.len())
         })
         .await
     }
@@ -431,58 +661,60 @@ fn make_private(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Recently read users by id, decoded.
+/// Recently read records by key, decoded: users by id (every token check
+/// reads one) and sessions by id (every check of a token with a `sid`).
 ///
 /// A read that misses notes the cache's generation before it reads sled, and
-/// keeps its result only if no write has forgotten any user since: otherwise a
-/// read that raced an update could put the old record back after the update
-/// forgot it, and serve it until evicted.
-struct UserCache {
-    inner: Mutex<CachedUsers>,
+/// keeps its result only if no write has forgotten any record since:
+/// otherwise a read that raced an update could put the old record back after
+/// the update forgot it, and serve it until evicted.
+struct RecordCache<T> {
+    inner: Mutex<CachedRecords<T>>,
 }
 
-struct CachedUsers {
-    users: LruCache<String, Arc<User>>,
-    /// Bumped by every [`UserCache::forget`].
+struct CachedRecords<T> {
+    records: LruCache<String, Arc<T>>,
+    /// Bumped by every [`RecordCache::forget`].
     generation: u64,
 }
 
-impl UserCache {
-    fn new(capacity: usize) -> UserCache {
-        UserCache {
-            inner: Mutex::new(CachedUsers {
-                users: LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN)),
+impl<T> RecordCache<T> {
+    fn new(capacity: usize) -> RecordCache<T> {
+        RecordCache {
+            inner: Mutex::new(CachedRecords {
+                records: LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN)),
                 generation: 0,
             }),
         }
     }
 
-    /// The cached user, or the generation to hand back to [`UserCache::insert`].
-    fn get(&self, id: &str) -> Result<Arc<User>, u64> {
+    /// The cached record, or the generation to hand back to
+    /// [`RecordCache::insert`].
+    fn get(&self, key: &str) -> Result<Arc<T>, u64> {
         let mut inner = self.lock();
-        match inner.users.get(id) {
-            Some(user) => Ok(Arc::clone(user)),
+        match inner.records.get(key) {
+            Some(record) => Ok(Arc::clone(record)),
             None => Err(inner.generation),
         }
     }
 
-    /// Keeps `user`, read from sled after [`UserCache::get`] gave `generation`,
-    /// unless a write has happened since.
-    fn insert(&self, user: &Arc<User>, generation: u64) {
+    /// Keeps `record`, read from sled after [`RecordCache::get`] gave
+    /// `generation`, unless a write has happened since.
+    fn insert(&self, key: &str, record: &Arc<T>, generation: u64) {
         let mut inner = self.lock();
         if inner.generation == generation {
-            inner.users.put(user.id.clone(), Arc::clone(user));
+            inner.records.put(key.to_string(), Arc::clone(record));
         }
     }
 
-    /// Called after every committed change to the user `id`.
-    fn forget(&self, id: &str) {
+    /// Called after every committed change to the record `key`.
+    fn forget(&self, key: &str) {
         let mut inner = self.lock();
-        inner.users.pop(id);
+        inner.records.pop(key);
         inner.generation += 1;
     }
 
-    fn lock(&self) -> MutexGuard<'_, CachedUsers> {
+    fn lock(&self) -> MutexGuard<'_, CachedRecords<T>> {
         // Every operation leaves the cache consistent, even one that panicked
         // half-way: a lost entry is only a miss.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -544,6 +776,33 @@ fn apply(user: &mut User, patch: &UserPatch, now: u64) {
         user.password_version += 1;
     }
     user.updated_at = now;
+}
+
+/// The `user_sessions` key of a user's session (`""` for the user's prefix).
+fn index_key(user_id: &str, session_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(user_id.len() + 1 + session_id.len());
+    key.extend_from_slice(user_id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(session_id.as_bytes());
+    key
+}
+
+fn encode_session(session: &Session) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(session).map_err(|e| StoreError::Corrupt {
+        key: session.id.clone(),
+        reason: e.to_string(),
+    })
+}
+
+fn decode_session(key: &[u8], bytes: &[u8]) -> Result<Session, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn abort_with(error: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(error)
 }
 
 fn encode_user(user: &User) -> Vec<u8> {
@@ -697,16 +956,16 @@ mod tests {
 
     #[test]
     fn a_read_that_raced_a_write_is_not_cached() {
-        let cache = UserCache::new(8);
+        let cache = RecordCache::new(8);
         let stale = Arc::new(user("a@x.io"));
         let generation = cache.get(&stale.id).unwrap_err();
         // An update commits and forgets the user between the read and its
         // insert: the stale record must not be kept.
         cache.forget(&stale.id);
-        cache.insert(&stale, generation);
+        cache.insert(&stale.id, &stale, generation);
         assert!(cache.get(&stale.id).is_err());
         let generation = cache.get(&stale.id).unwrap_err();
-        cache.insert(&stale, generation);
+        cache.insert(&stale.id, &stale, generation);
         assert!(cache.get(&stale.id).is_ok());
     }
 

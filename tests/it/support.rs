@@ -262,6 +262,25 @@ impl TestServer {
         reply.body
     }
 
+    /// A token as servers issued before sessions existed (no `sid`), signed
+    /// with this server's key.
+    pub async fn token_without_session(&self, user_id: &str) -> String {
+        let user = self
+            .app
+            .store
+            .user_by_id(user_id)
+            .await
+            .expect("store answers")
+            .expect("the user exists");
+        let (token, claims) = self
+            .app
+            .tokens
+            .issue(&user, None, gatehouse::domain::unix_now())
+            .expect("signed");
+        assert!(claims.sid.is_none());
+        token
+    }
+
     pub async fn login(&self, email: &str, password: &str) -> String {
         let reply = self
             .post("/api/auth/login")
