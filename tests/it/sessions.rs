@@ -995,6 +995,77 @@ async fn a_password_change_refuses_bad_input_and_changes_nothing() {
 }
 }
 
+store_test! {
+/// A password set through `PUT`/`PATCH /api/users/{id}` ends the user's
+/// sessions as `POST /api/auth/password` does: refresh tokens included (the
+/// `current_password` rule itself is tested in `users`).
+async fn a_password_set_through_the_user_routes_ends_every_session_of_that_user() {
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    let (id, first) = register_pair(&server, "Patcher", "patcher@example.com").await;
+    let second = login_pair(&server, "patcher@example.com").await;
+    let rotated = refreshed(&server, &second.refresh).await;
+    server
+        .patch(&format!("/api/users/{id}"))
+        .token(&first.token)
+        .json(json!({"password": NEW_PASSWORD, "current_password": PASSWORD}))
+        .send()
+        .await
+        .assert_ok(200);
+    for (pair, what) in [(&first, "the caller's"), (&second, "a spent pair"), (&rotated, "a rotated pair")] {
+        assert_ended(&server, pair, &format!("after PATCH: {what}")).await;
+    }
+    // An admin setting the password ends that user's sessions, not the admin's.
+    let again = Pair::from_body(&server.login_pair("patcher@example.com", NEW_PASSWORD).await);
+    server
+        .request(Method::PUT, &format!("/api/users/{id}"))
+        .token(&admin.token)
+        .json(json!({"password": PASSWORD}))
+        .send()
+        .await
+        .assert_ok(200);
+    assert_ended(&server, &again, "after an admin's PUT").await;
+    me(&server, &admin.token).await.assert_ok(200);
+    login_pair(&server, "patcher@example.com").await;
+}
+}
+
+store_test! {
+/// Sessions that can no longer matter leave the store (issue 11, item 6):
+/// those from before a password change at once, idle ones once idle; live
+/// ones stay. The server runs this purge at start and periodically.
+async fn sessions_that_can_no_longer_matter_are_purged_and_live_ones_kept() {
+    let server = TestServer::start().await;
+    let store = &server.app.store;
+    let policy = &server.app.sessions;
+    let (id, first) = register_pair(&server, "Purged", "purged@example.com").await;
+    login_pair(&server, "purged@example.com").await;
+    let (other_id, other) = register_pair(&server, "Kept", "kept@example.com").await;
+    let reply = server
+        .post("/api/auth/password")
+        .token(&first.token)
+        .json(json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD}))
+        .send()
+        .await;
+    let fresh = Pair::of(&reply);
+    let stored = |user: String| async move {
+        let sessions = store.sessions_of(&user).await.expect("sessions read");
+        sorted(sessions.into_iter().map(|s| s.id).collect())
+    };
+    let now = gatehouse::domain::unix_now();
+    store.purge_expired(now, policy).await.expect("purge");
+    assert_eq!(stored(id.clone()).await, vec![fresh.sid()], "ended by the password change");
+    assert_eq!(stored(other_id.clone()).await, vec![other.sid()], "alive");
+    assert_alive(&server, &fresh, "after a purge").await;
+    assert_alive(&server, &other, "after a purge").await;
+    // Past the idle time, nothing is left.
+    let idle = server.app.settings.auth.session_idle_secs;
+    store.purge_expired(now + idle + 1, policy).await.expect("purge");
+    assert_eq!(stored(id).await, Vec::<String>::new());
+    assert_eq!(stored(other_id).await, Vec::<String>::new());
+}
+}
+
 // ---------------------------------------------------------------------------
 // Expiry and deletion.
 
