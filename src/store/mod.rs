@@ -504,3 +504,76 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LimitSettings;
+    use crate::domain::session::Client;
+
+    const POLICY: SessionPolicy = SessionPolicy {
+        ttl_secs: 1000,
+        idle_secs: 1000,
+        reuse_secs: 10,
+    };
+
+    fn sled_store(dir: &std::path::Path) -> Store {
+        Store::Sled {
+            db: SledStore::open(dir).unwrap(),
+            throttle: Arc::new(LoginThrottle::new(ThrottleLimits::from(
+                &LimitSettings::default(),
+            ))),
+        }
+    }
+
+    async fn session(store: &Store, keys: &RefreshKeys, now: u64) -> (Session, String) {
+        let user = User::new("N".into(), "n@x.io".into(), Role::User, "h".into(), now);
+        let user = store.insert_user(user).await.unwrap();
+        let (session, token) = Session::start(keys, &POLICY, &user.id, 0, Client::default(), now);
+        store.insert_session(session.clone()).await.unwrap();
+        (session, token)
+    }
+
+    /// Of many concurrent presentations of one current token, exactly one
+    /// rotates; all are answered with the same successor, and the chain
+    /// moved by exactly one generation.
+    #[tokio::test]
+    async fn concurrent_refreshes_of_one_token_make_one_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sled_store(dir.path());
+        let keys = RefreshKeys::new(b"k");
+        let (session, token) = session(&store, &keys, 100).await;
+        let presented = keys.parse(&token).unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let (store, keys, presented) = (store.clone(), keys.clone(), presented.clone());
+            tasks.push(tokio::spawn(async move {
+                store.refresh(&presented, &keys, &POLICY, 101).await
+            }));
+        }
+        let mut successors = std::collections::BTreeSet::new();
+        for task in tasks {
+            match task.await.unwrap().unwrap() {
+                Refresh::Granted { refresh_token, .. } => {
+                    successors.insert(refresh_token);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(successors.len(), 1, "one chain");
+        let (stored, _) = store.session_and_user(&session.id).await.unwrap().unwrap();
+        assert_eq!(stored.generation, 1);
+        let successor = successors.pop_first().unwrap();
+        assert_eq!(stored.current_token(&keys).unwrap(), successor);
+        // After the window, the first token is reuse: the session ends.
+        let late = store
+            .refresh(&presented, &keys, &POLICY, 112)
+            .await
+            .unwrap();
+        assert!(matches!(late, Refresh::Reused { .. }), "{late:?}");
+        assert!(store.session_and_user(&session.id).await.unwrap().is_none());
+        let next = keys.parse(&successor).unwrap();
+        let after = store.refresh(&next, &keys, &POLICY, 113).await.unwrap();
+        assert!(matches!(after, Refresh::Refused), "{after:?}");
+    }
+}
