@@ -330,6 +330,27 @@ async fn a_spent_refresh_token_inside_the_window_gets_the_same_successor() {
 }
 
 store_test! {
+/// The window is each spent token's own (API.md: "within
+/// `auth.refresh_reuse_secs` of its rotation"): a tab that slept through two
+/// rotations by another tab, inside that window, is no thief. It gets the
+/// session's current refresh token, and the session lives on.
+async fn a_token_spent_two_rotations_ago_inside_its_window_gets_the_current_token() {
+    let server = TestServer::start_with(|s| s.auth.refresh_reuse_secs = 60).await;
+    let (_, first) = register_pair(&server, "Sleepy", "sleepy@example.com").await;
+    let second = refreshed(&server, &first.refresh).await;
+    let third = refreshed(&server, &second.refresh).await;
+    let reply = refresh(&server, &first.refresh).await;
+    assert_eq!(reply.status, 200, "spent seconds ago, inside its window: {}", reply.text);
+    let again = Pair::of(&reply);
+    assert_eq!(again.refresh, third.refresh, "the session's current refresh token");
+    assert_alive(&server, &again, "the access token answered in the window").await;
+    assert_alive(&server, &third, "the current pair").await;
+    let fourth = refreshed(&server, &third.refresh).await;
+    assert_alive(&server, &fourth, "the chain goes on").await;
+}
+}
+
+store_test! {
 /// A spent token presented after the window is a stolen one (or a thief
 /// racing the owner): the whole session ends, and nothing else does.
 async fn a_spent_refresh_token_after_the_window_ends_its_whole_session() {
@@ -392,6 +413,36 @@ async fn five_concurrent_refreshes_of_one_token_all_get_the_same_successor() {
     assert_ne!(next.refresh, successor, "the successor rotates");
     assert_alive(&server, &next, "after the race").await;
     assert_eq!(ids(&sessions(&server, &next.token).await), vec![first.sid()]);
+}
+}
+
+store_test! {
+/// A logout's 200 means the session has ended, whatever raced it: a refresh
+/// (and token checks filling a cache) at the same moment must not revive it.
+async fn a_refresh_racing_a_logout_never_revives_the_session() {
+    let server = TestServer::start().await;
+    let (_, _) = register_pair(&server, "Racing", "racing@example.com").await;
+    for round in 0..10 {
+        let pair = login_pair(&server, "racing@example.com").await;
+        let refreshing = tokio::spawn(
+            server
+                .post("/api/auth/refresh")
+                .json(json!({"refresh_token": pair.refresh}))
+                .send(),
+        );
+        let checking = tokio::spawn(server.get("/api/auth/me").token(&pair.token).send());
+        let logout = server.post("/api/auth/logout").token(&pair.token).send().await;
+        logout.assert_ok(200);
+        let refreshed = refreshing.await.expect("refresh task");
+        checking.await.expect("me task");
+        assert_ended(&server, &pair, &format!("round {round}")).await;
+        if refreshed.status == 200 {
+            let successor = Pair::of(&refreshed);
+            assert_ended(&server, &successor, &format!("round {round}: the racing refresh")).await;
+        } else {
+            assert_refresh_refused(&refreshed);
+        }
+    }
 }
 }
 
