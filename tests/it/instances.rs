@@ -17,7 +17,7 @@ use crate::throttle::{concurrent_wrong_guesses, count, registration};
 
 /// Two servers (separate data dirs, same secret) on one fresh schema; `None`
 /// when there is no test database.
-async fn two_instances(
+pub(crate) async fn two_instances(
     test: &str,
     configure: impl Fn(&mut gatehouse::Settings),
 ) -> Option<(TestServer, TestServer, Vec<tempfile::TempDir>)> {

@@ -37,6 +37,7 @@ mod network;
 mod openapi;
 mod properties;
 mod protocol;
+mod sessions;
 mod throttle;
 mod tokens;
 mod users;

@@ -66,6 +66,12 @@ pub fn not_run(test: &str) {
     );
 }
 
+/// The store of the test being run (`store_test!`), sled outside one: for
+/// tests that start the binary themselves.
+pub fn backend() -> Backend {
+    BACKEND.try_with(|b| *b).unwrap_or(Backend::Sled)
+}
+
 /// A fresh, empty schema in the test database, and a store URL that uses it.
 pub async fn fresh_schema_url() -> String {
     let base = test_database_url().expect("GATEHOUSE_TEST_DATABASE_URL is set");
@@ -243,6 +249,17 @@ impl TestServer {
             email: email.into(),
             token: self.login(email, PASSWORD).await,
         }
+    }
+
+    /// Logs in and returns the whole answer (the token pair).
+    pub async fn login_pair(&self, email: &str, password: &str) -> Value {
+        let reply = self
+            .post("/api/auth/login")
+            .json(json!({"email": email, "password": password}))
+            .send()
+            .await;
+        assert_eq!(reply.status, 200, "login {email}: {}", reply.body);
+        reply.body
     }
 
     /// A token as servers issued before sessions existed (no `sid`), signed
@@ -446,6 +463,14 @@ impl Binary {
             .expect("address in the log line");
         binary.base = format!("http://{address}");
         binary
+    }
+
+    /// A request to this server, on a client of its own (the process may be
+    /// killed and restarted between requests).
+    pub fn request(&self, method: Method, path: &str) -> Req {
+        Req {
+            builder: reqwest::Client::new().request(method, format!("{}{}", self.base, path)),
+        }
     }
 
     /// Reads log lines until one contains `needle`, or the deadline passes.

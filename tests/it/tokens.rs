@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
+pub(crate) const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
 
 fn now() -> u64 {
     gatehouse::domain::unix_now()
@@ -19,7 +19,7 @@ fn claims(id: &str) -> Value {
            "jti": "0123456789abcdef", "iss": "gatehouse", "pwv": 0})
 }
 
-fn sign(claims: &Value, key: &[u8]) -> String {
+pub(crate) fn sign(claims: &Value, key: &[u8]) -> String {
     encode(
         &Header::new(Algorithm::HS256),
         claims,
