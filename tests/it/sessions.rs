@@ -351,6 +351,28 @@ async fn a_token_spent_two_rotations_ago_inside_its_window_gets_the_current_toke
 }
 
 store_test! {
+/// The converse: a token whose own window has passed is reuse, even when a
+/// later rotation of the chain has just opened a window of its own.
+async fn a_token_past_its_own_window_is_reuse_even_after_a_fresh_rotation() {
+    let server = TestServer::start_with(|s| s.auth.refresh_reuse_secs = 1).await;
+    let (_, first) = register_pair(&server, "Stale", "stale@example.com").await;
+    let second = refreshed(&server, &first.refresh).await;
+    let spent_at = gatehouse::domain::unix_now();
+    // Let the first token's window pass (times are whole seconds) without
+    // presenting it, which would itself be reuse.
+    eventually(EXPIRY_DEADLINE, "the first window passes", async || {
+        gatehouse::domain::unix_now() > spent_at + 2
+    })
+    .await;
+    let third = refreshed(&server, &second.refresh).await;
+    assert_refresh_refused(&refresh(&server, &first.refresh).await);
+    for pair in [&first, &second, &third] {
+        assert_ended(&server, pair, "after reuse of a token past its window").await;
+    }
+}
+}
+
+store_test! {
 /// A spent token presented after the window is a stolen one (or a thief
 /// racing the owner): the whole session ends, and nothing else does.
 async fn a_spent_refresh_token_after_the_window_ends_its_whole_session() {
