@@ -4,7 +4,8 @@
 # Usage:
 #   bench/run.sh            the real run (release build, cost 10, 10 s per
 #                           scenario, 100,000 users with 3 sessions each);
-#                           ~4-5 minutes after the build
+#                           ~6 minutes after the build (2 of them seeding
+#                           300,000 sessions)
 #   bench/run.sh --smoke    smoke mode (also BENCH_SMOKE=1): debug build, cost 4,
 #                           1 s per scenario, 1,000 users. It checks only that
 #                           every scenario ran and produced numbers.
