@@ -3,7 +3,9 @@
 #
 # Usage:
 #   bench/run.sh            the real run (release build, cost 10, 10 s per
-#                           scenario, 100,000 users); ~2-3 minutes after the build
+#                           scenario, 100,000 users with 3 sessions each);
+#                           ~6 minutes after the build (2 of them seeding
+#                           300,000 sessions)
 #   bench/run.sh --smoke    smoke mode (also BENCH_SMOKE=1): debug build, cost 4,
 #                           1 s per scenario, 1,000 users. It checks only that
 #                           every scenario ran and produced numbers.
@@ -24,17 +26,29 @@
 #      alone followed by /me while a second wrk floods POST /api/auth/login
 #      (16 connections), compared round by round (medians of the ratios);
 #      then login (16), register with unique emails (16), PATCH
-#      /api/users/{id} name changes by the user itself (64); notes the idle
-#      RSS;
+#      /api/users/{id} name changes by the user itself (64), and POST
+#      /api/auth/refresh (64 connections, each rotating its own session's
+#      chain: 64 logins first, then `wrk -t64 -c64` with bench/refresh.lua,
+#      one connection per wrk thread, each always presenting the refresh
+#      token of its previous answer); notes the idle RSS;
 #   3. stops both;
-#   4. measures one core's bcrypt verify rate at the benchmark's cost
+#   4. the same refresh scenario on the PostgreSQL store: a scratch database
+#      (createdb on BENCH_PG_URL, dropped on exit), gatehouse with
+#      GATEHOUSE_STORE__URL on it (pinned to CPU 0; PostgreSQL itself is not
+#      pinned and shares both CPUs). If PostgreSQL does not answer there, its
+#      row says so and the run goes on;
+#   5. measures one core's bcrypt verify rate at the benchmark's cost
 #      (examples/bcrypt_ceiling.rs on CPU 0): the ceiling for login/register;
-#   5. seeds a second data dir with BENCH_USERS users (examples/seed.rs, server
+#   6. seeds a second data dir with BENCH_USERS users (examples/seed.rs, server
 #      stopped) plus an admin, starts gatehouse on it and times its cold start
 #      to the first 200 from GET /healthz, pages through all users as the
 #      admin, runs /me briefly, then reads the RSS (VmRSS) and, once it is
-#      stopped, the data dir's size (du -sk).
-#   Only one server runs at a time. The tables go to stdout and to
+#      stopped, the data dir's size (du -sk);
+#   7. adds BENCH_SESSIONS sessions to each of those users (examples/seed.rs
+#      again, server stopped: Session::start and Store::insert_session, as a
+#      login does) and measures the same again: cold start (which includes
+#      the start-up purge's scan of every session), listing, /me, RSS, disk.
+#   Only one gatehouse runs at a time. The tables go to stdout and to
 #   target/bench/results.md; wrk's raw outputs to target/bench/raw/.
 #
 # Environment (defaults: real run / smoke):
@@ -42,6 +56,10 @@
 #   BENCH_ROUNDS, ROUND_DURATION   /me-vs-baseline rounds and each one's
 #                length                          5, 4s / 1, 1s
 #   BENCH_USERS  users seeded for RSS, disk, cold start   100000 / 1000
+#   BENCH_SESSIONS   sessions then added to each seeded user   3 / 3
+#   BENCH_PG_URL     PostgreSQL server for the refresh scenario's scratch
+#                database (user with CREATEDB; empty: skip that row)
+#                                   postgres://postgres@127.0.0.1:5432
 #   BENCH_COST   bcrypt cost                    10 / 4
 #   PROFILE      cargo profile: release or dev (debug)    release / dev
 #   BENCH_CEILING_SECS   bcrypt ceiling measurement time  3 / 1
@@ -50,6 +68,7 @@
 #                up to a 4 ms tick, to the measured latencies)
 #   SERVER_CPU, CLIENT_CPU   CPUs for the servers and for wrk   0, 1
 #   BENCH_OUT_DIR  where results go             target/bench
+#                (target/ is CARGO_TARGET_DIR when that is set)
 #
 # Exit status: non-zero if a step fails or a scenario produced no requests or
 # unexpected errors. There are no timing assertions: the ratios are reported,
@@ -71,6 +90,7 @@ if [[ $SMOKE == 1 ]]; then
   ROUNDS=${BENCH_ROUNDS:-1}
   ROUND_DURATION=${ROUND_DURATION:-1s}
   USERS=${BENCH_USERS:-1000}
+  SESSIONS=${BENCH_SESSIONS:-3}
   COST=${BENCH_COST:-4}
   PROFILE=${PROFILE:-dev}
   CEILING_SECS=${BENCH_CEILING_SECS:-1}
@@ -80,12 +100,20 @@ else
   ROUNDS=${BENCH_ROUNDS:-5}
   ROUND_DURATION=${ROUND_DURATION:-4s}
   USERS=${BENCH_USERS:-100000}
+  SESSIONS=${BENCH_SESSIONS:-3}
   COST=${BENCH_COST:-10}
   PROFILE=${PROFILE:-release}
   CEILING_SECS=${BENCH_CEILING_SECS:-3}
   MODE=full
 fi
 WRK_THREADS=${WRK_THREADS:-1}
+PG_URL=${BENCH_PG_URL-postgres://postgres@127.0.0.1:5432}
+# The store of every scenario but the PostgreSQL refresh row: sled, unless
+# GATEHOUSE_STORE__URL is set for the whole run.
+MAIN_STORE=sled
+[[ -z ${GATEHOUSE_STORE__URL:-} ]] || MAIN_STORE="PostgreSQL (GATEHOUSE_STORE__URL)"
+# Refresh chains: one session, one connection and one wrk thread each.
+REFRESH_CLIENTS=64
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -106,6 +134,7 @@ die() { printf 'bench/run.sh: %s\n' "$*" >&2; exit 1; }
 # --- processes and temp dirs: everything started is stopped on exit ---------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-bench.XXXXXX")
 PIDS=()
+PG_DB= # the scratch PostgreSQL database, once created
 cleanup() {
   local status=$? pid
   for pid in "${PIDS[@]}"; do
@@ -115,6 +144,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do
     stop_pid "$pid" 2>/dev/null || true
   done
+  [[ -z $PG_DB ]] || drop_pg_db || true
   rm -rf "$WORK"
   exit "$status"
 }
@@ -169,9 +199,10 @@ wait_for_health() {
   done
 }
 
-# Starts gatehouse on DATA_DIR pinned to SERVER_CPU; sets GH_PID and GH_LOG.
-start_gatehouse() {
-  local data_dir=$1 name=$2
+# Starts gatehouse on DATA_DIR (and on the PostgreSQL database STORE_URL if
+# given) pinned to SERVER_CPU; sets GH_PID and GH_LOG.
+start_gatehouse() { # DATA_DIR NAME [STORE_URL]
+  local data_dir=$1 name=$2 store_url=${3:-}
   GH_LOG=$WORK/$name.log
   (
     cd "$WORK"
@@ -180,6 +211,7 @@ start_gatehouse() {
       GATEHOUSE_LIMITS__LOGIN_FAILURES_PER_ADDRESS=10000 \
       GATEHOUSE_LIMITS__REGISTRATIONS_PER_ADDRESS=100000
     unset RUST_LOG
+    [[ -z $store_url ]] || export GATEHOUSE_STORE__URL=$store_url
     exec taskset -c "$SERVER_CPU" "$BIN_DIR/gatehouse" --port 0 --data-dir "$data_dir"
   ) 2>"$GH_LOG" >/dev/null &
   GH_PID=$!
@@ -218,6 +250,19 @@ login() { # ADDRESS EMAIL -> token
   echo "$token"
 }
 
+# login_sessions ADDRESS EMAIL COUNT FILE: COUNT logins of EMAIL, so COUNT
+# sessions; their refresh tokens go to FILE, one a line.
+login_sessions() {
+  local address=$1 email=$2 count=$3 file=$4 i refresh_token
+  : >"$file"
+  for ((i = 0; i < count; i++)); do
+    refresh_token=$(post_json "$address" /api/auth/login \
+      "{\"email\":\"$email\",\"password\":\"$PASSWORD\"}" | json_field refresh_token)
+    [[ -n $refresh_token ]] || die "logging in as $email gave no refresh_token"
+    echo "$refresh_token" >>"$file"
+  done
+}
+
 me_id() { # ADDRESS TOKEN -> _id
   local id
   id=$(curl -sS --max-time 10 "http://$1/api/auth/me" -H "x-access-token: $2" | json_field _id)
@@ -228,12 +273,13 @@ me_id() { # ADDRESS TOKEN -> _id
 # --- wrk runs and their numbers ----------------------------------------------
 declare -A REQ RPS P50 P99 NON2XX SOCKERR DUR_US
 
-# wrk_command KEY SCRIPT CONNECTIONS URL: sets WRK_CMD to wrk pinned to
-# CLIENT_CPU for DURATION, and WRK_OUT to its output file (OUT_DIR/raw/KEY.txt).
-# Callers run "${WRK_CMD[@]}" with the script's env variables in front, in the
+# wrk_command KEY SCRIPT CONNECTIONS URL [THREADS]: sets WRK_CMD to wrk
+# pinned to CLIENT_CPU for DURATION (with WRK_THREADS threads unless THREADS
+# is given), and WRK_OUT to its output file (OUT_DIR/raw/KEY.txt). Callers
+# run "${WRK_CMD[@]}" with the script's env variables in front, in the
 # background where two must run at once (then $! is wrk itself).
 wrk_command() {
-  local key=$1 script=$2 connections=$3 url=$4 threads=$WRK_THREADS
+  local key=$1 script=$2 connections=$3 url=$4 threads=${5:-$WRK_THREADS}
   ((threads <= connections)) || threads=$connections
   WRK_CMD=(taskset -c "$CLIENT_CPU" wrk --latency --timeout 30s -t "$threads"
     -c "$connections" -d "${WRK_DURATION:-$DURATION}" -s "$ROOT/bench/$script" "$url")
@@ -264,6 +310,41 @@ collect() {
   log "$key: ${RPS[$key]} req/s, p50 ${p50_us} us, p99 ${p99_us} us, non-2xx $non2xx, socket errors $socket_errors"
 }
 
+# refresh_scenario KEY ADDRESS: a new user with REFRESH_CLIENTS sessions (a
+# registration, then one login per session), then POST /api/auth/refresh
+# with one connection and one wrk thread per session (bench/refresh.lua).
+refresh_scenario() {
+  local key=$1 address=$2 email tokens=$WORK/$1-refresh-tokens.txt
+  email=bench-$key-$RUN_ID@bench.example
+  register "$address" "$email" >/dev/null
+  login_sessions "$address" "$email" "$REFRESH_CLIENTS" "$tokens"
+  wrk_command "$key" refresh.lua "$REFRESH_CLIENTS" "http://$address/api/auth/refresh" \
+    "$REFRESH_CLIENTS"
+  BENCH_REFRESH_TOKENS=$tokens "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+  collect "$key"
+}
+
+# --- PostgreSQL: a scratch database for the refresh scenario -----------------
+pg_psql() { # SQL: runs SQL on PG_URL's postgres database
+  PGCONNECT_TIMEOUT=3 psql "$PG_URL/postgres" -X -q -At -v ON_ERROR_STOP=1 -c "$1"
+}
+# Whether PostgreSQL answers at PG_URL; if not, says why in PG_MISSING.
+pg_reachable() {
+  PG_MISSING=
+  if [[ -z $PG_URL ]]; then
+    PG_MISSING="not run: BENCH_PG_URL is empty"
+  elif ! command -v psql >/dev/null; then
+    PG_MISSING="not run: no psql to create a scratch database"
+  elif ! pg_psql 'select 1' >/dev/null 2>&1; then
+    PG_MISSING="not run: PostgreSQL not reachable at ${PG_URL#*@}"
+  fi
+  [[ -z $PG_MISSING ]]
+}
+drop_pg_db() {
+  pg_psql "drop database if exists $PG_DB with (force)" >/dev/null
+  PG_DB=
+}
+
 # --- build and tools -----------------------------------------------------------
 need() { # COMMAND DEBIAN-PACKAGE
   command -v "$1" >/dev/null && return 0
@@ -292,7 +373,7 @@ mkdir -p "$OUT_DIR/raw"
 rm -f "$OUT_DIR"/raw/*.txt
 STARTED=$SECONDS
 
-# --- 1. gatehouse on a fresh data dir ----------------------------------------
+# --- 2. gatehouse on a fresh data dir ----------------------------------------
 log "gatehouse on a fresh data dir (cost $COST, $DURATION per scenario)"
 start_gatehouse "$WORK/data-fresh" fresh
 ADDRESS=$(wait_for_address "$GH_LOG" "$GH_PID")
@@ -423,13 +504,31 @@ wrk_command patch patch.lua 64 "http://$ADDRESS/api/users/$PATCH_ID"
 BENCH_TOKEN=$PATCH_TOKEN "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
 collect patch
 
+log "POST /api/auth/refresh on $MAIN_STORE, $REFRESH_CLIENTS connections, each its own session's chain"
+refresh_scenario refresh "$ADDRESS"
+
 stop_server "$GH_PID"
 
-# --- 3. one core's bcrypt verify rate ---------------------------------------------
+# --- 4. the refresh scenario on PostgreSQL ----------------------------------------
+if pg_reachable; then
+  PG_DB=gatehouse_bench_${RUN_ID//-/_}
+  log "POST /api/auth/refresh on PostgreSQL (scratch database $PG_DB at ${PG_URL#*@})"
+  pg_psql "create database $PG_DB" >/dev/null
+  start_gatehouse "$WORK/data-pg" pg "$PG_URL/$PG_DB"
+  ADDRESS=$(wait_for_address "$GH_LOG" "$GH_PID")
+  wait_for_health "$ADDRESS"
+  refresh_scenario refresh_pg "$ADDRESS"
+  stop_server "$GH_PID"
+  drop_pg_db
+else
+  log "PostgreSQL refresh row: $PG_MISSING"
+fi
+
+# --- 5. one core's bcrypt verify rate ---------------------------------------------
 log "bcrypt verify ceiling on CPU $SERVER_CPU (cost $COST, ${CEILING_SECS}s)"
 CEILING=$(taskset -c "$SERVER_CPU" "$BIN_DIR/examples/bcrypt_ceiling" "$COST" "$CEILING_SECS")
 
-# --- 4. many users: seed, cold start, RSS, disk -------------------------------------
+# --- 6. many users: seed, cold start, RSS, disk -------------------------------------
 log "seeding $USERS users (server stopped)"
 SEEDED=$WORK/data-seeded
 SEED_OUTPUT=$(GATEHOUSE_AUTH__SECRET=$SECRET "$BIN_DIR/examples/seed" "$SEEDED" "$USERS" "$COST")
@@ -442,34 +541,54 @@ ADMIN_EMAIL=admin@bench.example
     admin create --email "$ADMIN_EMAIL" --name Admin --password-stdin <<<"$PASSWORD" >/dev/null
 )
 
-log "cold start with $USERS users"
-COLD_START_T0=$(now_ms)
-start_gatehouse "$SEEDED" seeded
-ADDRESS=$(wait_for_address "$GH_LOG" "$GH_PID")
-wait_for_health "$ADDRESS"
-COLD_START_MS=$(($(now_ms) - COLD_START_T0))
-RSS_COLD=$(rss_kib "$GH_PID")
+# measure_seeded KEY LABEL: starts gatehouse on SEEDED and times its cold
+# start to the first 200, pages through all users as the admin, runs /me
+# (wrk KEY) as a seeded user, reads the RSS, stops it and reads the data dir's
+# size. Sets M_COLD_MS, M_RSS_COLD, M_RSS, M_HWM (KiB) and M_DISK (KiB).
+measure_seeded() {
+  local key=$1 label=$2 listed=0 after= page count admin_token seed_token t0
+  log "cold start with $label"
+  t0=$(now_ms)
+  start_gatehouse "$SEEDED" "$key"
+  ADDRESS=$(wait_for_address "$GH_LOG" "$GH_PID")
+  wait_for_health "$ADDRESS"
+  M_COLD_MS=$(($(now_ms) - t0))
+  M_RSS_COLD=$(rss_kib "$GH_PID")
 
-log "listing all users as the admin, then /me as a seeded user"
-ADMIN_TOKEN=$(login "$ADDRESS" "$ADMIN_EMAIL")
-LISTED=0 AFTER=
-while :; do
-  PAGE=$(curl -sS --max-time 60 "http://$ADDRESS/api/users?limit=1000${AFTER:+&after=$AFTER}" \
-    -H "x-access-token: $ADMIN_TOKEN")
-  COUNT=$({ grep -o '"_id":"[^"]*"' <<<"$PAGE" || true; } | wc -l)
-  LISTED=$((LISTED + COUNT))
-  ((COUNT == 1000)) || break
-  AFTER=$(grep -o '"_id":"[^"]*"' <<<"$PAGE" | tail -n 1 | cut -d '"' -f 4)
-done
-((LISTED == USERS + 1)) || die "listed $LISTED users, expected $((USERS + 1))"
-SEED_TOKEN=$(login "$ADDRESS" seed-0@bench.example)
-wrk_command seeded_me me.lua 64 "http://$ADDRESS/api/auth/me"
-BENCH_TOKEN=$SEED_TOKEN "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
-collect seeded_me
-RSS_USERS=$(rss_kib "$GH_PID")
-HWM_USERS=$(hwm_kib "$GH_PID")
-stop_server "$GH_PID"
-DISK_KIB=$(du -sk "$SEEDED" | cut -f 1)
+  log "listing all users as the admin, then /me as a seeded user ($label)"
+  admin_token=$(login "$ADDRESS" "$ADMIN_EMAIL")
+  while :; do
+    page=$(curl -sS --max-time 60 "http://$ADDRESS/api/users?limit=1000${after:+&after=$after}" \
+      -H "x-access-token: $admin_token")
+    count=$({ grep -o '"_id":"[^"]*"' <<<"$page" || true; } | wc -l)
+    listed=$((listed + count))
+    ((count == 1000)) || break
+    after=$(grep -o '"_id":"[^"]*"' <<<"$page" | tail -n 1 | cut -d '"' -f 4)
+  done
+  ((listed == USERS + 1)) || die "listed $listed users, expected $((USERS + 1))"
+  seed_token=$(login "$ADDRESS" seed-0@bench.example)
+  wrk_command "$key" me.lua 64 "http://$ADDRESS/api/auth/me"
+  BENCH_TOKEN=$seed_token "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+  collect "$key"
+  M_RSS=$(rss_kib "$GH_PID")
+  M_HWM=$(hwm_kib "$GH_PID")
+  stop_server "$GH_PID"
+  M_DISK=$(du -sk "$SEEDED" | cut -f 1)
+}
+
+measure_seeded seeded_me "$USERS users"
+COLD_START_MS=$M_COLD_MS RSS_COLD=$M_RSS_COLD RSS_USERS=$M_RSS HWM_USERS=$M_HWM DISK_KIB=$M_DISK
+
+# --- 7. the same users with sessions ------------------------------------------------
+TOTAL_SESSIONS=$((USERS * SESSIONS))
+log "adding $SESSIONS sessions to each of the $USERS users (server stopped)"
+SEED_OUTPUT=$(GATEHOUSE_AUTH__SECRET=$SECRET "$BIN_DIR/examples/seed" "$SEEDED" "$USERS" "$COST" \
+  "$SESSIONS")
+log "$SEED_OUTPUT"
+SESSION_SEED_SECS=$(sed -n 's/.* in \([0-9.]*\) s .*/\1/p' <<<"$SEED_OUTPUT")
+measure_seeded sessions_me "$USERS users × $SESSIONS sessions"
+SESSIONS_COLD_START_MS=$M_COLD_MS RSS_SESSIONS_COLD=$M_RSS_COLD RSS_SESSIONS=$M_RSS
+HWM_SESSIONS=$M_HWM DISK_SESSIONS_KIB=$M_DISK
 
 # --- report ---------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
@@ -477,7 +596,7 @@ ms() { awk -v u="$1" 'BEGIN { m = u / 1000; f = m >= 100 ? "%.0f ms" : "%.2f ms"
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
 errors() {
   local total=$((NON2XX[$1] + SOCKERR[$1]))
-  if ((total == 0)); then echo 0; else echo "$total (non-2xx ${NON2XX[$1]}, socket ${SOCKERR[$1]})"; fi
+  if ((total == 0)); then echo 0; else echo "$total (bad status ${NON2XX[$1]}, socket ${SOCKERR[$1]})"; fi
 }
 row() { # KEY LABEL RATIO
   local p50=n/a p99=n/a
@@ -488,13 +607,22 @@ CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD 2>/dev/null || COMMIT="$COMMIT (with uncommitted changes)"
 PATCH_FLOOR=2000
+REFRESH_FLOOR=2000
+REFRESH_LABEL="(c$REFRESH_CLIENTS, each its own session's chain; rotations/s)"
+if [[ -n ${RPS[refresh_pg]:-} ]]; then
+  REFRESH_PG_ROW=$(row refresh_pg "POST /api/auth/refresh, PostgreSQL $REFRESH_LABEL" \
+    "$(ratio "${RPS[refresh_pg]}" "$REFRESH_FLOOR") × 2,000/s; $(ratio "${RPS[refresh_pg]}" "${RPS[refresh]}") × $MAIN_STORE")
+else
+  REFRESH_PG_ROW="| POST /api/auth/refresh, PostgreSQL $REFRESH_LABEL | $PG_MISSING | | | | |"
+fi
 RESULTS=$OUT_DIR/results.md
 {
   echo "## gatehouse load benchmark ($MODE run)"
   echo
   echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), commit $COMMIT, profile $PROFILE, bcrypt cost $COST,"
-  echo "$DURATION per scenario ($ROUNDS × $ROUND_DURATION for /me vs baseline), $USERS seeded users; $CPUS CPUs ($CPU_MODEL); servers on CPU"
-  echo "$SERVER_CPU, wrk ($WRK_THREADS threads) on CPU $CLIENT_CPU; command: \`bench/run.sh$([[ $SMOKE == 1 ]] && echo ' --smoke')\`"
+  echo "$DURATION per scenario ($ROUNDS × $ROUND_DURATION for /me vs baseline), $USERS seeded users (then $SESSIONS sessions each); store $MAIN_STORE;"
+  echo "$CPUS CPUs ($CPU_MODEL); servers on CPU $SERVER_CPU, wrk ($WRK_THREADS threads; refresh: one per connection) on CPU $CLIENT_CPU;"
+  echo "command: \`bench/run.sh$([[ $SMOKE == 1 ]] && echo ' --smoke')\`"
   echo
   echo "| scenario | requests/s | p50 | p99 | errors | ratio to its ceiling |"
   echo "| --- | ---: | ---: | ---: | ---: | --- |"
@@ -507,7 +635,10 @@ RESULTS=$OUT_DIR/results.md
   row flood_me "/me during a login flood (c64; median of $ROUNDS rounds)" \
     "rps $FLOOD_RPS_RATIO × solo, p99 $FLOOD_P99_RATIO × solo (medians of the rounds' ratios)"
   row flood_login "the login flood itself (c16; all rounds; worst round's latencies)" "$(ratio "${RPS[flood_login]}" "$CEILING") × bcrypt ceiling"
+  row refresh "POST /api/auth/refresh, $MAIN_STORE $REFRESH_LABEL" "$(ratio "${RPS[refresh]}" "$REFRESH_FLOOR") × 2,000/s"
+  echo "$REFRESH_PG_ROW"
   row seeded_me "/me with $USERS users stored (c64)" "$(ratio "${RPS[seeded_me]}" "${RPS[me]}") × /me on a fresh store"
+  row sessions_me "/me with $USERS users × $SESSIONS sessions stored (c64)" "$(ratio "${RPS[sessions_me]}" "${RPS[me]}") × /me on a fresh store"
   echo
   echo "| measure | value | against |"
   echo "| --- | ---: | --- |"
@@ -518,6 +649,11 @@ RESULTS=$OUT_DIR/results.md
   echo "| data dir on disk, $USERS users | $(mib "$DISK_KIB") | |"
   echo "| cold start to first 200, $USERS users | $COLD_START_MS ms | $(ratio "$COLD_START_MS" 1000) × 1 s |"
   echo "| seeding $USERS users (64 concurrent inserts) | ${SEED_SECS:-?} s | |"
+  echo "| RSS after start with $USERS users × $SESSIONS sessions | $(mib "$RSS_SESSIONS_COLD") | |"
+  echo "| RSS after listing all $USERS users and /me load, $USERS users × $SESSIONS sessions | $(mib "$RSS_SESSIONS") (peak $(mib "$HWM_SESSIONS")) | $(ratio "$RSS_SESSIONS" 65536) × 64 MiB |"
+  echo "| data dir on disk, $USERS users × $SESSIONS sessions | $(mib "$DISK_SESSIONS_KIB") | $(ratio "$DISK_SESSIONS_KIB" "$DISK_KIB") × users alone |"
+  echo "| cold start to first 200, $USERS users × $SESSIONS sessions | $SESSIONS_COLD_START_MS ms | $(ratio "$SESSIONS_COLD_START_MS" 1000) × 1 s |"
+  echo "| seeding $TOTAL_SESSIONS sessions (64 concurrent inserts) | ${SESSION_SEED_SECS:-?} s | |"
   echo
   echo "/me ÷ baseline in each round ($ROUND_DURATION each, alternating): ${ROUND_RATIOS[*]}"
   echo
@@ -530,8 +666,12 @@ log "results in $RESULTS; wrk outputs in $OUT_DIR/raw/ ($((SECONDS - STARTED)) s
 
 # --- checks: every scenario ran and produced numbers; no timing assertions ------
 FAILED=()
-for key in me solo flood_me flood_login login register patch baseline seeded_me; do
-  ((NON2XX[$key] == 0)) || FAILED+=("$key: ${NON2XX[$key]} responses with status >= 400")
+CHECKED=(me solo flood_me flood_login login register patch refresh baseline seeded_me sessions_me)
+[[ -z ${RPS[refresh_pg]:-} ]] || CHECKED+=(refresh_pg)
+for key in "${CHECKED[@]}"; do
+  # refresh.lua counts every answer but a 200 with a refresh token; the
+  # other scripts, statuses of 400 and more.
+  ((NON2XX[$key] == 0)) || FAILED+=("$key: ${NON2XX[$key]} error responses")
   ((SOCKERR[$key] == 0)) || FAILED+=("$key: ${SOCKERR[$key]} socket errors or timeouts")
   if ((REQ[$key] == 0)) && [[ $key == flood_login ]]; then
     # Hashing runs at idle CPU priority: while /me keeps the server's CPU
@@ -543,7 +683,8 @@ for key in me solo flood_me flood_login login register patch baseline seeded_me;
   ((P99[$key] > 0)) || FAILED+=("$key: no latency recorded")
 done
 awk -v c="$CEILING" 'BEGIN { exit !(c > 0) }' || FAILED+=("bcrypt ceiling: no rate")
-for measure in RSS_IDLE RSS_COLD RSS_USERS DISK_KIB COLD_START_MS; do
+for measure in RSS_IDLE RSS_COLD RSS_USERS DISK_KIB COLD_START_MS RSS_SESSIONS_COLD RSS_SESSIONS \
+  DISK_SESSIONS_KIB SESSIONS_COLD_START_MS; do
   [[ ${!measure} =~ ^[0-9]+$ ]] && ((${!measure} > 0)) || FAILED+=("$measure: no number")
 done
 if ((${#FAILED[@]} > 0)); then
