@@ -89,6 +89,9 @@ pub enum Refresh {
     Refused,
 }
 
+/// Sessions a user keeps at most; a new one beyond ends the oldest.
+pub const MAX_SESSIONS_PER_USER: usize = 100;
+
 /// Attempts of a rotation that keeps losing races, before giving up: each
 /// loss means another rotation won, after which the token is no longer
 /// current and the next attempt decides without a write.
@@ -237,11 +240,14 @@ impl Store {
         }
     }
 
-    /// Stores a new session; `NotFound` if its user is gone.
+    /// Stores a new session; `NotFound` if its user is gone. A user keeps
+    /// at most [`MAX_SESSIONS_PER_USER`]: the oldest beyond it end, so that
+    /// signing in over and over (which needs only the password) cannot
+    /// grow the store, or a listing, without bound.
     pub async fn insert_session(&self, session: Session) -> Result<(), StoreError> {
         match self {
-            Store::Sled { db, .. } => db.insert_session(session).await,
-            Store::Postgres { db, .. } => db.insert_session(session).await,
+            Store::Sled { db, .. } => db.insert_session(session, MAX_SESSIONS_PER_USER).await,
+            Store::Postgres { db, .. } => db.insert_session(session, MAX_SESSIONS_PER_USER).await,
         }
     }
 

@@ -387,8 +387,10 @@ impl PgStore {
     }
 
     /// Stores a new session of an existing user (`NotFound` otherwise, by
-    /// the foreign key).
-    pub async fn insert_session(&self, session: Session) -> Result<(), StoreError> {
+    /// the foreign key), ending its oldest ones beyond `keep` (the new one
+    /// included; ids are UUIDv7s, so id order is creation order).
+    pub async fn insert_session(&self, session: Session, keep: usize) -> Result<(), StoreError> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         let (id, user_id) = (parse_id(&session.id)?, parse_id(&session.user_id)?);
         let sql = format!(
             "INSERT INTO gatehouse_sessions ({SESSION_COLUMNS})
@@ -413,6 +415,16 @@ impl PgStore {
                             &spent_at(&s),
                             &s.refresh_hash.as_slice(),
                         ],
+                    )
+                    .await?;
+                // A separate statement: a racing sign-in may leave one more
+                // until the next.
+                client
+                    .execute(
+                        "DELETE FROM gatehouse_sessions WHERE id IN (
+                            SELECT id FROM gatehouse_sessions WHERE user_id = $1
+                            ORDER BY id DESC OFFSET $2)",
+                        &[&user_id, &keep],
                     )
                     .await?;
                 Ok(())

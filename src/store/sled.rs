@@ -321,21 +321,34 @@ impl SledStore {
         .await
     }
 
-    /// Stores a new session of an existing user (`NotFound` otherwise).
-    pub async fn insert_session(&self, session: Session) -> Result<(), StoreError> {
+    /// Stores a new session of an existing user (`NotFound` otherwise),
+    /// ending its oldest ones beyond `keep` (the new one included).
+    pub async fn insert_session(&self, session: Session, keep: usize) -> Result<(), StoreError> {
         let store = self.clone();
         self.write(move || {
             let record = encode_session(&session)?;
+            // Ids are UUIDv7s, so the index lists a user's sessions oldest
+            // first. (Read before the transaction, which cannot scan: a
+            // racing sign-in may leave one more until the next.)
+            let existing = store.session_ids_of(&session.user_id)?;
+            let evicted = &existing[..existing.len().saturating_sub(keep.saturating_sub(1))];
             (&store.users, &store.sessions, &store.user_sessions)
                 .transaction(|(users, sessions, index)| {
                     if users.get(session.user_id.as_bytes())?.is_none() {
                         return abort(StoreError::NotFound);
+                    }
+                    for sid in evicted {
+                        sessions.remove(sid.as_bytes())?;
+                        index.remove(index_key(&session.user_id, sid))?;
                     }
                     sessions.insert(session.id.as_bytes(), record.as_slice())?;
                     index.insert(index_key(&session.user_id, &session.id), &[])?;
                     Ok(())
                 })
                 .map_err(tx_error)?;
+            for sid in evicted {
+                store.sessions_cache.forget(sid);
+            }
             store.sessions_cache.forget(&session.id);
             Ok(())
         })

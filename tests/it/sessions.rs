@@ -330,6 +330,32 @@ async fn a_spent_refresh_token_inside_the_window_gets_the_same_successor() {
 }
 
 store_test! {
+/// Signing in needs only the password, so a script holding it could start
+/// sessions without end: a user keeps the newest
+/// `MAX_SESSIONS_PER_USER`, and one more ends the oldest (its access and
+/// refresh tokens with it), never a newer one.
+async fn a_user_keeps_at_most_the_newest_sessions_and_the_oldest_ends() {
+    use gatehouse::store::MAX_SESSIONS_PER_USER;
+    let server = TestServer::start().await;
+    let (_, oldest) = register_pair(&server, "Many", "many@example.com").await;
+    let second = login_pair(&server, "many@example.com").await;
+    let mut newest = second.clone();
+    for _ in 2..MAX_SESSIONS_PER_USER {
+        newest = login_pair(&server, "many@example.com").await;
+    }
+    assert_eq!(sessions(&server, &newest.token).await.len(), MAX_SESSIONS_PER_USER);
+    assert_alive(&server, &oldest, "at the limit, nothing has ended").await;
+    let one_more = login_pair(&server, "many@example.com").await;
+    assert_ended(&server, &oldest, "the oldest session, past the limit").await;
+    assert_alive(&server, &second, "the next oldest").await;
+    assert_alive(&server, &one_more, "the new one").await;
+    let listed = sessions(&server, &one_more.token).await;
+    assert_eq!(listed.len(), MAX_SESSIONS_PER_USER);
+    assert!(!ids(&listed).contains(&sid(&oldest.token)));
+}
+}
+
+store_test! {
 /// The window is each spent token's own (API.md: "within
 /// `auth.refresh_reuse_secs` of its rotation"): a tab that slept through two
 /// rotations by another tab, inside that window, is no thief. It gets the
