@@ -1,4 +1,5 @@
-//! How the sled store writes a [`User`] as bytes, and reads it back.
+//! How the sled store writes a [`User`] and a [`Session`] as bytes, and
+//! reads them back.
 //!
 //! Format 1 (what is written now): one version byte `0x01`, the role (`0`
 //! user, `1` admin), then `password_version`, `created_at` and `updated_at`
@@ -10,7 +11,16 @@
 //!
 //! Records written before (JSON objects, always starting with `{`) are still
 //! read; they are rewritten in format 1 when the user next changes.
+//!
+//! Sessions, format 1: `0x01`, then `created_at`, `last_used_at`,
+//! `expires_at`, `password_version` and `generation` as little-endian
+//! `u64`s, the count of `spent_at` entries (`u32`) and the entries (`u64`
+//! each), the 32 bytes of `refresh_hash`, then `user_id`, `user_agent` and
+//! `ip` as length-prefixed strings; the id is the key. About 40 % of the
+//! JSON (a 357-byte session in the benchmark takes 159), and every session
+//! is written at each refresh; JSON sessions (`{`) are still read.
 
+use crate::domain::session::Session;
 use crate::domain::user::{Role, User};
 
 const FORMAT_1: u8 = 0x01;
@@ -31,11 +41,7 @@ pub fn encode(user: &User) -> Vec<u8> {
         out.extend_from_slice(&number.to_le_bytes());
     }
     for string in strings {
-        // Names, emails and hashes are bounded far below 4 GiB by the input
-        // rules; saturating keeps a broken record detectable, not wrapped.
-        let len = u32::try_from(string.len()).unwrap_or(u32::MAX);
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(string.as_bytes());
+        push_string(&mut out, string);
     }
     out
 }
@@ -63,12 +69,7 @@ fn decode_format_1(id: &str, bytes: &[u8]) -> Result<User, BadRecord> {
     let name = reader.string()?;
     let email = reader.string()?;
     let password_hash = reader.string()?;
-    if !reader.0.is_empty() {
-        return Err(BadRecord(format!(
-            "{} bytes after the record",
-            reader.0.len()
-        )));
-    }
+    reader.finish()?;
     Ok(User {
         id: id.to_string(),
         name,
@@ -79,6 +80,84 @@ fn decode_format_1(id: &str, bytes: &[u8]) -> Result<User, BadRecord> {
         created_at,
         updated_at,
     })
+}
+
+pub fn encode_session(session: &Session) -> Vec<u8> {
+    let strings = [&session.user_id, &session.user_agent, &session.ip];
+    let mut out = Vec::with_capacity(
+        1 + 5 * 8
+            + 4
+            + 8 * session.spent_at.len()
+            + 32
+            + strings.iter().map(|s| 4 + s.len()).sum::<usize>(),
+    );
+    out.push(FORMAT_1);
+    for number in [
+        session.created_at,
+        session.last_used_at,
+        session.expires_at,
+        session.password_version,
+        session.generation,
+    ] {
+        out.extend_from_slice(&number.to_le_bytes());
+    }
+    // At most `REMEMBERED_SPENDS` entries.
+    let count = u32::try_from(session.spent_at.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&count.to_le_bytes());
+    for at in &session.spent_at {
+        out.extend_from_slice(&at.to_le_bytes());
+    }
+    out.extend_from_slice(&session.refresh_hash);
+    for string in strings {
+        push_string(&mut out, string);
+    }
+    out
+}
+
+/// The session stored under `id` as `bytes`, in either format.
+pub fn decode_session(id: &str, bytes: &[u8]) -> Result<Session, BadRecord> {
+    match bytes.first() {
+        Some(&FORMAT_1) => {}
+        Some(b'{') => return serde_json::from_slice(bytes).map_err(|e| BadRecord(e.to_string())),
+        Some(other) => return Err(BadRecord(format!("unknown record format {other:#04x}"))),
+        None => return Err(BadRecord("empty record".into())),
+    }
+    let mut reader = Reader(&bytes[1..]);
+    let created_at = reader.u64()?;
+    let last_used_at = reader.u64()?;
+    let expires_at = reader.u64()?;
+    let password_version = reader.u64()?;
+    let generation = reader.u64()?;
+    let count = reader.take(4)?;
+    let count = u32::from_le_bytes(count.try_into().unwrap_or_default()) as usize;
+    if count > reader.0.len() / 8 {
+        return Err(BadRecord("record cut short".into()));
+    }
+    let spent_at = (0..count).map(|_| reader.u64()).collect::<Result<_, _>>()?;
+    let refresh_hash = reader.take(32)?.try_into().unwrap_or_default();
+    let session = Session {
+        id: id.to_string(),
+        user_id: reader.string()?,
+        created_at,
+        last_used_at,
+        expires_at,
+        user_agent: reader.string()?,
+        ip: reader.string()?,
+        password_version,
+        generation,
+        spent_at,
+        refresh_hash,
+    };
+    reader.finish()?;
+    Ok(session)
+}
+
+fn push_string(out: &mut Vec<u8>, string: &str) {
+    // Every string we store is bounded far below 4 GiB by the input rules;
+    // saturating keeps a broken record detectable, not wrapped.
+    let len = u32::try_from(string.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(string.as_bytes());
 }
 
 /// The unread rest of a record.
@@ -97,6 +176,18 @@ impl<'b> Reader<'b> {
     fn u64(&mut self) -> Result<u64, BadRecord> {
         let bytes = self.take(8)?;
         Ok(u64::from_le_bytes(bytes.try_into().unwrap_or_default()))
+    }
+
+    /// Nothing may follow the last field.
+    fn finish(&self) -> Result<(), BadRecord> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(BadRecord(format!(
+                "{} bytes after the record",
+                self.0.len()
+            )))
+        }
     }
 
     fn string(&mut self) -> Result<String, BadRecord> {
@@ -150,6 +241,49 @@ mod tests {
         let user = user("Old", Role::Admin);
         let json = serde_json::to_vec(&user).unwrap();
         assert_eq!(decode(&user.id, &json), Ok(user));
+    }
+
+    fn session() -> Session {
+        Session {
+            id: "01a22e08-88b9-7074-bb2c-f8582353d60e".into(),
+            user_id: "01a22e08-88b8-7631-87de-f74347ac61f2".into(),
+            created_at: 1_700_000_000,
+            last_used_at: 1_700_000_100,
+            expires_at: u64::MAX,
+            user_agent: "Mozilla/5.0 (X11; Linux x86_64) Zoë".into(),
+            ip: "2001:db8::1".into(),
+            password_version: 4,
+            generation: 7,
+            spent_at: vec![1_700_000_050, 1_700_000_100],
+            refresh_hash: [0xab; 32],
+        }
+    }
+
+    #[test]
+    fn sessions_come_back_as_they_went_in_and_broken_ones_are_errors() {
+        let session = session();
+        let bytes = encode_session(&session);
+        assert_eq!(decode_session(&session.id, &bytes), Ok(session.clone()));
+        assert!(bytes.len() * 2 < serde_json::to_vec(&session).unwrap().len());
+        let json = serde_json::to_vec(&session).unwrap();
+        assert_eq!(decode_session(&session.id, &json), Ok(session.clone()));
+        let empty = Session {
+            spent_at: Vec::new(),
+            user_agent: String::new(),
+            ..session
+        };
+        let bytes = encode_session(&empty);
+        assert_eq!(decode_session(&empty.id, &bytes), Ok(empty.clone()));
+        for len in 0..bytes.len() {
+            assert!(decode_session("id", &bytes[..len]).is_err(), "cut at {len}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_session("id", &longer).is_err());
+        let mut huge_count = bytes.clone();
+        huge_count[41..45].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_session("id", &huge_count).is_err());
+        assert!(decode_session("id", b"\x02rest").is_err());
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! - tree `emails`: normalized email → user id;
 //! - tree `revoked`: token `jti` → expiry (u64, big-endian), purged once the
 //!   verifier refuses the token anyway (`Store::purge_expired` sets when);
-//! - tree `sessions`: session id → [`Session`] (JSON), deleted when the
+//! - tree `sessions`: session id → [`Session`] (the [`super::record`]
+//!   format), deleted when the
 //!   session ends (a session ended by time or a password change stays until
 //!   the purge, refused meanwhile by `Session::is_alive`);
 //! - tree `user_sessions`: user id, NUL, session id → nothing: the index
@@ -326,7 +327,7 @@ impl SledStore {
     pub async fn insert_session(&self, session: Session, keep: usize) -> Result<(), StoreError> {
         let store = self.clone();
         self.write(move || {
-            let record = encode_session(&session)?;
+            let record = record::encode_session(&session);
             // Ids are UUIDv7s, so the index lists a user's sessions oldest
             // first. (Read before the transaction, which cannot scan: a
             // racing sign-in may leave one more until the next.)
@@ -389,7 +390,7 @@ impl SledStore {
         let store = self.clone();
         let (generation, hash) = (current.generation, current.refresh_hash);
         self.write(move || {
-            let record = encode_session(&next)?;
+            let record = record::encode_session(&next);
             let key = next.id.as_bytes();
             let replaced = store
                 .sessions
@@ -800,18 +801,13 @@ fn index_key(user_id: &str, session_id: &str) -> Vec<u8> {
     key
 }
 
-fn encode_session(session: &Session) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(session).map_err(|e| StoreError::Corrupt {
-        key: session.id.clone(),
-        reason: e.to_string(),
-    })
-}
-
 fn decode_session(key: &[u8], bytes: &[u8]) -> Result<Session, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+    let corrupt = |reason: String| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let id = std::str::from_utf8(key).map_err(|_| corrupt("the key is not UTF-8".into()))?;
+    record::decode_session(id, bytes).map_err(|e| corrupt(e.0))
 }
 
 fn abort_with(error: StoreError) -> ConflictableTransactionError<StoreError> {
