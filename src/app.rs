@@ -48,10 +48,21 @@ impl App {
             None => load_or_create_key(&settings.secret_file())?,
         };
         let store = open_store(&settings).await?;
-        let tokens = TokenKeys::new(&secret, &settings.auth.issuer, settings.auth.token_ttl_secs)
-            .context("auth.secret: unusable signing key")?;
+        let previous: Vec<&[u8]> = settings
+            .auth
+            .previous_secrets
+            .iter()
+            .map(|s| s.expose().as_bytes())
+            .collect();
+        let tokens = TokenKeys::with_previous(
+            &secret,
+            &previous,
+            &settings.auth.issuer,
+            settings.auth.token_ttl_secs,
+        )
+        .context("auth.secret: unusable signing key")?;
         Ok(App {
-            refresh_keys: RefreshKeys::new(&secret),
+            refresh_keys: RefreshKeys::with_previous(&secret, &previous),
             sessions: SessionPolicy::from(&settings.auth),
             passwords: PasswordHasher::new(settings.auth.bcrypt_cost),
             store,

@@ -69,6 +69,9 @@ pub struct ServerSettings {
 pub struct AuthSettings {
     /// HS256 key. Unset means a generated key kept in `data_dir`.
     pub secret: Option<Secret>,
+    /// Earlier HS256 keys: tokens (and refresh tokens) they signed are still
+    /// accepted; they never sign.
+    pub previous_secrets: Vec<Secret>,
     pub token_ttl_secs: u64,
     pub issuer: String,
     pub bcrypt_cost: u32,
@@ -146,6 +149,7 @@ impl Default for AuthSettings {
     fn default() -> Self {
         AuthSettings {
             secret: None,
+            previous_secrets: Vec::new(),
             token_ttl_secs: 86_400,
             issuer: "gatehouse".to_string(),
             bcrypt_cost: 12,
@@ -285,6 +289,25 @@ impl Settings {
                 "must be at least 32 bytes long",
             )?;
         }
+        for previous in &a.previous_secrets {
+            check(
+                previous.expose().len() >= 32,
+                "auth.previous_secrets",
+                "must hold keys of at least 32 bytes each",
+            )?;
+            check(
+                a.secret
+                    .as_ref()
+                    .is_none_or(|s| s.expose() != previous.expose()),
+                "auth.previous_secrets",
+                "must not repeat auth.secret",
+            )?;
+        }
+        check(
+            a.previous_secrets.len() <= 16,
+            "auth.previous_secrets",
+            "must hold at most 16 keys",
+        )?;
         check(
             (1..=31_536_000).contains(&a.token_ttl_secs),
             "auth.token_ttl_secs",

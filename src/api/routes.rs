@@ -6,7 +6,7 @@
 
 use hyper::Method;
 
-use super::{auth, health, openapi, sessions, users};
+use super::{auth, health, jwks, openapi, sessions, users};
 use crate::http::router::Route;
 
 /// A public handler as a table entry: `public!(module::function)`.
@@ -26,6 +26,7 @@ macro_rules! protected {
 pub static ROUTES: &[Route] = &[
     Route::public(Method::GET, "/api", public!(health::api_root)).cacheable(),
     Route::public(Method::GET, "/api/openapi.json", public!(openapi::document)).cacheable(),
+    Route::public(Method::GET, "/.well-known/jwks.json", public!(jwks::jwks)).cacheable(),
     Route::public(Method::GET, "/healthz", public!(health::healthz)),
     Route::public(Method::POST, "/api/auth/register", public!(auth::register)),
     Route::public(Method::POST, "/api/auth/login", public!(auth::login)),
@@ -95,6 +96,9 @@ mod tests {
             .filter(|r| r.cacheable)
             .map(|r| r.path)
             .collect();
-        assert_eq!(cacheable, ["/api", "/api/openapi.json"]);
+        assert_eq!(
+            cacheable,
+            ["/api", "/api/openapi.json", "/.well-known/jwks.json"]
+        );
     }
 }

@@ -271,10 +271,13 @@ pub struct PresentedToken {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParseError;
 
-/// The refresh-token key, derived from the signing secret.
+/// The refresh-token keys, derived from the signing secret (which makes new
+/// tokens) and from `auth.previous_secrets` (whose tokens are still taken,
+/// so rotating the secret does not end every session).
 #[derive(Clone)]
 pub struct RefreshKeys {
     mac: Hmac<Sha256>,
+    previous: Vec<Hmac<Sha256>>,
 }
 
 /// Version byte, session id, generation, tag.
@@ -285,15 +288,23 @@ const TOKEN_VERSION: u8 = 1;
 
 impl RefreshKeys {
     pub fn new(secret: &[u8]) -> RefreshKeys {
+        RefreshKeys::with_previous(secret, &[])
+    }
+
+    pub fn with_previous(secret: &[u8], previous: &[&[u8]]) -> RefreshKeys {
         // A key of its own, so that no refresh tag is ever a MAC that also
         // means something elsewhere (the signing key signs JWTs; the
         // throttle's keys name counters).
-        let derived = keyed(secret)
-            .chain_update(b"gatehouse refresh tokens v1")
-            .finalize()
-            .into_bytes();
+        let derive = |secret: &[u8]| {
+            let derived = keyed(secret)
+                .chain_update(b"gatehouse refresh tokens v1")
+                .finalize()
+                .into_bytes();
+            keyed(&derived)
+        };
         RefreshKeys {
-            mac: keyed(&derived),
+            mac: derive(secret),
+            previous: previous.iter().map(|s| derive(s)).collect(),
         }
     }
 
@@ -327,9 +338,16 @@ impl RefreshKeys {
         if decoded != TOKEN_BYTES || bytes[0] != TOKEN_VERSION {
             return Err(ParseError);
         }
-        self.tag(&bytes[..25])
-            .verify_slice(&bytes[25..])
-            .map_err(|_| ParseError)?;
+        let body = &bytes[..25];
+        let tagged = |mac: &Hmac<Sha256>| {
+            mac.clone()
+                .chain_update(body)
+                .verify_slice(&bytes[25..])
+                .is_ok()
+        };
+        if !tagged(&self.mac) && !self.previous.iter().any(tagged) {
+            return Err(ParseError);
+        }
         let session = Uuid::from_slice(&bytes[1..17]).map_err(|_| ParseError)?;
         let mut generation = [0u8; 8];
         generation.copy_from_slice(&bytes[17..25]);
@@ -412,6 +430,16 @@ mod tests {
         assert_eq!(presented.hash, session.refresh_hash);
         let other = RefreshKeys::new(b"another secret another secret 1234");
         assert_eq!(other.parse(&token), Err(ParseError), "another key's tag");
+        let rotated = RefreshKeys::with_previous(
+            b"another secret another secret 1234",
+            &[b"secret secret secret secret secret"],
+        );
+        assert_eq!(
+            rotated.parse(&token).unwrap().session_id,
+            session.id,
+            "a previous secret's"
+        );
+        assert_ne!(rotated.token(Uuid::nil(), 0), keys.token(Uuid::nil(), 0));
         let mut forged = token.clone().into_bytes();
         forged[30] = if forged[30] == b'A' { b'B' } else { b'A' };
         assert!(keys.parse(std::str::from_utf8(&forged).unwrap()).is_err());

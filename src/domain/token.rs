@@ -1,5 +1,13 @@
 //! Access tokens: HS256 JWTs with the tutorial's claims plus the standard ones.
 //!
+//! Every token names its key in the header's `kid` (a keyed hash of the
+//! secret, never the secret). The verifier picks the key by `kid` among the
+//! signing secret and `auth.previous_secrets` (accepted, never used to
+//! sign), so a secret can be rotated without logging everyone out; a token
+//! with an unknown `kid` is refused, and nothing else in the header (`jku`,
+//! `jwk`, `x5u`) is ever used to find a key. Tokens from before `kid`
+//! existed are tried against each of these HS256 keys.
+//!
 //! Verification pins HS256, requires `exp`, `iss` and `sub`, checks `nbf` when
 //! present, refuses tokens issued in the future, and allows only a few seconds
 //! of clock leeway. It says nothing about revocation or the user's existence:
@@ -8,9 +16,13 @@
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
-use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use hmac::{Hmac, KeyInit, Mac};
+use jsonwebtoken::{
+    decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 use super::user::User;
 
@@ -49,13 +61,19 @@ pub enum TokenError {
     IssuedInFuture,
     #[error("token expired")]
     Expired,
+    #[error("no key has the token's kid")]
+    UnknownKey,
     #[error("{0}")]
     Jwt(#[from] jsonwebtoken::errors::Error),
 }
 
 pub struct TokenKeys {
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    /// The signing key's `kid`.
+    kid: String,
+    /// Every key tokens are accepted under, by `kid`: the signing key first,
+    /// then the previous secrets.
+    decoding: Vec<(String, DecodingKey)>,
     validation: Validation,
     issuer: String,
     ttl_secs: u64,
@@ -73,6 +91,20 @@ const VERIFIED_CACHE: usize = 4096;
 impl TokenKeys {
     /// `secret` must be non-empty (config enforces 32 bytes or more).
     pub fn new(secret: &[u8], issuer: &str, ttl_secs: u64) -> anyhow::Result<TokenKeys> {
+        TokenKeys::with_previous(secret, &[], issuer, ttl_secs)
+    }
+
+    /// Signs with `secret`; also accepts tokens signed with `previous`.
+    pub fn with_previous(
+        secret: &[u8],
+        previous: &[&[u8]],
+        issuer: &str,
+        ttl_secs: u64,
+    ) -> anyhow::Result<TokenKeys> {
+        let mut decoding = Vec::with_capacity(1 + previous.len());
+        for key in std::iter::once(secret).chain(previous.iter().copied()) {
+            decoding.push((key_id(key), DecodingKey::from_secret(key)?));
+        }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
         validation.set_issuer(&[issuer]);
@@ -81,7 +113,8 @@ impl TokenKeys {
         validation.leeway = LEEWAY_SECS;
         Ok(TokenKeys {
             encoding: EncodingKey::from_secret(secret)?,
-            decoding: DecodingKey::from_secret(secret)?,
+            kid: key_id(secret),
+            decoding,
             validation,
             issuer: issuer.to_string(),
             ttl_secs,
@@ -114,7 +147,11 @@ impl TokenKeys {
             pwv: user.password_version,
             sid: session.map(str::to_string),
         };
-        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
+        let header = Header {
+            kid: Some(self.kid.clone()),
+            ..Header::new(Algorithm::HS256)
+        };
+        let token = encode(&header, &claims, &self.encoding)?;
         Ok((token, claims))
     }
 
@@ -129,7 +166,35 @@ impl TokenKeys {
             }
             return Ok(Arc::clone(claims));
         }
-        let claims = decode::<Claims>(token, &self.decoding, &self.validation)?.claims;
+        let claims = match decode_header(token)?.kid {
+            Some(kid) => {
+                let (_, key) = self
+                    .decoding
+                    .iter()
+                    .find(|(id, _)| *id == kid)
+                    .ok_or(TokenError::UnknownKey)?;
+                decode::<Claims>(token, key, &self.validation)?.claims
+            }
+            // Issued before tokens named their key: any of ours (all HS256).
+            None => {
+                let mut last = None;
+                let mut claims = None;
+                for (_, key) in &self.decoding {
+                    match decode::<Claims>(token, key, &self.validation) {
+                        Ok(data) => {
+                            claims = Some(data.claims);
+                            break;
+                        }
+                        Err(error) => last = Some(error),
+                    }
+                }
+                match (claims, last) {
+                    (Some(claims), _) => claims,
+                    (None, Some(error)) => return Err(error.into()),
+                    (None, None) => return Err(TokenError::UnknownKey),
+                }
+            }
+        };
         if claims.iat > now + LEEWAY_SECS {
             return Err(TokenError::IssuedInFuture);
         }
@@ -138,11 +203,28 @@ impl TokenKeys {
         Ok(claims)
     }
 
+    /// The signing key's `kid`.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, LruCache<String, Arc<Claims>>> {
         // A cache only: a panic elsewhere cannot leave it worse than stale,
         // and every entry in it did verify.
         self.verified.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A secret's `kid`: 16 URL-safe characters of a keyed hash of it, which
+/// names the key without revealing anything of it.
+pub fn key_id(secret: &[u8]) -> String {
+    use base64::Engine;
+    let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
+        .expect("HMAC accepts any key length")
+        .chain_update(b"gatehouse key id v1")
+        .finalize()
+        .into_bytes();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&mac[..12])
 }
 
 #[cfg(test)]
@@ -195,6 +277,31 @@ mod tests {
         forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
         let forged = String::from_utf8(forged).unwrap();
         assert!(keys.verify(&forged, now).is_err());
+    }
+
+    #[test]
+    fn tokens_name_their_key_and_previous_secrets_still_verify() {
+        let now = crate::domain::unix_now();
+        let old = keys();
+        let (old_token, _) = old.issue(&user(), None, now).unwrap();
+        let header = decode_header(&old_token).unwrap();
+        assert_eq!(header.kid.as_deref(), Some(old.kid()));
+        assert_eq!(old.kid().len(), 16);
+        let rotated =
+            TokenKeys::with_previous(&[9u8; 32], &[&[7u8; 32]], "gatehouse", 3600).unwrap();
+        assert_ne!(rotated.kid(), old.kid());
+        assert!(rotated.verify(&old_token, now).is_ok(), "a previous secret");
+        let (new_token, _) = rotated.issue(&user(), None, now).unwrap();
+        assert_eq!(
+            decode_header(&new_token).unwrap().kid.as_deref(),
+            Some(rotated.kid())
+        );
+        assert!(old.verify(&new_token, now).is_err(), "not the old key's");
+        let dropped = TokenKeys::new(&[9u8; 32], "gatehouse", 3600).unwrap();
+        assert!(matches!(
+            dropped.verify(&old_token, now),
+            Err(TokenError::UnknownKey)
+        ));
     }
 
     #[test]

@@ -33,6 +33,7 @@ mod bodies;
 mod disk;
 mod ids;
 mod instances;
+mod keys;
 mod network;
 mod openapi;
 mod properties;
