@@ -9,7 +9,7 @@
 
 pub mod auth;
 pub mod health;
-pub mod jwks;
+pub mod keys;
 pub mod openapi;
 pub mod routes;
 pub mod sessions;

@@ -6,7 +6,7 @@
 
 use hyper::Method;
 
-use super::{auth, health, jwks, openapi, sessions, users};
+use super::{auth, health, keys, openapi, sessions, users};
 use crate::http::router::Route;
 
 /// A public handler as a table entry: `public!(module::function)`.
@@ -26,7 +26,7 @@ macro_rules! protected {
 pub static ROUTES: &[Route] = &[
     Route::public(Method::GET, "/api", public!(health::api_root)).cacheable(),
     Route::public(Method::GET, "/api/openapi.json", public!(openapi::document)).cacheable(),
-    Route::public(Method::GET, "/.well-known/jwks.json", public!(jwks::jwks)).cacheable(),
+    Route::public(Method::GET, "/.well-known/jwks.json", public!(keys::jwks)).cacheable(),
     Route::public(Method::GET, "/healthz", public!(health::healthz)),
     Route::public(Method::POST, "/api/auth/register", public!(auth::register)),
     Route::public(Method::POST, "/api/auth/login", public!(auth::login)),
@@ -64,6 +64,12 @@ pub static ROUTES: &[Route] = &[
         Method::DELETE,
         "/api/users/{id}/sessions",
         protected!(sessions::end_user),
+    ),
+    Route::protected(Method::GET, "/api/admin/keys", protected!(keys::list)),
+    Route::protected(
+        Method::POST,
+        "/api/admin/keys/rotate",
+        protected!(keys::rotate),
     ),
 ];
 

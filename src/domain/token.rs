@@ -208,6 +208,11 @@ impl TokenKeys {
         &self.kid
     }
 
+    /// Every accepted key's `kid`, the signing key's first.
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.decoding.iter().map(|(kid, _)| kid.as_str())
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, LruCache<String, Arc<Claims>>> {
         // A cache only: a panic elsewhere cannot leave it worse than stale,
         // and every entry in it did verify.

@@ -142,3 +142,47 @@ async fn a_previous_secret_keeps_its_tokens_working_until_dropped() {
     server.stop().await.expect("graceful stop");
 }
 }
+
+store_test! {
+/// The admin sees the keys by `kid` only, the signing one first; under
+/// HS256 rotation is by configuration, so the rotate route refuses (400);
+/// both are the admin's alone.
+async fn the_admin_lists_the_keys_by_kid_and_hs256_rotation_is_by_configuration() {
+    let server = TestServer::start_with(|s| {
+        s.auth.previous_secrets = vec![gatehouse::config::Secret::new(NEW_SECRET)];
+    })
+    .await;
+    let admin = server.admin().await;
+    let user = server.register("Plain", "plain@example.com").await;
+    let reply = server.get("/api/admin/keys").token(&admin.token).send().await;
+    reply.assert_ok(200);
+    let keys = reply.body.as_array().expect("an array").clone();
+    assert_eq!(keys.len(), 2, "{}", reply.text);
+    assert_eq!(keys[0]["kid"], header(&admin.token)["kid"]);
+    assert_eq!(keys[0]["state"], "current");
+    assert_eq!(keys[1]["state"], "previous");
+    assert_ne!(keys[0]["kid"], keys[1]["kid"]);
+    assert!(keys.iter().all(|k| k["alg"] == "HS256"));
+    for secret in [std::str::from_utf8(SECRET).unwrap(), NEW_SECRET] {
+        assert!(!reply.text.contains(secret), "a secret in the listing");
+    }
+    server
+        .post("/api/admin/keys/rotate")
+        .token(&admin.token)
+        .json(json!({}))
+        .send()
+        .await
+        .assert_error(400, "invalid_input");
+    for (method, path) in [
+        (reqwest::Method::GET, "/api/admin/keys"),
+        (reqwest::Method::POST, "/api/admin/keys/rotate"),
+    ] {
+        server
+            .request(method, path)
+            .token(&user.token)
+            .send()
+            .await
+            .assert_error(403, "forbidden");
+    }
+}
+}
