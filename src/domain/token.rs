@@ -177,22 +177,16 @@ impl TokenKeys {
             }
             // Issued before tokens named their key: any of ours (all HS256).
             None => {
-                let mut last = None;
-                let mut claims = None;
+                let mut verdict = Err(TokenError::UnknownKey);
                 for (_, key) in &self.decoding {
-                    match decode::<Claims>(token, key, &self.validation) {
-                        Ok(data) => {
-                            claims = Some(data.claims);
-                            break;
-                        }
-                        Err(error) => last = Some(error),
+                    verdict = decode::<Claims>(token, key, &self.validation)
+                        .map(|data| data.claims)
+                        .map_err(TokenError::from);
+                    if verdict.is_ok() {
+                        break;
                     }
                 }
-                match (claims, last) {
-                    (Some(claims), _) => claims,
-                    (None, Some(error)) => return Err(error.into()),
-                    (None, None) => return Err(TokenError::UnknownKey),
-                }
+                verdict?
             }
         };
         if claims.iat > now + LEEWAY_SECS {

@@ -307,8 +307,7 @@ impl SledStore {
                     users.remove(user.id.as_bytes())?;
                     emails.remove(user.email.as_bytes())?;
                     for sid in &sessions {
-                        sessions_tree.remove(sid.as_bytes())?;
-                        index.remove(index_key(&id, sid))?;
+                        remove_session(sessions_tree, index, &id, sid)?;
                     }
                     Ok(user)
                 })
@@ -339,8 +338,7 @@ impl SledStore {
                         return abort(StoreError::NotFound);
                     }
                     for sid in evicted {
-                        sessions.remove(sid.as_bytes())?;
-                        index.remove(index_key(&session.user_id, sid))?;
+                        remove_session(sessions, index, &session.user_id, sid)?;
                     }
                     sessions.insert(session.id.as_bytes(), record.as_slice())?;
                     index.insert(index_key(&session.user_id, &session.id), &[])?;
@@ -452,8 +450,7 @@ impl SledStore {
                 .transaction(|(sessions, index)| {
                     let mut ended = Vec::with_capacity(ids.len());
                     for sid in &ids {
-                        index.remove(index_key(&user_id, sid))?;
-                        if let Some(bytes) = sessions.remove(sid.as_bytes())? {
+                        if let Some(bytes) = remove_session(sessions, index, &user_id, sid)? {
                             ended.push(decode_session(sid.as_bytes(), &bytes).map_err(abort_with)?);
                         }
                     }
@@ -516,8 +513,7 @@ impl SledStore {
             for session in &dead {
                 (&store.sessions, &store.user_sessions)
                     .transaction(|(sessions, index)| {
-                        sessions.remove(session.id.as_bytes())?;
-                        index.remove(index_key(&session.user_id, &session.id))?;
+                        remove_session(sessions, index, &session.user_id, &session.id)?;
                         Ok(())
                     })
                     .map_err(tx_error)?;
@@ -790,6 +786,18 @@ fn apply(user: &mut User, patch: &UserPatch, now: u64) {
         user.password_version += 1;
     }
     user.updated_at = now;
+}
+
+/// Removes a session and its index entry (they change together); returns
+/// the record if it was there.
+fn remove_session(
+    sessions: &TransactionalTree,
+    index: &TransactionalTree,
+    user_id: &str,
+    session_id: &str,
+) -> TxResult<Option<sled::IVec>> {
+    index.remove(index_key(user_id, session_id))?;
+    Ok(sessions.remove(session_id.as_bytes())?)
 }
 
 /// The `user_sessions` key of a user's session (`""` for the user's prefix).

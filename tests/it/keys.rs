@@ -11,12 +11,7 @@ use crate::tokens::SECRET;
 const NEW_SECRET: &str = "a-new-secret-a-new-secret-a-new-secret!!";
 
 fn header(token: &str) -> Value {
-    use base64::Engine;
-    let part = token.split('.').next().expect("a JWT");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(part)
-        .expect("base64url");
-    serde_json::from_slice(&bytes).expect("JSON header")
+    jwt_part(token, 0)
 }
 
 store_test! {

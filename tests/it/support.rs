@@ -282,13 +282,10 @@ impl TestServer {
     }
 
     pub async fn login(&self, email: &str, password: &str) -> String {
-        let reply = self
-            .post("/api/auth/login")
-            .json(json!({"email": email, "password": password}))
-            .send()
-            .await;
-        assert_eq!(reply.status, 200, "login {email}: {}", reply.body);
-        reply.body["token"].as_str().unwrap().to_string()
+        self.login_pair(email, password).await["token"]
+            .as_str()
+            .expect("a token")
+            .to_string()
     }
 }
 
@@ -596,4 +593,15 @@ pub async fn read_response(stream: &mut TcpStream) -> String {
         }
     }
     String::from_utf8_lossy(&received).into_owned()
+}
+
+/// Part `index` of a JWT (0: the header, 1: the claims) as JSON, read
+/// without verifying anything.
+pub fn jwt_part(token: &str, index: usize) -> Value {
+    use base64::Engine;
+    let part = token.split('.').nth(index).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("a JSON object")
 }
