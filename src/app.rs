@@ -1,7 +1,7 @@
 //! [`App`]: the one piece of shared state: validated settings, the store (which
-//! also keeps the login and registration throttles), the token and
-//! refresh-token keys, the session policy, the password hasher and the
-//! request log. It is built once at start-up and
+//! also keeps the login and registration throttles), the token keys (with
+//! the stored asymmetric key set loaded, see `keyring`) and refresh-token
+//! keys, the session policy, the password hasher and the request log. It is built once at start-up and
 //! passed explicitly (as `Arc<App>`) to whatever needs it; there is no global
 //! state.
 //!
@@ -21,6 +21,7 @@ use crate::config::Settings;
 use crate::domain::password::PasswordHasher;
 use crate::domain::session::{RefreshKeys, SessionPolicy};
 use crate::domain::token::TokenKeys;
+use crate::keyring;
 use crate::log::RequestLog;
 use crate::store::Store;
 
@@ -28,6 +29,8 @@ pub struct App {
     pub settings: Settings,
     pub store: Store,
     pub tokens: TokenKeys,
+    /// When a token with an unknown `kid` last made us read the key set.
+    pub key_lookups: keyring::Lookups,
     /// The refresh-token key, derived from the signing secret.
     pub refresh_keys: RefreshKeys,
     /// `auth.session_*` and `auth.refresh_reuse_secs`.
@@ -57,11 +60,16 @@ impl App {
         let tokens = TokenKeys::with_previous(
             &secret,
             &previous,
+            settings.auth.algorithm,
             &settings.auth.issuer,
             settings.auth.token_ttl_secs,
         )
         .context("auth.secret: unusable signing key")?;
+        keyring::start(&store, &tokens)
+            .await
+            .context("auth.algorithm: cannot load or create the signing keys")?;
         Ok(App {
+            key_lookups: keyring::Lookups::default(),
             refresh_keys: RefreshKeys::with_previous(&secret, &previous),
             sessions: SessionPolicy::from(&settings.auth),
             passwords: PasswordHasher::new(settings.auth.bcrypt_cost),

@@ -16,6 +16,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::signing::SigningAlgorithm;
+
 /// Prefix of the environment variables that configure gatehouse.
 pub const ENV_PREFIX: &str = "GATEHOUSE_";
 
@@ -67,7 +69,13 @@ pub struct ServerSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
-    /// HS256 key. Unset means a generated key kept in `data_dir`.
+    /// What access tokens are signed with: `HS256` (with `secret`), or
+    /// `EdDSA`, `ES256`, `RS256` (keys generated and kept in the store,
+    /// published at `/.well-known/jwks.json`).
+    pub algorithm: SigningAlgorithm,
+    /// HS256 key (and, under any algorithm, the key refresh tokens and the
+    /// shared throttle counters are derived from). Unset means a generated
+    /// key kept in `data_dir`.
     pub secret: Option<Secret>,
     /// Earlier HS256 keys: tokens (and refresh tokens) they signed are still
     /// accepted; they never sign.
@@ -148,6 +156,7 @@ impl Default for ServerSettings {
 impl Default for AuthSettings {
     fn default() -> Self {
         AuthSettings {
+            algorithm: SigningAlgorithm::HS256,
             secret: None,
             previous_secrets: Vec::new(),
             token_ttl_secs: 86_400,

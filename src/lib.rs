@@ -22,8 +22,10 @@
 //!   ([`http::auth::AuthUser`]), request-body decoding.
 //! - [`api`]: the route table ([`api::routes::ROUTES`], one line per route)
 //!   and the handlers, one file per resource (auth, users, health, openapi).
-//! - [`domain`]: users and their input rules, password hashing, tokens, login
-//!   throttling. Knows nothing of hyper or sled.
+//! - [`domain`]: users and their input rules, password hashing, tokens and
+//!   signing keys, sessions, login throttling. Knows nothing of hyper or sled.
+//! - [`keyring`]: the asymmetric signing keys' life over the store (first
+//!   key, rotation, retirement, following other instances).
 //! - [`store`]: the only module that opens or queries a database (sled or
 //!   PostgreSQL): trees and tables, transactions, durability, shared counters.
 
@@ -33,6 +35,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod keyring;
 pub mod log;
 pub mod server;
 pub mod store;

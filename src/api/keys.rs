@@ -3,24 +3,27 @@
 //! tokens without holding a secret; and the admin's view of the keys
 //! (`GET /api/admin/keys`, `POST /api/admin/keys/rotate`).
 //!
-//! Tokens are signed with HS256 (a shared secret, which is never published),
-//! so the set is empty, the listing names the keys only by `kid`, and
-//! rotation is by configuration (`auth.previous_secrets`).
+//! Under HS256 (a shared secret, never published) the set is empty, the
+//! listing names the configured secrets only by `kid`, and rotation is by
+//! configuration (`auth.previous_secrets`): 400. The set, the listing and
+//! the rotation itself come from `TokenKeys` and `keyring`; this file only
+//! speaks HTTP.
 
 use hyper::header::{HeaderValue, CACHE_CONTROL};
 use hyper::StatusCode;
-use serde_json::json;
 
 use crate::http::auth::AuthUser;
 use crate::http::context::RequestContext;
 use crate::http::error::ApiError;
-use crate::http::{json, HttpResponse};
+use crate::http::{json, json_bytes, HttpResponse};
+use crate::keyring;
 
 /// How long verifiers may cache the set (API.md).
 const CACHE: &str = "public, max-age=300";
 
-pub async fn jwks(_ctx: RequestContext) -> Result<HttpResponse, ApiError> {
-    let mut response = json(StatusCode::OK, &json!({"keys": []}));
+pub async fn jwks(ctx: RequestContext) -> Result<HttpResponse, ApiError> {
+    let body = ctx.app.tokens.jwks();
+    let mut response = json_bytes(StatusCode::OK, body.as_ref().clone());
     response
         .headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static(CACHE));
@@ -28,40 +31,25 @@ pub async fn jwks(_ctx: RequestContext) -> Result<HttpResponse, ApiError> {
 }
 
 /// `GET /api/admin/keys` (admin): the keys tokens are signed and accepted
-/// with, by `kid` (never their bytes): the signing secret (`current`) and
-/// `auth.previous_secrets` (`previous`). When a configured secret was made
-/// is not known: `created_at` is null; a previous secret retires when the
-/// operator drops it, so `retires_at` is null too.
+/// with, by `kid` (never their bytes), the signing key first. A configured
+/// HS256 secret has no known creation time and retires when the operator
+/// drops it: both null.
 pub async fn list(ctx: RequestContext, caller: AuthUser) -> Result<HttpResponse, ApiError> {
     if !caller.is_admin() {
         return Err(ApiError::Forbidden);
     }
-    let keys: Vec<_> = ctx
-        .app
-        .tokens
-        .key_ids()
-        .enumerate()
-        .map(|(i, kid)| {
-            json!({
-                "kid": kid,
-                "alg": "HS256",
-                "state": if i == 0 { "current" } else { "previous" },
-                "created_at": null,
-                "retires_at": null,
-            })
-        })
-        .collect();
-    Ok(json(StatusCode::OK, &keys))
+    Ok(json(StatusCode::OK, &ctx.app.tokens.listing()))
 }
 
-/// `POST /api/admin/keys/rotate` (admin): under HS256 a new key is a new
-/// `auth.secret` (with the old one in `auth.previous_secrets`), which the
-/// server cannot choose for its operator: 400.
-pub async fn rotate(_ctx: RequestContext, caller: AuthUser) -> Result<HttpResponse, ApiError> {
+/// `POST /api/admin/keys/rotate` (admin): `{"standby": true}` publishes a
+/// standby key, `{}` makes it (or a new key) current. Answers the listing.
+pub async fn rotate(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpResponse, ApiError> {
     if !caller.is_admin() {
         return Err(ApiError::Forbidden);
     }
-    Err(ApiError::InvalidInput(
-        "with HS256, rotate the key by configuration: move auth.secret to auth.previous_secrets and set a new auth.secret".into(),
-    ))
+    let mut fields = ctx.read_body().await?;
+    let standby = fields.optional_bool("standby")?.unwrap_or(false);
+    fields.refuse_unknown()?;
+    keyring::rotate(&ctx.app, standby).await?;
+    Ok(json(StatusCode::OK, &ctx.app.tokens.listing()))
 }

@@ -1,12 +1,13 @@
 //! The rules of the product, free of IO frameworks: users and their input
-//! rules, password hashing, tokens, sessions and refresh tokens, login
-//! throttling, timestamps as text.
+//! rules, password hashing, tokens and their signing keys, sessions and
+//! refresh tokens, login throttling, timestamps as text.
 //!
 //! Nothing here names hyper or sled; status codes belong to `http`, storage to
 //! `store`.
 
 pub mod password;
 pub mod session;
+pub mod signing;
 pub mod throttle;
 pub mod time;
 pub mod token;

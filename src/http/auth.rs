@@ -14,9 +14,10 @@ use hyper::header::{HeaderMap, HeaderName, AUTHORIZATION};
 
 use super::error::ApiError;
 use crate::app::App;
-use crate::domain::token::Claims;
+use crate::domain::token::{Claims, TokenError};
 use crate::domain::unix_now;
 use crate::domain::user::User;
+use crate::keyring;
 
 /// The tutorial's header.
 pub const ACCESS_TOKEN_HEADER: HeaderName = HeaderName::from_static("x-access-token");
@@ -89,7 +90,13 @@ pub fn presented_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 /// a token from before sessions (no `sid`) while its `jti` is not revoked.
 pub async fn check_token(app: &App, token: &str) -> Result<AuthUser, ApiError> {
     let now = unix_now();
-    let claims = app.tokens.verify(token, now)?;
+    let claims = match app.tokens.verify(token, now) {
+        // Perhaps another instance just rotated the keys.
+        Err(TokenError::UnknownKey(kid)) if keyring::look_up(app, &kid).await => {
+            app.tokens.verify(token, now)?
+        }
+        verdict => verdict?,
+    };
     let refuse = |reason: &str| {
         tracing::debug!(reason, "token refused");
         ApiError::InvalidToken

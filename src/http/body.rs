@@ -236,6 +236,20 @@ impl Fields {
         }
     }
 
+    /// A boolean field that may be absent: JSON `true`/`false`, or the
+    /// text `true`/`false` (a form).
+    pub fn optional_bool(&mut self, name: &str) -> Result<Option<bool>, ApiError> {
+        match self.map.remove(name) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some(Value::String(s)) if s == "true" => Ok(Some(true)),
+            Some(Value::String(s)) if s == "false" => Ok(Some(false)),
+            Some(_) => Err(ApiError::InvalidInput(format!(
+                "{name} must be true or false"
+            ))),
+        }
+    }
+
     /// Fails naming the first field no one took (for routes that refuse
     /// unknown fields).
     pub fn refuse_unknown(self) -> Result<(), ApiError> {

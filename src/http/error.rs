@@ -14,6 +14,7 @@ use crate::domain::password::HashError;
 use crate::domain::throttle::RetryAfter;
 use crate::domain::token::TokenError;
 use crate::domain::user::RuleError;
+use crate::keyring::KeyringError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +251,16 @@ impl From<StoreError> for ApiError {
 impl From<HashError> for ApiError {
     fn from(error: HashError) -> Self {
         ApiError::Internal(error.to_string())
+    }
+}
+
+impl From<KeyringError> for ApiError {
+    fn from(error: KeyringError) -> Self {
+        match error {
+            KeyringError::Store(error) => error.into(),
+            KeyringError::Symmetric => ApiError::InvalidInput(error.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
     }
 }
 

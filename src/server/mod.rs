@@ -82,6 +82,7 @@ pub async fn serve(
     let connections = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
     let purger = tokio::spawn(purge_expired(app.clone()));
+    let key_follower = tokio::spawn(crate::keyring::follow(app.clone()));
     let warm_up = tokio::spawn({
         let app = app.clone();
         async move { app.passwords.warm_up().await }
@@ -135,7 +136,7 @@ pub async fn serve(
 
     drop(listener);
     tracing::info!("shutting down: draining in-flight requests");
-    for task in [purger, warm_up] {
+    for task in [purger, key_follower, warm_up] {
         task.abort();
         let _ = task.await;
     }

@@ -1,7 +1,7 @@
 //! The store: users by id and by email, atomic create / update / delete with
 //! the email uniqueness rule, sessions and the rotation of their refresh
-//! tokens, token revocation and login-failure counting, behind one type with
-//! two implementations:
+//! tokens, token revocation and login-failure counting, the signing key set
+//! (compare-and-swap), behind one type with two implementations:
 //!
 //! - [`sled::SledStore`] (the default): an embedded database in `data_dir`,
 //!   with login failures and registrations counted in this process's memory;
@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use crate::config::Settings;
 use crate::domain::session::{Presentation, PresentedToken, RefreshKeys, Session, SessionPolicy};
+use crate::domain::signing::{KeySet, StoredKey};
 use crate::domain::throttle::{LoginThrottle, RetryAfter, SharedKeys, ThrottleLimits};
 use crate::domain::token::LEEWAY_SECS;
 use crate::domain::user::{Role, User};
@@ -489,6 +490,29 @@ impl Store {
                 )
                 .await
             }
+        }
+    }
+
+    /// The signing key set (asymmetric algorithms), if one was ever written.
+    pub async fn signing_keys(&self) -> Result<Option<KeySet>, StoreError> {
+        match self {
+            Store::Sled { db, .. } => db.signing_keys().await,
+            Store::Postgres { db, .. } => db.signing_keys().await,
+        }
+    }
+
+    /// Replaces the key set with `keys` if it is still at version
+    /// `expected` (`None`: no set yet), atomically, whatever other instances
+    /// on the same database write; the new set's version is one more. False
+    /// if another write came first: read again and decide again.
+    pub async fn swap_signing_keys(
+        &self,
+        expected: Option<u64>,
+        keys: Vec<StoredKey>,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Sled { db, .. } => db.swap_signing_keys(expected, keys).await,
+            Store::Postgres { db, .. } => db.swap_signing_keys(expected, keys).await,
         }
     }
 

@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 use super::{StoreError, UserPatch};
 use crate::domain::session::Session;
+use crate::domain::signing::{KeySet, StoredKey};
 use crate::domain::throttle::RetryAfter;
 use crate::domain::user::{Role, User};
 
@@ -111,10 +112,21 @@ const MIGRATIONS: &[(i32, &str)] = &[
         CREATE INDEX IF NOT EXISTS gatehouse_sessions_user ON gatehouse_sessions (user_id);
         CREATE INDEX IF NOT EXISTS gatehouse_sessions_expiry ON gatehouse_sessions (expires_at);",
     ),
+    // The signing key set (domain::signing): one row, replaced by
+    // compare-and-set on `version`. `keys` is the set's JSON, private keys
+    // included (as in sled's data dir): guard the database accordingly.
+    (
+        4,
+        "CREATE TABLE IF NOT EXISTS gatehouse_signing_keys (
+            id INT PRIMARY KEY CHECK (id = 1),
+            version BIGINT NOT NULL,
+            keys TEXT NOT NULL
+        );",
+    ),
 ];
 
 /// The version the last migration records.
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 
 const USER_COLUMNS: &str =
     "id, name, email, role, password_hash, password_version, created_at, updated_at";
@@ -384,6 +396,78 @@ impl PgStore {
             }
         })
         .await
+    }
+
+    /// The stored signing key set, if one was ever written.
+    pub async fn signing_keys(&self) -> Result<Option<KeySet>, StoreError> {
+        let row = self
+            .run(|client| async move {
+                client
+                    .query_opt(
+                        "SELECT version, keys FROM gatehouse_signing_keys WHERE id = 1",
+                        &[],
+                    )
+                    .await
+            })
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            key: "gatehouse_signing_keys".into(),
+            reason,
+        };
+        let version: i64 = row.try_get(0).map_err(|e| corrupt(e.to_string()))?;
+        let keys: String = row.try_get(1).map_err(|e| corrupt(e.to_string()))?;
+        let keys: Vec<StoredKey> =
+            serde_json::from_str(&keys).map_err(|e| corrupt(e.to_string()))?;
+        Ok(Some(KeySet {
+            version: u64::try_from(version).map_err(|e| corrupt(e.to_string()))?,
+            keys,
+        }))
+    }
+
+    /// Writes `keys` as the key set at `expected` + 1 (at 1 when `expected`
+    /// is `None`: the first set), only if the stored set is still at
+    /// `expected`: one conditional statement. False if another instance's
+    /// write came first.
+    pub async fn swap_signing_keys(
+        &self,
+        expected: Option<u64>,
+        keys: Vec<StoredKey>,
+    ) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(&keys).map_err(|e| StoreError::Corrupt {
+            key: "gatehouse_signing_keys".into(),
+            reason: e.to_string(),
+        })?;
+        let written = self
+            .run(|client| {
+                let json = json.clone();
+                async move {
+                    match expected {
+                        None => {
+                            client
+                                .execute(
+                                    "INSERT INTO gatehouse_signing_keys (id, version, keys)
+                                     VALUES (1, 1, $1) ON CONFLICT (id) DO NOTHING",
+                                    &[&json],
+                                )
+                                .await
+                        }
+                        Some(version) => {
+                            client
+                                .execute(
+                                    "UPDATE gatehouse_signing_keys SET version = $1 + 1, keys = $2
+                                     WHERE id = 1 AND version = $1",
+                                    &[&to_i64(version), &json],
+                                )
+                                .await
+                        }
+                    }
+                }
+            })
+            .await?;
+        Ok(written == 1)
     }
 
     /// Stores a new session of an existing user (`NotFound` otherwise, by

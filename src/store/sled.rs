@@ -19,7 +19,9 @@
 //! - tree `meta`: `admins` → how many users are admins (u64, big-endian),
 //!   kept in the same transaction as every change of a role, so that "is
 //!   this the last admin?" is answered without a scan (sled transactions
-//!   cannot scan) and atomically.
+//!   cannot scan) and atomically; `signing_keys` → the asymmetric
+//!   [`KeySet`] as JSON (private keys included: the data dir is private),
+//!   replaced by compare-and-swap.
 //!
 //! Invariants: the email index and the user records change together, in one
 //! sled transaction, so an email maps to at most one user and every user's
@@ -63,6 +65,7 @@ use super::filter::{MaybeSet, COUNTERS};
 use super::record;
 use super::{StoreError, UserPatch};
 use crate::domain::session::Session;
+use crate::domain::signing::{KeySet, StoredKey};
 use crate::domain::user::User;
 
 /// The exit status of a process whose sled store failed a write (sysexits'
@@ -567,6 +570,48 @@ impl SledStore {
         .await
     }
 
+    /// The stored signing key set, if one was ever written.
+    pub async fn signing_keys(&self) -> Result<Option<KeySet>, StoreError> {
+        match self.meta.get(SIGNING_KEYS_KEY)? {
+            Some(bytes) => Ok(Some(decode_key_set(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes `keys` as the key set at `expected` + 1 (at 1 when `expected`
+    /// is `None`: the first set), only if the stored set is still at
+    /// `expected`. False if another write came first.
+    pub async fn swap_signing_keys(
+        &self,
+        expected: Option<u64>,
+        keys: Vec<StoredKey>,
+    ) -> Result<bool, StoreError> {
+        let store = self.clone();
+        self.write(move || {
+            let old = store.meta.get(SIGNING_KEYS_KEY)?;
+            let version = match &old {
+                Some(bytes) => Some(decode_key_set(bytes)?.version),
+                None => None,
+            };
+            if version != expected {
+                return Ok(false);
+            }
+            let set = KeySet {
+                version: expected.unwrap_or(0) + 1,
+                keys,
+            };
+            let new = serde_json::to_vec(&set).map_err(|e| StoreError::Corrupt {
+                key: "meta/signing_keys".into(),
+                reason: e.to_string(),
+            })?;
+            Ok(store
+                .meta
+                .compare_and_swap(SIGNING_KEYS_KEY, old, Some(new))?
+                .is_ok())
+        })
+        .await
+    }
+
     /// Answers if no write has failed and the database can be read.
     pub async fn health(&self) -> Result<(), StoreError> {
         if self.failed.load(Ordering::Acquire) {
@@ -747,6 +792,9 @@ fn tx_error(error: TransactionError<StoreError>) -> StoreError {
 /// The `meta` key of the admin count.
 const ADMINS_KEY: &[u8] = b"admins";
 
+/// `meta` key of the signing key set.
+const SIGNING_KEYS_KEY: &[u8] = b"signing_keys";
+
 /// Changes the admin count by `delta` inside a transaction; refuses
 /// (`LastAdmin`) a change that would leave no admin.
 fn add_admins(meta: &TransactionalTree, delta: i64) -> TxResult<()> {
@@ -816,6 +864,13 @@ fn decode_session(key: &[u8], bytes: &[u8]) -> Result<Session, StoreError> {
     };
     let id = std::str::from_utf8(key).map_err(|_| corrupt("the key is not UTF-8".into()))?;
     record::decode_session(id, bytes).map_err(|e| corrupt(e.0))
+}
+
+fn decode_key_set(bytes: &[u8]) -> Result<KeySet, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: "meta/signing_keys".into(),
+        reason: e.to_string(),
+    })
 }
 
 fn abort_with(error: StoreError) -> ConflictableTransactionError<StoreError> {

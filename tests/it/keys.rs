@@ -168,16 +168,6 @@ async fn the_admin_lists_the_keys_by_kid_and_hs256_rotation_is_by_configuration(
         .send()
         .await
         .assert_error(400, "invalid_input");
-    for (method, path) in [
-        (reqwest::Method::GET, "/api/admin/keys"),
-        (reqwest::Method::POST, "/api/admin/keys/rotate"),
-    ] {
-        server
-            .request(method, path)
-            .token(&user.token)
-            .send()
-            .await
-            .assert_error(403, "forbidden");
-    }
+    crate::signing::key_routes_are_forbidden(&server, &user.token).await;
 }
 }

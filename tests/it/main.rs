@@ -39,6 +39,7 @@ mod openapi;
 mod properties;
 mod protocol;
 mod sessions;
+mod signing;
 mod throttle;
 mod tokens;
 mod users;
