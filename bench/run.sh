@@ -4,8 +4,8 @@
 # Usage:
 #   bench/run.sh            the real run (release build, cost 10, 10 s per
 #                           scenario, 100,000 users with 3 sessions each);
-#                           ~6 minutes after the build (2 of them seeding
-#                           300,000 sessions)
+#                           ~9 minutes after the build (2 of them seeding
+#                           300,000 sessions, 3 the four signing algorithms)
 #   bench/run.sh --smoke    smoke mode (also BENCH_SMOKE=1): debug build, cost 4,
 #                           1 s per scenario, 1,000 users. It checks only that
 #                           every scenario ran and produced numbers.
@@ -31,12 +31,16 @@
 #      chain: 64 logins first, then `wrk -t64 -c64` with bench/refresh.lua,
 #      one connection per wrk thread, each always presenting the refresh
 #      token of its previous answer); notes the idle RSS;
-#   3. stops both;
+#   3. stops gatehouse (the baseline stays, paused);
 #   4. the same refresh scenario on the PostgreSQL store: a scratch database
 #      (createdb on BENCH_PG_URL, dropped on exit), gatehouse with
 #      GATEHOUSE_STORE__URL on it (pinned to CPU 0; PostgreSQL itself is not
 #      pinned and shares both CPUs). If PostgreSQL does not answer there, its
 #      row says so and the run goes on;
+#   4b. for each auth.algorithm (HS256, EdDSA, ES256, RS256): gatehouse on a
+#      fresh data dir signing with it, BENCH_ROUNDS rounds of /me alternating
+#      with the baseline (as in 2), then POST /api/auth/login (16
+#      connections); then stops the baseline;
 #   5. measures one core's bcrypt verify rate at the benchmark's cost
 #      (examples/bcrypt_ceiling.rs on CPU 0): the ceiling for login/register;
 #   6. seeds a second data dir with BENCH_USERS users (examples/seed.rs, server
@@ -200,7 +204,8 @@ wait_for_health() {
 }
 
 # Starts gatehouse on DATA_DIR (and on the PostgreSQL database STORE_URL if
-# given) pinned to SERVER_CPU; sets GH_PID and GH_LOG.
+# given; signing with GH_ALGORITHM if set) pinned to SERVER_CPU; sets GH_PID
+# and GH_LOG.
 start_gatehouse() { # DATA_DIR NAME [STORE_URL]
   local data_dir=$1 name=$2 store_url=${3:-}
   GH_LOG=$WORK/$name.log
@@ -212,6 +217,7 @@ start_gatehouse() { # DATA_DIR NAME [STORE_URL]
       GATEHOUSE_LIMITS__REGISTRATIONS_PER_ADDRESS=100000
     unset RUST_LOG
     [[ -z $store_url ]] || export GATEHOUSE_STORE__URL=$store_url
+    [[ -z ${GH_ALGORITHM:-} ]] || export GATEHOUSE_AUTH__ALGORITHM=$GH_ALGORITHM
     exec taskset -c "$SERVER_CPU" "$BIN_DIR/gatehouse" --port 0 --data-dir "$data_dir"
   ) 2>"$GH_LOG" >/dev/null &
   GH_PID=$!
@@ -445,7 +451,7 @@ aggregate me
 aggregate baseline
 ME_RATIO=$(median "${ROUND_RATIOS[@]}")
 log "/me ÷ baseline per round: ${ROUND_RATIOS[*]}; median $ME_RATIO"
-stop_server "$BASELINE_PID"
+kill -STOP "$BASELINE_PID" # paused until the per-algorithm rounds
 
 log "GET /api/auth/me alone, then during a login flood of 16 connections, $ROUNDS rounds"
 FLOOD_RPS_RATIOS=() FLOOD_P99_RATIOS=()
@@ -523,6 +529,49 @@ if pg_reachable; then
 else
   log "PostgreSQL refresh row: $PG_MISSING"
 fi
+
+# --- 4b. each signing algorithm: /me against the baseline, and login -------------
+# A fresh server per auth.algorithm, /me alternating with the baseline as
+# above (the same token every request: the verified-token cache holds, as it
+# does in production for a client's repeated requests), then logins (each
+# signs a new token pair: the signing cost shows here).
+ALGORITHMS=(HS256 EdDSA ES256 RS256)
+declare -A ALG_RATIO ALG_RATIOS
+for alg in "${ALGORITHMS[@]}"; do
+  log "auth.algorithm = $alg: GET /api/auth/me vs the baseline, $ROUNDS rounds; then login"
+  GH_ALGORITHM=$alg start_gatehouse "$WORK/data-$alg" "alg-$alg"
+  ADDRESS=$(wait_for_address "$GH_LOG" "$GH_PID")
+  wait_for_health "$ADDRESS"
+  ALG_EMAIL=bench-alg-$alg-$RUN_ID@bench.example
+  ALG_TOKEN=$(register "$ADDRESS" "$ALG_EMAIL")
+  me_id "$ADDRESS" "$ALG_TOKEN" >/dev/null
+  ratios=()
+  for ((round = 1; round <= ROUNDS; round++)); do
+    kill -STOP "$GH_PID"
+    kill -CONT "$BASELINE_PID"
+    WRK_DURATION=$ROUND_DURATION wrk_command "baseline_${alg}_$round" me.lua 64 \
+      "http://$BASELINE_ADDRESS/api/auth/me"
+    BENCH_TOKEN=$ALG_TOKEN "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+    kill -STOP "$BASELINE_PID"
+    kill -CONT "$GH_PID"
+    WRK_DURATION=$ROUND_DURATION wrk_command "me_${alg}_$round" me.lua 64 \
+      "http://$ADDRESS/api/auth/me"
+    BENCH_TOKEN=$ALG_TOKEN "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+    collect "baseline_${alg}_$round"
+    collect "me_${alg}_$round"
+    ratios+=("$(ratio_of "${RPS[me_${alg}_$round]}" "${RPS[baseline_${alg}_$round]}")")
+  done
+  aggregate "me_$alg"
+  aggregate "baseline_$alg"
+  ALG_RATIO[$alg]=$(median "${ratios[@]}")
+  ALG_RATIOS[$alg]="${ratios[*]}"
+  log "$alg: /me ÷ baseline per round: ${ratios[*]}; median ${ALG_RATIO[$alg]}"
+  wrk_command "login_$alg" login.lua 16 "http://$ADDRESS/api/auth/login"
+  BENCH_EMAIL=$ALG_EMAIL "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+  collect "login_$alg"
+  stop_server "$GH_PID"
+done
+stop_server "$BASELINE_PID"
 
 # --- 5. one core's bcrypt verify rate ---------------------------------------------
 log "bcrypt verify ceiling on CPU $SERVER_CPU (cost $COST, ${CEILING_SECS}s)"
@@ -637,6 +686,12 @@ RESULTS=$OUT_DIR/results.md
   row flood_login "the login flood itself (c16; all rounds; worst round's latencies)" "$(ratio "${RPS[flood_login]}" "$CEILING") × bcrypt ceiling"
   row refresh "POST /api/auth/refresh, $MAIN_STORE $REFRESH_LABEL" "$(ratio "${RPS[refresh]}" "$REFRESH_FLOOR") × 2,000/s"
   echo "$REFRESH_PG_ROW"
+  for alg in "${ALGORITHMS[@]}"; do
+    row "me_$alg" "GET /api/auth/me, auth.algorithm $alg (c64; median of $ROUNDS rounds)" \
+      "${ALG_RATIO[$alg]} × baseline (median of the rounds' ratios; baseline $(printf '%.0f' "${RPS[baseline_$alg]}")/s)"
+    row "login_$alg" "POST /api/auth/login, auth.algorithm $alg (c16)" \
+      "$(ratio "${RPS[login_$alg]}" "$CEILING") × bcrypt ceiling"
+  done
   row seeded_me "/me with $USERS users stored (c64)" "$(ratio "${RPS[seeded_me]}" "${RPS[me]}") × /me on a fresh store"
   row sessions_me "/me with $USERS users × $SESSIONS sessions stored (c64)" "$(ratio "${RPS[sessions_me]}" "${RPS[me]}") × /me on a fresh store"
   echo
@@ -658,6 +713,10 @@ RESULTS=$OUT_DIR/results.md
   echo "/me ÷ baseline in each round ($ROUND_DURATION each, alternating): ${ROUND_RATIOS[*]}"
   echo
   echo "/me during the flood ÷ /me alone just before, in each round: rps ${FLOOD_RPS_RATIOS[*]}; p99 ${FLOOD_P99_RATIOS[*]}"
+  echo
+  for alg in "${ALGORITHMS[@]}"; do
+    echo "/me ÷ baseline in each round under $alg: ${ALG_RATIOS[$alg]}"
+  done
 } >"$RESULTS"
 echo
 cat "$RESULTS"
@@ -668,6 +727,7 @@ log "results in $RESULTS; wrk outputs in $OUT_DIR/raw/ ($((SECONDS - STARTED)) s
 FAILED=()
 CHECKED=(me solo flood_me flood_login login register patch refresh baseline seeded_me sessions_me)
 [[ -z ${RPS[refresh_pg]:-} ]] || CHECKED+=(refresh_pg)
+for alg in "${ALGORITHMS[@]}"; do CHECKED+=("me_$alg" "baseline_$alg" "login_$alg"); done
 for key in "${CHECKED[@]}"; do
   # refresh.lua counts every answer but a 200 with a refresh token; the
   # other scripts, statuses of 400 and more.

@@ -175,7 +175,7 @@ fn create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
         let _ = fs::remove_file(&temporary);
     }
     stored.with_context(|| format!("{}: cannot store a new signing key", path.display()))?;
-    tracing::info!(path = %path.display(), "generated a new signing key");
+    tracing::info!(path = %path.display(), "generated a new secret (auth.secret)");
     Ok(key)
 }
 

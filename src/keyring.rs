@@ -110,7 +110,7 @@ pub async fn start(store: &Store, tokens: &TokenKeys) -> Result<(), KeyringError
             ),
         };
         if store.swap_signing_keys(expected, keys).await? {
-            tracing::info!(alg = algorithm.name(), "generated a new signing key");
+            tracing::info!(alg = algorithm.name(), "generated a new signing key pair");
         }
     }
     Err(KeyringError::Contended)

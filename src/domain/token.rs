@@ -248,9 +248,17 @@ impl TokenKeys {
         let mut verifiers = Vec::new();
         let mut listing = Vec::new();
         let mut jwks = Vec::new();
-        // The current key first: most tokens are its.
+        // Current, standby, then previous keys, the last retired first: the
+        // listing's order, and the current key is where most tokens look.
         let mut live: Vec<_> = set.live(now).collect();
-        live.sort_by_key(|k| k.state != KeyState::Current);
+        live.sort_by_key(|k| {
+            let rank = match k.state {
+                KeyState::Current => 0,
+                KeyState::Standby => 1,
+                KeyState::Previous => 2,
+            };
+            (rank, std::cmp::Reverse(k.retires_at))
+        });
         for key in live {
             if key.alg.is_asymmetric() {
                 verifiers.push(Verifier {
