@@ -431,26 +431,40 @@ aggregate() {
 # ratio_of A B: A / B with two decimals (0 if B is 0).
 ratio_of() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 
+# me_against_baseline NAME TOKEN: ROUNDS rounds of GET /api/auth/me (64
+# connections, TOKEN) on the baseline then on gatehouse (GH_PID at ADDRESS),
+# each paused while the other runs. The rounds' numbers go under the keys
+# baseline_1, me_1 … (baseline_NAME_1, me_NAME_1 … when NAME is given),
+# their medians under baseline and me (baseline_NAME, me_NAME), the rounds'
+# ratios to ROUND_RATIOS and their median to ME_ROUNDS_RATIO.
+me_against_baseline() {
+  local name=${1:+_$1} token=$2 round
+  ROUND_RATIOS=()
+  for ((round = 1; round <= ROUNDS; round++)); do
+    kill -STOP "$GH_PID"
+    kill -CONT "$BASELINE_PID"
+    WRK_DURATION=$ROUND_DURATION wrk_command "baseline${name}_$round" me.lua 64 \
+      "http://$BASELINE_ADDRESS/api/auth/me"
+    BENCH_TOKEN=$token "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+    kill -STOP "$BASELINE_PID"
+    kill -CONT "$GH_PID"
+    WRK_DURATION=$ROUND_DURATION wrk_command "me${name}_$round" me.lua 64 \
+      "http://$ADDRESS/api/auth/me"
+    BENCH_TOKEN=$token "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+    collect "baseline${name}_$round"
+    collect "me${name}_$round"
+    ROUND_RATIOS+=("$(ratio_of "${RPS[me${name}_$round]}" "${RPS[baseline${name}_$round]}")")
+  done
+  aggregate "me$name"
+  aggregate "baseline$name"
+  ME_ROUNDS_RATIO=$(median "${ROUND_RATIOS[@]}")
+}
+
 log "GET /api/auth/me vs the baseline, 64 connections, $ROUNDS rounds of $ROUND_DURATION each"
-ROUND_RATIOS=()
-for ((round = 1; round <= ROUNDS; round++)); do
-  kill -STOP "$GH_PID"
-  kill -CONT "$BASELINE_PID"
-  WRK_DURATION=$ROUND_DURATION wrk_command "baseline_$round" me.lua 64 \
-    "http://$BASELINE_ADDRESS/api/auth/me"
-  BENCH_TOKEN=$ME_TOKEN "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
-  kill -STOP "$BASELINE_PID"
-  kill -CONT "$GH_PID"
-  WRK_DURATION=$ROUND_DURATION wrk_command "me_$round" me.lua 64 "http://$ADDRESS/api/auth/me"
-  BENCH_TOKEN=$ME_TOKEN "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
-  collect "baseline_$round"
-  collect "me_$round"
-  ROUND_RATIOS+=("$(ratio_of "${RPS[me_$round]}" "${RPS[baseline_$round]}")")
-done
-aggregate me
-aggregate baseline
-ME_RATIO=$(median "${ROUND_RATIOS[@]}")
-log "/me ÷ baseline per round: ${ROUND_RATIOS[*]}; median $ME_RATIO"
+me_against_baseline "" "$ME_TOKEN"
+ME_RATIO=$ME_ROUNDS_RATIO
+ME_ROUND_RATIOS=("${ROUND_RATIOS[@]}")
+log "/me ÷ baseline per round: ${ME_ROUND_RATIOS[*]}; median $ME_RATIO"
 kill -STOP "$BASELINE_PID" # paused until the per-algorithm rounds
 
 log "GET /api/auth/me alone, then during a login flood of 16 connections, $ROUNDS rounds"
@@ -545,27 +559,10 @@ for alg in "${ALGORITHMS[@]}"; do
   ALG_EMAIL=bench-alg-$alg-$RUN_ID@bench.example
   ALG_TOKEN=$(register "$ADDRESS" "$ALG_EMAIL")
   me_id "$ADDRESS" "$ALG_TOKEN" >/dev/null
-  ratios=()
-  for ((round = 1; round <= ROUNDS; round++)); do
-    kill -STOP "$GH_PID"
-    kill -CONT "$BASELINE_PID"
-    WRK_DURATION=$ROUND_DURATION wrk_command "baseline_${alg}_$round" me.lua 64 \
-      "http://$BASELINE_ADDRESS/api/auth/me"
-    BENCH_TOKEN=$ALG_TOKEN "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
-    kill -STOP "$BASELINE_PID"
-    kill -CONT "$GH_PID"
-    WRK_DURATION=$ROUND_DURATION wrk_command "me_${alg}_$round" me.lua 64 \
-      "http://$ADDRESS/api/auth/me"
-    BENCH_TOKEN=$ALG_TOKEN "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
-    collect "baseline_${alg}_$round"
-    collect "me_${alg}_$round"
-    ratios+=("$(ratio_of "${RPS[me_${alg}_$round]}" "${RPS[baseline_${alg}_$round]}")")
-  done
-  aggregate "me_$alg"
-  aggregate "baseline_$alg"
-  ALG_RATIO[$alg]=$(median "${ratios[@]}")
-  ALG_RATIOS[$alg]="${ratios[*]}"
-  log "$alg: /me ÷ baseline per round: ${ratios[*]}; median ${ALG_RATIO[$alg]}"
+  me_against_baseline "$alg" "$ALG_TOKEN"
+  ALG_RATIO[$alg]=$ME_ROUNDS_RATIO
+  ALG_RATIOS[$alg]="${ROUND_RATIOS[*]}"
+  log "$alg: /me ÷ baseline per round: ${ROUND_RATIOS[*]}; median $ME_ROUNDS_RATIO"
   wrk_command "login_$alg" login.lua 16 "http://$ADDRESS/api/auth/login"
   BENCH_EMAIL=$ALG_EMAIL "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
   collect "login_$alg"
@@ -710,7 +707,7 @@ RESULTS=$OUT_DIR/results.md
   echo "| cold start to first 200, $USERS users × $SESSIONS sessions | $SESSIONS_COLD_START_MS ms | $(ratio "$SESSIONS_COLD_START_MS" 1000) × 1 s |"
   echo "| seeding $TOTAL_SESSIONS sessions (64 concurrent inserts) | ${SESSION_SEED_SECS:-?} s | |"
   echo
-  echo "/me ÷ baseline in each round ($ROUND_DURATION each, alternating): ${ROUND_RATIOS[*]}"
+  echo "/me ÷ baseline in each round ($ROUND_DURATION each, alternating): ${ME_ROUND_RATIOS[*]}"
   echo
   echo "/me during the flood ÷ /me alone just before, in each round: rps ${FLOOD_RPS_RATIOS[*]}; p99 ${FLOOD_P99_RATIOS[*]}"
   echo

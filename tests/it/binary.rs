@@ -1,5 +1,5 @@
 //! The built binary as a child process: restarts on one data dir, `kill -9`
-//! durability, the generated secret, bad configuration, `admin create`,
+//! durability (of users, logouts and key rotations), the generated secret, bad configuration, `admin create`,
 //! graceful shutdown and the request log.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -356,6 +356,44 @@ async fn acknowledged_writes_survive_kill_9() {
     // A token nobody logged out still works, so the 401 above is the revocation.
     let (status, body) = me(&client, &third.base, &tokens[2]).await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// A key rotation acknowledged with 200 survives `kill -9`: after the
+/// restart the promoted key signs and the key it replaced still verifies.
+#[tokio::test]
+async fn an_acknowledged_key_rotation_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new();
+    let (status, _, stderr) = admin_create(dir.path(), "keys@example.com", "Keys", "adminpass1\n");
+    assert!(status.success(), "admin create: {stderr}");
+    let eddsa = [("GATEHOUSE_AUTH__ALGORITHM", "EdDSA")];
+    let mut first = Binary::start(dir.path(), &eddsa);
+    let old_token = login(&client, &first.base, "keys@example.com", "adminpass1").await;
+    let (status, listing) = call(
+        &client,
+        reqwest::Method::POST,
+        format!("{}/api/admin/keys/rotate", first.base),
+        Some(&old_token),
+        Some(json!({})),
+    )
+    .await;
+    first.kill9();
+    assert_eq!(status, 200, "{listing}");
+    let promoted = listing[0]["kid"]
+        .as_str()
+        .expect("a current kid")
+        .to_string();
+    assert_eq!(listing[0]["state"], "current");
+
+    let second = Binary::start(dir.path(), &eddsa);
+    let token = login(&client, &second.base, "keys@example.com", "adminpass1").await;
+    assert_eq!(
+        jwt_part(&token, 0)["kid"],
+        promoted.as_str(),
+        "the promoted key signs"
+    );
+    let (status, body) = me(&client, &second.base, &old_token).await;
+    assert_eq!(status, 200, "the replaced key still verifies: {body}");
 }
 
 #[cfg(unix)]
