@@ -4,7 +4,12 @@
 //!
 //! Driver: tokio-postgres with a deadpool pool (see ARCHITECTURE.md for why).
 //! Most operations are one SQL statement (the unique index on the normalized
-//! email decides registration races). Three are short transactions that lock
+//! email decides registration races), its text a constant, prepared once per
+//! pooled connection (`prepare_cached`) so that each later run is one round
+//! trip; the token check is one such statement (the session joined with its
+//! user). Prepared statements live and die with their connection: a
+//! connection the server dropped is replaced by the pool, which prepares
+//! again. Three are short transactions that lock
 //! what they decide on: counting a throttled attempt (the row guarding the
 //! client's counters, [`PgStore::count_attempt`]), and demoting or deleting a
 //! user (every admin row, so the last admin always remains). Each runs within
@@ -128,18 +133,82 @@ const MIGRATIONS: &[(i32, &str)] = &[
 /// The version the last migration records.
 const SCHEMA_VERSION: i32 = 4;
 
-const USER_COLUMNS: &str =
-    "id, name, email, role, password_hash, password_version, created_at, updated_at";
+// Every statement's text is a `&'static str` (the column lists are macros so
+// that `concat!` can build them in), prepared once per pooled connection by
+// `prepare_cached` and run as one round trip after that. The column lists
+// are in `user_from_row`'s and `session_from_row`'s order.
+macro_rules! user_columns {
+    () => {
+        "id, name, email, role, password_hash, password_version, created_at, updated_at"
+    };
+}
+macro_rules! session_columns {
+    () => {
+        "id, user_id, created_at, last_used_at, expires_at, user_agent, ip,
+         password_version, generation, spent_at, refresh_hash"
+    };
+}
 
-/// The session columns, in [`session_from_row`]'s order.
-const SESSION_COLUMNS: &str = "id, user_id, created_at, last_used_at, expires_at, user_agent, ip,
-     password_version, generation, spent_at, refresh_hash";
-
-/// The user's columns then the session's, for the token check's join.
-const USER_AND_SESSION_COLUMNS: &str = "u.id, u.name, u.email, u.role, u.password_hash,
+const USER_BY_ID: &str = concat!(
+    "SELECT ",
+    user_columns!(),
+    " FROM gatehouse_users WHERE id = $1"
+);
+const USER_BY_EMAIL: &str = concat!(
+    "SELECT ",
+    user_columns!(),
+    " FROM gatehouse_users WHERE email = $1"
+);
+const LIST_USERS: &str = concat!(
+    "SELECT ",
+    user_columns!(),
+    " FROM gatehouse_users
+     WHERE ($1::uuid IS NULL OR id > $1)
+       AND ($2::text IS NULL OR id::text COLLATE \"C\" > $2)
+     ORDER BY id LIMIT $3"
+);
+const UPDATE_USER: &str = concat!(
+    "UPDATE gatehouse_users SET
+        name = COALESCE($2, name),
+        email = COALESCE($3, email),
+        role = COALESCE($4, role),
+        password_hash = COALESCE($5, password_hash),
+        password_version = password_version + CASE WHEN $5::text IS NULL THEN 0 ELSE 1 END,
+        updated_at = $6
+     WHERE id = $1
+     RETURNING ",
+    user_columns!()
+);
+const DELETE_USER: &str = concat!(
+    "DELETE FROM gatehouse_users WHERE id = $1 RETURNING ",
+    user_columns!()
+);
+const INSERT_SESSION: &str = concat!(
+    "INSERT INTO gatehouse_sessions (",
+    session_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+);
+/// The token check: the session and its user (the user's columns first), in
+/// one statement.
+const SESSION_AND_USER: &str = "SELECT u.id, u.name, u.email, u.role, u.password_hash,
      u.password_version, u.created_at, u.updated_at, s.id, s.user_id, s.created_at,
      s.last_used_at, s.expires_at, s.user_agent, s.ip, s.password_version, s.generation,
-     s.spent_at, s.refresh_hash";
+     s.spent_at, s.refresh_hash
+     FROM gatehouse_sessions s JOIN gatehouse_users u ON u.id = s.user_id WHERE s.id = $1";
+const END_SESSION: &str = concat!(
+    "DELETE FROM gatehouse_sessions WHERE id = $1 RETURNING ",
+    session_columns!()
+);
+const END_USER_SESSIONS: &str = concat!(
+    "DELETE FROM gatehouse_sessions WHERE user_id = $1 AND ($2::uuid IS NULL OR id <> $2)
+     RETURNING ",
+    session_columns!()
+);
+const SESSIONS_OF: &str = concat!(
+    "SELECT ",
+    session_columns!(),
+    " FROM gatehouse_sessions WHERE user_id = $1"
+);
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -217,10 +286,9 @@ impl PgStore {
         let Some(id) = issued_id(id) else {
             return Ok(None);
         };
-        let sql = format!("SELECT {USER_COLUMNS} FROM gatehouse_users WHERE id = $1");
-        self.run(|client| {
-            let sql = sql.clone();
-            async move { client.query_opt(&sql, &[&id]).await }
+        self.run(|client| async move {
+            let statement = client.prepare_cached(USER_BY_ID).await?;
+            client.query_opt(&statement, &[&id]).await
         })
         .await?
         .map(|row| user_from_row(&row))
@@ -232,11 +300,13 @@ impl PgStore {
         if email.contains('\0') {
             return Ok(None);
         }
-        let sql = format!("SELECT {USER_COLUMNS} FROM gatehouse_users WHERE email = $1");
         let email = email.to_string();
         self.run(|client| {
-            let (sql, email) = (sql.clone(), email.clone());
-            async move { client.query_opt(&sql, &[&email]).await }
+            let email = email.clone();
+            async move {
+                let statement = client.prepare_cached(USER_BY_EMAIL).await?;
+                client.query_opt(&statement, &[&email]).await
+            }
         })
         .await?
         .map(|row| user_from_row(&row))
@@ -258,16 +328,15 @@ impl PgStore {
             None => (None, None),
         };
         let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
-        let sql = format!(
-            "SELECT {USER_COLUMNS} FROM gatehouse_users
-             WHERE ($1::uuid IS NULL OR id > $1)
-               AND ($2::text IS NULL OR id::text COLLATE \"C\" > $2)
-             ORDER BY id LIMIT $3"
-        );
         let rows = self
             .run(|client| {
-                let (sql, after_text) = (sql.clone(), after_text.clone());
-                async move { client.query(&sql, &[&after_id, &after_text, &fetch]).await }
+                let after_text = after_text.clone();
+                async move {
+                    let statement = client.prepare_cached(LIST_USERS).await?;
+                    client
+                        .query(&statement, &[&after_id, &after_text, &fetch])
+                        .await
+                }
             })
             .await?;
         let more = rows.len() > limit;
@@ -285,11 +354,16 @@ impl PgStore {
         self.run(|client| {
             let user = stored.clone();
             async move {
-                client
-                    .execute(
+                let statement = client
+                    .prepare_cached(
                         "INSERT INTO gatehouse_users (id, name, email, role, password_hash,
                          password_version, created_at, updated_at)
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    )
+                    .await?;
+                client
+                    .execute(
+                        &statement,
                         &[
                             &id,
                             &user.name.as_bytes(),
@@ -318,22 +392,11 @@ impl PgStore {
         let Some(id) = issued_id(id) else {
             return Err(StoreError::NotFound);
         };
-        let sql = format!(
-            "UPDATE gatehouse_users SET
-                name = COALESCE($2, name),
-                email = COALESCE($3, email),
-                role = COALESCE($4, role),
-                password_hash = COALESCE($5, password_hash),
-                password_version = password_version + CASE WHEN $5::text IS NULL THEN 0 ELSE 1 END,
-                updated_at = $6
-             WHERE id = $1
-             RETURNING {USER_COLUMNS}"
-        );
         // Only a change to `user` can demote; only then are the admins locked.
         let demotes = patch.role == Some(Role::User);
         let outcome = self
             .run(|client| {
-                let (sql, patch) = (sql.clone(), patch.clone());
+                let patch = patch.clone();
                 async move {
                     let name = patch.name.as_ref().map(|n| n.as_bytes().to_vec());
                     let role = patch.role.map(role_text);
@@ -345,7 +408,7 @@ impl PgStore {
                         &patch.password_hash,
                         &to_i64(now),
                     ];
-                    change_user(client, id, demotes, &sql, &params).await
+                    change_user(client, id, demotes, UPDATE_USER, &params).await
                 }
             })
             .await?;
@@ -356,12 +419,8 @@ impl PgStore {
         let Some(id) = issued_id(id) else {
             return Err(StoreError::NotFound);
         };
-        let sql = format!("DELETE FROM gatehouse_users WHERE id = $1 RETURNING {USER_COLUMNS}");
         let outcome = self
-            .run(|client| {
-                let sql = sql.clone();
-                async move { change_user(client, id, true, &sql, &[&id]).await }
-            })
+            .run(|client| async move { change_user(client, id, true, DELETE_USER, &[&id]).await })
             .await?;
         user_from_row(&outcome?)
     }
@@ -371,12 +430,14 @@ impl PgStore {
         self.run(|client| {
             let jti = jti.clone();
             async move {
-                client
-                    .execute(
+                let statement = client
+                    .prepare_cached(
                         "INSERT INTO gatehouse_revoked (jti, expires_at) VALUES ($1, $2)
                          ON CONFLICT (jti) DO NOTHING",
-                        &[&jti, &to_i64(expires_at)],
                     )
+                    .await?;
+                client
+                    .execute(&statement, &[&jti, &to_i64(expires_at)])
                     .await?;
                 Ok(())
             }
@@ -389,10 +450,10 @@ impl PgStore {
         self.run(|client| {
             let jti = jti.clone();
             async move {
-                Ok(client
-                    .query_opt("SELECT 1 FROM gatehouse_revoked WHERE jti = $1", &[&jti])
-                    .await?
-                    .is_some())
+                let statement = client
+                    .prepare_cached("SELECT 1 FROM gatehouse_revoked WHERE jti = $1")
+                    .await?;
+                Ok(client.query_opt(&statement, &[&jti]).await?.is_some())
             }
         })
         .await
@@ -402,12 +463,10 @@ impl PgStore {
     pub async fn signing_keys(&self) -> Result<Option<KeySet>, StoreError> {
         let row = self
             .run(|client| async move {
-                client
-                    .query_opt(
-                        "SELECT version, keys FROM gatehouse_signing_keys WHERE id = 1",
-                        &[],
-                    )
-                    .await
+                let statement = client
+                    .prepare_cached("SELECT version, keys FROM gatehouse_signing_keys WHERE id = 1")
+                    .await?;
+                client.query_opt(&statement, &[]).await
             })
             .await?;
         let Some(row) = row else {
@@ -476,16 +535,13 @@ impl PgStore {
     pub async fn insert_session(&self, session: Session, keep: usize) -> Result<(), StoreError> {
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         let (id, user_id) = (parse_id(&session.id)?, parse_id(&session.user_id)?);
-        let sql = format!(
-            "INSERT INTO gatehouse_sessions ({SESSION_COLUMNS})
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        );
         self.run(|client| {
-            let (sql, s) = (sql.clone(), session.clone());
+            let s = session.clone();
             async move {
+                let insert = client.prepare_cached(INSERT_SESSION).await?;
                 client
                     .execute(
-                        &sql,
+                        &insert,
                         &[
                             &id,
                             &user_id,
@@ -503,14 +559,14 @@ impl PgStore {
                     .await?;
                 // A separate statement: a racing sign-in may leave one more
                 // until the next.
-                client
-                    .execute(
+                let cap = client
+                    .prepare_cached(
                         "DELETE FROM gatehouse_sessions WHERE id IN (
                             SELECT id FROM gatehouse_sessions WHERE user_id = $1
                             ORDER BY id DESC OFFSET $2)",
-                        &[&user_id, &keep],
                     )
                     .await?;
+                client.execute(&cap, &[&user_id, &keep]).await?;
                 Ok(())
             }
         })
@@ -522,14 +578,10 @@ impl PgStore {
         let Some(id) = issued_id(id) else {
             return Ok(None);
         };
-        let sql = format!(
-            "SELECT {USER_AND_SESSION_COLUMNS} FROM gatehouse_sessions s
-             JOIN gatehouse_users u ON u.id = s.user_id WHERE s.id = $1"
-        );
         let row = self
-            .run(|client| {
-                let sql = sql.clone();
-                async move { client.query_opt(&sql, &[&id]).await }
+            .run(|client| async move {
+                let statement = client.prepare_cached(SESSION_AND_USER).await?;
+                client.query_opt(&statement, &[&id]).await
             })
             .await?;
         match row {
@@ -554,11 +606,16 @@ impl PgStore {
             .run(|client| {
                 let next = next.clone();
                 async move {
-                    client
-                        .execute(
+                    let statement = client
+                        .prepare_cached(
                             "UPDATE gatehouse_sessions SET generation = $2, spent_at = $3,
                                 last_used_at = $4, refresh_hash = $5
                              WHERE id = $1 AND generation = $6 AND refresh_hash = $7",
+                        )
+                        .await?;
+                    client
+                        .execute(
+                            &statement,
                             &[
                                 &id,
                                 &to_i64(next.generation),
@@ -581,12 +638,10 @@ impl PgStore {
         let Some(id) = issued_id(id) else {
             return Ok(None);
         };
-        let sql =
-            format!("DELETE FROM gatehouse_sessions WHERE id = $1 RETURNING {SESSION_COLUMNS}");
         let row = self
-            .run(|client| {
-                let sql = sql.clone();
-                async move { client.query_opt(&sql, &[&id]).await }
+            .run(|client| async move {
+                let statement = client.prepare_cached(END_SESSION).await?;
+                client.query_opt(&statement, &[&id]).await
             })
             .await?;
         row.map(|row| session_from_row(&row, 0)).transpose()
@@ -602,14 +657,10 @@ impl PgStore {
             return Ok(Vec::new());
         };
         let except = except.and_then(issued_id);
-        let sql = format!(
-            "DELETE FROM gatehouse_sessions WHERE user_id = $1 AND ($2::uuid IS NULL OR id <> $2)
-             RETURNING {SESSION_COLUMNS}"
-        );
         let rows = self
-            .run(|client| {
-                let sql = sql.clone();
-                async move { client.query(&sql, &[&user_id, &except]).await }
+            .run(|client| async move {
+                let statement = client.prepare_cached(END_USER_SESSIONS).await?;
+                client.query(&statement, &[&user_id, &except]).await
             })
             .await?;
         rows.iter().map(|row| session_from_row(row, 0)).collect()
@@ -620,11 +671,10 @@ impl PgStore {
         let Some(user_id) = issued_id(user_id) else {
             return Ok(Vec::new());
         };
-        let sql = format!("SELECT {SESSION_COLUMNS} FROM gatehouse_sessions WHERE user_id = $1");
         let rows = self
-            .run(|client| {
-                let sql = sql.clone();
-                async move { client.query(&sql, &[&user_id]).await }
+            .run(|client| async move {
+                let statement = client.prepare_cached(SESSIONS_OF).await?;
+                client.query(&statement, &[&user_id]).await
             })
             .await?;
         rows.iter().map(|row| session_from_row(row, 0)).collect()
@@ -765,12 +815,14 @@ impl PgStore {
         self.run(|client| {
             let (account, address) = (account.clone(), address.clone());
             async move {
-                client
-                    .execute(
+                let statement = client
+                    .prepare_cached(
                         "DELETE FROM gatehouse_throttle_events
                          WHERE key = $1 OR (key = $2 AND attempt = $3)",
-                        &[&account, &address, &attempt],
                     )
+                    .await?;
+                client
+                    .execute(&statement, &[&account, &address, &attempt])
                     .await?;
                 Ok(())
             }
@@ -783,13 +835,13 @@ impl PgStore {
     pub async fn health(&self) -> Result<(), StoreError> {
         let writable = self
             .run(|client| async move {
-                let row = client
-                    .query_one(
+                let statement = client
+                    .prepare_cached(
                         "SELECT NOT pg_is_in_recovery()
                             AND current_setting('transaction_read_only') = 'off'",
-                        &[],
                     )
                     .await?;
+                let row = client.query_one(&statement, &[]).await?;
                 row.try_get::<_, bool>(0)
             })
             .await?;
@@ -843,12 +895,13 @@ async fn change_user(
     mut client: deadpool_postgres::Object,
     id: Uuid,
     guard: bool,
-    sql: &str,
+    sql: &'static str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Result<Row, StoreError>, tokio_postgres::Error> {
     if !guard {
+        let statement = client.prepare_cached(sql).await?;
         return Ok(client
-            .query_opt(sql, params)
+            .query_opt(&statement, params)
             .await?
             .ok_or(StoreError::NotFound));
     }
@@ -856,7 +909,8 @@ async fn change_user(
     if !others_stay_admin(&transaction, id).await? {
         return Ok(Err(StoreError::LastAdmin));
     }
-    let row = transaction.query_opt(sql, params).await?;
+    let statement = transaction.prepare_cached(sql).await?;
+    let row = transaction.query_opt(&statement, params).await?;
     transaction.commit().await?;
     Ok(row.ok_or(StoreError::NotFound))
 }
@@ -870,12 +924,12 @@ async fn others_stay_admin(
     transaction: &deadpool_postgres::Transaction<'_>,
     id: Uuid,
 ) -> Result<bool, tokio_postgres::Error> {
-    let admins = transaction
-        .query(
+    let statement = transaction
+        .prepare_cached(
             "SELECT id FROM gatehouse_users WHERE role = 'admin' ORDER BY id FOR UPDATE",
-            &[],
         )
         .await?;
+    let admins = transaction.query(&statement, &[]).await?;
     let is_admin = admins.iter().any(|row| row.get::<_, Uuid>(0) == id);
     Ok(!is_admin || admins.len() > 1)
 }
@@ -1001,7 +1055,7 @@ fn user_from_row(row: &Row) -> Result<User, StoreError> {
     })
 }
 
-/// The session in `row`'s columns from `at` on ([`SESSION_COLUMNS`]' order).
+/// The session in `row`'s columns from `at` on (`session_columns!`'s order).
 fn session_from_row(row: &Row, at: usize) -> Result<Session, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         key: row

@@ -248,6 +248,98 @@ async fn a_read_only_database_answers_reads_and_refuses_writes() {
     assert_eq!(health.status, 503, "{}", health.text);
 }
 
+/// Prepared statements live on their connection: when PostgreSQL ends every
+/// connection of the server between two requests (`pg_terminate_backend`),
+/// the next requests succeed on new connections (preparing again) or answer
+/// a 503, never a 500, and the server is back to 200 at once after.
+#[tokio::test]
+async fn requests_survive_the_database_ending_the_servers_connections() {
+    if test_database_url().is_none() {
+        not_run("requests_survive_the_database_ending_the_servers_connections");
+        return;
+    }
+    // A name of its own, so that only this server's connections are ended
+    // (other tests' servers share the database).
+    let name = format!("gh_terminated_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{}&application_name={name}", fresh_schema_url().await);
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    settings.store.url = Some(Secret::new(url));
+    let server = TestServer::start_settings(settings).await;
+    let user = server.register("Ended", "ended@example.com").await;
+    // Warm every statement the requests below use.
+    server
+        .get("/api/auth/me")
+        .token(&user.token)
+        .send()
+        .await
+        .assert_ok(200);
+    let rename = |name: &str| {
+        server
+            .patch(&format!("/api/users/{}", user.id))
+            .token(&user.token)
+            .json(json!({ "name": name }))
+            .send()
+    };
+    rename("Before").await.assert_ok(200);
+
+    let (admin, connection) =
+        tokio_postgres::connect(&test_database_url().unwrap(), tokio_postgres::NoTls)
+            .await
+            .expect("the test database answers");
+    let connection = tokio::spawn(connection);
+    for round in 0..3 {
+        let ended: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = $1) AS ended",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            ended >= 1,
+            "round {round}: no connection of the server to end"
+        );
+        for reply in [
+            server.get("/api/auth/me").token(&user.token).send().await,
+            rename(&format!("Round {round}")).await,
+            server
+                .post("/api/auth/login")
+                .json(json!({"email": "ended@example.com", "password": PASSWORD}))
+                .send()
+                .await,
+        ] {
+            assert!(
+                reply.status == 200 || reply.status == 503,
+                "round {round}: {} {}",
+                reply.status,
+                reply.text
+            );
+            if reply.status == 503 {
+                assert_eq!(reply.body["error"], "store_unavailable", "{}", reply.text);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let reply = server.get("/api/auth/me").token(&user.token).send().await;
+            if reply.status == 200 {
+                break;
+            }
+            assert_eq!(reply.status, 503, "{}", reply.text);
+            assert!(
+                Instant::now() < deadline,
+                "still {} after 10 s",
+                reply.status
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    drop(admin);
+    let _ = connection.await;
+}
+
 #[tokio::test]
 async fn instances_starting_at_once_all_migrate() {
     if test_database_url().is_none() {
