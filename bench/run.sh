@@ -116,6 +116,9 @@ PG_URL=${BENCH_PG_URL-postgres://postgres@127.0.0.1:5432}
 # GATEHOUSE_STORE__URL is set for the whole run.
 MAIN_STORE=sled
 [[ -z ${GATEHOUSE_STORE__URL:-} ]] || MAIN_STORE="PostgreSQL (GATEHOUSE_STORE__URL)"
+# Connections for the PostgreSQL /me and PATCH rows and their pgbench
+# ceilings (the pool holds 16).
+PG_CLIENTS=16
 # Refresh chains: one session, one connection and one wrk thread each.
 REFRESH_CLIENTS=64
 SERVER_CPU=${SERVER_CPU:-0}
@@ -341,6 +344,8 @@ pg_reachable() {
     PG_MISSING="not run: BENCH_PG_URL is empty"
   elif ! command -v psql >/dev/null; then
     PG_MISSING="not run: no psql to create a scratch database"
+  elif ! command -v pgbench >/dev/null; then
+    PG_MISSING="not run: no pgbench for the ceilings"
   elif ! pg_psql 'select 1' >/dev/null 2>&1; then
     PG_MISSING="not run: PostgreSQL not reachable at ${PG_URL#*@}"
   fi
@@ -363,6 +368,8 @@ need() { # COMMAND DEBIAN-PACKAGE
 need wrk wrk
 need curl curl
 need taskset util-linux
+# pgbench (the PostgreSQL rows' ceilings) comes with PostgreSQL's client
+# tools; without it those rows say so.
 
 CPUS=$(nproc)
 if ((CPUS < 2)); then
@@ -530,6 +537,44 @@ refresh_scenario refresh "$ADDRESS"
 stop_server "$GH_PID"
 
 # --- 4. the refresh scenario on PostgreSQL ----------------------------------------
+# pgbench_round KEY ARGS...: one pgbench run (on CLIENT_CPU, PG_CLIENTS
+# connections, one thread, prepared statements, ROUND_DURATION) on the
+# scratch database; its rate goes to RPS[KEY].
+pgbench_round() {
+  local key=$1 out
+  shift
+  out=$OUT_DIR/raw/$key.txt
+  taskset -c "$CLIENT_CPU" pgbench -n -M prepared -c "$PG_CLIENTS" -j 1 \
+    -T "${ROUND_DURATION%s}" "$@" "$PG_URL/$PG_DB" >"$out" 2>&1 ||
+    { cat "$out" >&2; die "pgbench $* failed"; }
+  RPS[$key]=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$out")
+  [[ -n ${RPS[$key]} ]] || { cat "$out" >&2; die "pgbench printed no tps for $key"; }
+  log "$key: ${RPS[$key]} transactions/s"
+}
+
+# pg_against_pgbench NAME SCRIPT TOKEN URL PGBENCH-ARGS...: ROUNDS rounds of
+# gatehouse (wrk SCRIPT on URL, PG_CLIENTS connections) then pgbench, each
+# round's ratio to PG_RATIOS[NAME], their median to PG_RATIO[NAME].
+pg_against_pgbench() {
+  local name=$1 script=$2 token=$3 url=$4 round ratios=()
+  shift 4
+  for ((round = 1; round <= ROUNDS; round++)); do
+    WRK_DURATION=$ROUND_DURATION wrk_command "${name}_$round" "$script" "$PG_CLIENTS" "$url"
+    BENCH_TOKEN=$token "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+    collect "${name}_$round"
+    pgbench_round "pgbench_${name}_$round" "$@"
+    ratios+=("$(ratio_of "${RPS[${name}_$round]}" "${RPS[pgbench_${name}_$round]}")")
+  done
+  aggregate "$name"
+  local ceilings=()
+  for ((round = 1; round <= ROUNDS; round++)); do ceilings+=("${RPS[pgbench_${name}_$round]}"); done
+  RPS[pgbench_$name]=$(median "${ceilings[@]}")
+  PG_RATIO[$name]=$(median "${ratios[@]}")
+  PG_RATIOS[$name]="${ratios[*]}"
+  log "$name ÷ pgbench per round: ${ratios[*]}; median ${PG_RATIO[$name]}"
+}
+
+declare -A PG_RATIO PG_RATIOS
 if pg_reachable; then
   PG_DB=gatehouse_bench_${RUN_ID//-/_}
   log "POST /api/auth/refresh on PostgreSQL (scratch database $PG_DB at ${PG_URL#*@})"
@@ -538,10 +583,29 @@ if pg_reachable; then
   ADDRESS=$(wait_for_address "$GH_LOG" "$GH_PID")
   wait_for_health "$ADDRESS"
   refresh_scenario refresh_pg "$ADDRESS"
+
+  # /me and PATCH on PostgreSQL against the database's own rates at the
+  # same concurrency: pgbench -S (one primary-key SELECT a transaction) and
+  # a one-row UPDATE script, on pgbench's tables in the same scratch
+  # database (gatehouse's tables are gatehouse_*).
+  log "pgbench tables in $PG_DB (scale 1)"
+  pgbench -i -q -s 1 "$PG_URL/$PG_DB" >"$OUT_DIR/raw/pgbench_init.txt" 2>&1 ||
+    { cat "$OUT_DIR/raw/pgbench_init.txt" >&2; die "pgbench -i failed"; }
+  printf '%s\n' '\set aid random(1, 100000 * :scale)' \
+    'UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;' \
+    >"$WORK/pgbench-update.sql"
+  PG_ME_TOKEN=$(register "$ADDRESS" "bench-pg-me-$RUN_ID@bench.example")
+  PG_PATCH_TOKEN=$(register "$ADDRESS" "bench-pg-patch-$RUN_ID@bench.example")
+  PG_PATCH_ID=$(me_id "$ADDRESS" "$PG_PATCH_TOKEN")
+  log "GET /api/auth/me on PostgreSQL vs pgbench -S, $PG_CLIENTS connections, $ROUNDS rounds"
+  pg_against_pgbench me_pg me.lua "$PG_ME_TOKEN" "http://$ADDRESS/api/auth/me" -S
+  log "PATCH /api/users/{id} on PostgreSQL vs a one-row UPDATE, $PG_CLIENTS connections, $ROUNDS rounds"
+  pg_against_pgbench patch_pg patch.lua "$PG_PATCH_TOKEN" "http://$ADDRESS/api/users/$PG_PATCH_ID" \
+    -f "$WORK/pgbench-update.sql"
   stop_server "$GH_PID"
   drop_pg_db
 else
-  log "PostgreSQL refresh row: $PG_MISSING"
+  log "PostgreSQL rows: $PG_MISSING"
 fi
 
 # --- 4b. each signing algorithm: /me against the baseline, and login -------------
@@ -683,6 +747,14 @@ RESULTS=$OUT_DIR/results.md
   row flood_login "the login flood itself (c16; all rounds; worst round's latencies)" "$(ratio "${RPS[flood_login]}" "$CEILING") × bcrypt ceiling"
   row refresh "POST /api/auth/refresh, $MAIN_STORE $REFRESH_LABEL" "$(ratio "${RPS[refresh]}" "$REFRESH_FLOOR") × 2,000/s"
   echo "$REFRESH_PG_ROW"
+  if [[ -n ${PG_RATIO[me_pg]:-} ]]; then
+    row me_pg "GET /api/auth/me, PostgreSQL (c$PG_CLIENTS; median of $ROUNDS rounds)" \
+      "${PG_RATIO[me_pg]} × pgbench -S -M prepared -c$PG_CLIENTS ($(printf '%.0f' "${RPS[pgbench_me_pg]}")/s; median of the rounds' ratios)"
+    row patch_pg "PATCH /api/users/{id}, PostgreSQL (c$PG_CLIENTS; median of $ROUNDS rounds)" \
+      "${PG_RATIO[patch_pg]} × pgbench one-row UPDATE -M prepared -c$PG_CLIENTS ($(printf '%.0f' "${RPS[pgbench_patch_pg]}")/s; median of the rounds' ratios)"
+  else
+    echo "| GET /api/auth/me and PATCH, PostgreSQL | $PG_MISSING | | | | |"
+  fi
   for alg in "${ALGORITHMS[@]}"; do
     row "me_$alg" "GET /api/auth/me, auth.algorithm $alg (c64; median of $ROUNDS rounds)" \
       "${ALG_RATIO[$alg]} × baseline (median of the rounds' ratios; baseline $(printf '%.0f' "${RPS[baseline_$alg]}")/s)"
@@ -714,6 +786,10 @@ RESULTS=$OUT_DIR/results.md
   for alg in "${ALGORITHMS[@]}"; do
     echo "/me ÷ baseline in each round under $alg: ${ALG_RATIOS[$alg]}"
   done
+  if [[ -n ${PG_RATIO[me_pg]:-} ]]; then
+    echo
+    echo "PostgreSQL /me ÷ pgbench -S in each round: ${PG_RATIOS[me_pg]}; PATCH ÷ one-row UPDATE: ${PG_RATIOS[patch_pg]}"
+  fi
 } >"$RESULTS"
 echo
 cat "$RESULTS"
@@ -724,6 +800,7 @@ log "results in $RESULTS; wrk outputs in $OUT_DIR/raw/ ($((SECONDS - STARTED)) s
 FAILED=()
 CHECKED=(me solo flood_me flood_login login register patch refresh baseline seeded_me sessions_me)
 [[ -z ${RPS[refresh_pg]:-} ]] || CHECKED+=(refresh_pg)
+[[ -z ${PG_RATIO[me_pg]:-} ]] || CHECKED+=(me_pg patch_pg)
 for alg in "${ALGORITHMS[@]}"; do CHECKED+=("me_$alg" "baseline_$alg" "login_$alg"); done
 for key in "${CHECKED[@]}"; do
   # refresh.lua counts every answer but a 200 with a refresh token; the
