@@ -35,8 +35,14 @@
 #   4. the same refresh scenario on the PostgreSQL store: a scratch database
 #      (createdb on BENCH_PG_URL, dropped on exit), gatehouse with
 #      GATEHOUSE_STORE__URL on it (pinned to CPU 0; PostgreSQL itself is not
-#      pinned and shares both CPUs). If PostgreSQL does not answer there, its
-#      row says so and the run goes on;
+#      pinned and shares both CPUs); then, on the same server, BENCH_ROUNDS
+#      rounds of GET /api/auth/me (16 connections) each followed by
+#      `pgbench -S -M prepared -c 16 -j 1` (pinned to CPU 1, on pgbench's
+#      tables made in the same scratch database), and of PATCH name changes
+#      (16 connections, a user each: bench/patch_users.lua) each followed by
+#      a pgbench one-row UPDATE script at the same concurrency: the ratios
+#      are the medians of the rounds'. If PostgreSQL (or psql, or pgbench)
+#      is missing, those rows say so and the run goes on;
 #   4b. for each auth.algorithm (HS256, EdDSA, ES256, RS256): gatehouse on a
 #      fresh data dir signing with it, BENCH_ROUNDS rounds of /me alternating
 #      with the baseline (as in 2), then POST /api/auth/login (16
@@ -552,14 +558,16 @@ pgbench_round() {
   log "$key: ${RPS[$key]} transactions/s"
 }
 
-# pg_against_pgbench NAME SCRIPT TOKEN URL PGBENCH-ARGS...: ROUNDS rounds of
-# gatehouse (wrk SCRIPT on URL, PG_CLIENTS connections) then pgbench, each
-# round's ratio to PG_RATIOS[NAME], their median to PG_RATIO[NAME].
+# pg_against_pgbench NAME SCRIPT THREADS TOKEN URL PGBENCH-ARGS...: ROUNDS
+# rounds of gatehouse (wrk SCRIPT on URL, PG_CLIENTS connections, THREADS
+# wrk threads) then pgbench, each round's ratio to PG_RATIOS[NAME], their
+# median to PG_RATIO[NAME].
 pg_against_pgbench() {
-  local name=$1 script=$2 token=$3 url=$4 round ratios=()
-  shift 4
+  local name=$1 script=$2 threads=$3 token=$4 url=$5 round ratios=()
+  shift 5
   for ((round = 1; round <= ROUNDS; round++)); do
-    WRK_DURATION=$ROUND_DURATION wrk_command "${name}_$round" "$script" "$PG_CLIENTS" "$url"
+    WRK_DURATION=$ROUND_DURATION wrk_command "${name}_$round" "$script" "$PG_CLIENTS" "$url" \
+      "$threads"
     BENCH_TOKEN=$token "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
     collect "${name}_$round"
     pgbench_round "pgbench_${name}_$round" "$@"
@@ -595,12 +603,18 @@ if pg_reachable; then
     'UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;' \
     >"$WORK/pgbench-update.sql"
   PG_ME_TOKEN=$(register "$ADDRESS" "bench-pg-me-$RUN_ID@bench.example")
-  PG_PATCH_TOKEN=$(register "$ADDRESS" "bench-pg-patch-$RUN_ID@bench.example")
-  PG_PATCH_ID=$(me_id "$ADDRESS" "$PG_PATCH_TOKEN")
+  # PATCH: a user per connection (bench/patch_users.lua), as pgbench's
+  # UPDATEs fall on random rows.
+  export BENCH_PATCH_USERS=$WORK/pg-patch-users.txt
+  : >"$BENCH_PATCH_USERS"
+  for ((i = 0; i < PG_CLIENTS; i++)); do
+    token=$(register "$ADDRESS" "bench-pg-patch-$i-$RUN_ID@bench.example")
+    echo "$token $(me_id "$ADDRESS" "$token")" >>"$BENCH_PATCH_USERS"
+  done
   log "GET /api/auth/me on PostgreSQL vs pgbench -S, $PG_CLIENTS connections, $ROUNDS rounds"
-  pg_against_pgbench me_pg me.lua "$PG_ME_TOKEN" "http://$ADDRESS/api/auth/me" -S
-  log "PATCH /api/users/{id} on PostgreSQL vs a one-row UPDATE, $PG_CLIENTS connections, $ROUNDS rounds"
-  pg_against_pgbench patch_pg patch.lua "$PG_PATCH_TOKEN" "http://$ADDRESS/api/users/$PG_PATCH_ID" \
+  pg_against_pgbench me_pg me.lua "$WRK_THREADS" "$PG_ME_TOKEN" "http://$ADDRESS/api/auth/me" -S
+  log "PATCH /api/users/{id} on PostgreSQL (a user per connection) vs a one-row UPDATE, $PG_CLIENTS connections, $ROUNDS rounds"
+  pg_against_pgbench patch_pg patch_users.lua "$PG_CLIENTS" "" "http://$ADDRESS/" \
     -f "$WORK/pgbench-update.sql"
   stop_server "$GH_PID"
   drop_pg_db
@@ -750,7 +764,7 @@ RESULTS=$OUT_DIR/results.md
   if [[ -n ${PG_RATIO[me_pg]:-} ]]; then
     row me_pg "GET /api/auth/me, PostgreSQL (c$PG_CLIENTS; median of $ROUNDS rounds)" \
       "${PG_RATIO[me_pg]} × pgbench -S -M prepared -c$PG_CLIENTS ($(printf '%.0f' "${RPS[pgbench_me_pg]}")/s; median of the rounds' ratios)"
-    row patch_pg "PATCH /api/users/{id}, PostgreSQL (c$PG_CLIENTS; median of $ROUNDS rounds)" \
+    row patch_pg "PATCH /api/users/{id}, PostgreSQL (c$PG_CLIENTS, a user each; median of $ROUNDS rounds)" \
       "${PG_RATIO[patch_pg]} × pgbench one-row UPDATE -M prepared -c$PG_CLIENTS ($(printf '%.0f' "${RPS[pgbench_patch_pg]}")/s; median of the rounds' ratios)"
   else
     echo "| GET /api/auth/me and PATCH, PostgreSQL | $PG_MISSING | | | | |"
