@@ -18,3 +18,24 @@ end
 function done(summary, latency, requests)
   bench_line(summary, latency)
 end
+
+-- For setup(thread) in scripts that give each wrk thread (and so each
+-- connection, with -t N -c N) a line of its own from the file named by the
+-- environment variable ENV: returns the thread's number n and the file's
+-- n-th non-empty line; fails when there are more threads than lines.
+local thread_lines
+local threads_set_up = 0
+function line_for_next_thread(env, script)
+  if not thread_lines then
+    thread_lines = {}
+    for line in io.lines(os.getenv(env)) do
+      if line ~= "" then thread_lines[#thread_lines + 1] = line end
+    end
+  end
+  threads_set_up = threads_set_up + 1
+  if threads_set_up > #thread_lines then
+    error(string.format("%s: %d threads but %d lines in %s",
+      script, threads_set_up, #thread_lines, env))
+  end
+  return threads_set_up, thread_lines[threads_set_up]
+end

@@ -7,24 +7,12 @@
 -- Env: BENCH_PATCH_USERS (the users file), BENCH_LUA_DIR (this folder).
 dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 
-local threads = {}
-local users
-
 function setup(thread)
-  if not users then
-    users = {}
-    for line in io.lines(os.getenv("BENCH_PATCH_USERS")) do
-      local token, id = line:match("^(%S+) (%S+)$")
-      if token then users[#users + 1] = { token = token, id = id } end
-    end
-  end
-  local n = #threads + 1
-  if n > #users then
-    error(string.format("patch_users.lua: %d threads but %d users", n, #users))
-  end
-  threads[n] = thread
-  thread:set("token", users[n].token)
-  thread:set("id", users[n].id)
+  local n, line = line_for_next_thread("BENCH_PATCH_USERS", "patch_users.lua")
+  local token, id = line:match("^(%S+) (%S+)$")
+  if not token then error("patch_users.lua: not a \"TOKEN ID\" line: " .. line) end
+  thread:set("token", token)
+  thread:set("id", id)
   thread:set("tid", n)
 end
 

@@ -15,21 +15,11 @@
 dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 
 local threads = {}
-local tokens
 
 function setup(thread)
-  if not tokens then
-    tokens = {}
-    for line in io.lines(os.getenv("BENCH_REFRESH_TOKENS")) do
-      if line ~= "" then tokens[#tokens + 1] = line end
-    end
-  end
-  local n = #threads + 1
-  if n > #tokens then
-    error(string.format("refresh.lua: %d threads but %d refresh tokens", n, #tokens))
-  end
+  local n, token = line_for_next_thread("BENCH_REFRESH_TOKENS", "refresh.lua")
   threads[n] = thread
-  thread:set("refresh_token", tokens[n])
+  thread:set("refresh_token", token)
 end
 
 function init(args)
