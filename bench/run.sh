@@ -506,8 +506,9 @@ done
 aggregate solo
 aggregate flood_me
 aggregate flood_login
-# Logins under the flood are rare (hashing gets ~1.5% of the core): their
-# rate over all rounds, and the worst round's latencies.
+# Logins under the flood are few (hashing gets its share of the core, see
+# domain/password.rs): their rate over all rounds, and the worst round's
+# latencies.
 RPS[flood_login]=$(awk -v r="${REQ[flood_login]}" -v d="${DUR_US[flood_login]}" \
   'BEGIN { printf "%.1f", (d > 0 ? r / (d / 1e6) : 0) }')
 for measure in P50 P99; do

@@ -3,10 +3,10 @@
 //! bcrypt blocks a thread for tens to hundreds of milliseconds. Every hash and
 //! verify runs on one of this module's own threads (one per core), never on an
 //! async worker; requests wait for a free thread asynchronously, in a bounded
-//! queue. The threads run at nice 10 and give the CPU back after every
+//! queue. The threads run at nice 2 and give the CPU back after every
 //! bcrypt round, so a flood of logins can neither starve token-checked reads
-//! of CPU nor hold it while one waits, and logins still get about a tenth of
-//! the CPU when reads keep it busy. This module must never hash a
+//! of CPU nor hold it while one waits, and logins still get a quarter to a
+//! third of the CPU when reads keep it busy. This module must never hash a
 //! password longer than bcrypt reads (72 bytes): `verify` refuses one itself,
 //! `hash` expects callers to have checked the input rules.
 
@@ -150,15 +150,18 @@ impl PasswordHasher {
 }
 
 /// The nice value of hashing threads. Under full CPU contention the kernel
-/// shares a core by weight: 110 for nice 10 against 1024 for a nice-0 async
-/// worker, so hashing gets about a tenth of it (measured: 6.5-6.8%, about
-/// one login/s at cost 10 while reads saturate the core) and token-checked
-/// reads the rest. With no contention, hashing gets the whole core. Nice 19
-/// left logins 1.5% (0.3 logins/s, none at all in one 20 s benchmark) for
-/// reads about 5% faster; nice 5 took 16% from the reads. The reads' tail
-/// latency is the other half: see [`HASHING_SLICE_NANOS`] and
-/// `yielding_bcrypt`.
-pub const HASHING_NICE: i32 = 10;
+/// shares a core by weight: 655 for nice 2 against 1024 for a nice-0 async
+/// worker, so while token-checked reads saturate the core, logins still get
+/// a guaranteed share of it, and reads the larger rest. Measured (cost 10,
+/// one core, /me with 64 connections flooded by 16 connections of logins, 4 s
+/// windows against /me alone just before; issue 13): nice 10 left logins
+/// 1.0/s (0.06 × the one-core ceiling of 16/s) for /me at 0.95 × alone;
+/// nice 4: 3.0-3.25 logins/s, /me 0.79-0.83 ×; **nice 2: 4.25 logins/s
+/// (0.27 ×), /me 0.74-0.77 ×, its p99 at most 1.44 × alone**; nice 1: 5.0
+/// logins/s, /me 0.66-0.69 ×, p99 up to 2.93 ×. With no contention, hashing
+/// gets the whole core. The reads' tail latency is the other half: see
+/// [`HASHING_SLICE_NANOS`] and `yielding_bcrypt`.
+pub const HASHING_NICE: i32 = 2;
 
 /// The CPU slice hashing threads ask for: the shortest Linux (6.12 and
 /// later, whose EEVDF scheduler honours a per-thread slice) allows. The
