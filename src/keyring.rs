@@ -80,7 +80,8 @@ pub async fn start(store: &Store, tokens: &TokenKeys) -> Result<(), KeyringError
     if !algorithm.is_asymmetric() {
         return Ok(());
     }
-    for _ in 0..ATTEMPTS {
+    // Each write is read back on the next pass, so the last pass only reads.
+    for attempt in 0..=ATTEMPTS {
         let stored = store.signing_keys().await?;
         let now = unix_now();
         if let Some(set) = &stored {
@@ -93,6 +94,9 @@ pub async fn start(store: &Store, tokens: &TokenKeys) -> Result<(), KeyringError
                 );
                 return Ok(());
             }
+        }
+        if attempt == ATTEMPTS {
+            break;
         }
         let next = generate(algorithm, KeyState::Current).await?;
         let retires_at = now + tokens.ttl_secs() + RETIREMENT_MARGIN_SECS;
