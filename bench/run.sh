@@ -399,8 +399,12 @@ ADDRESS=$(wait_for_address "$GH_LOG" "$GH_PID")
 wait_for_health "$ADDRESS"
 RSS_IDLE=$(rss_kib "$GH_PID")
 
-ME_EMAIL=bench-me-$RUN_ID@bench.example
-ME_TOKEN=$(register "$ADDRESS" "$ME_EMAIL")
+ME_TOKEN=$(register "$ADDRESS" "bench-me-$RUN_ID@bench.example")
+# The logins (flood and login rows) are another user's: every login starts a
+# session, and a user keeps at most 100 (store::MAX_SESSIONS_PER_USER), so
+# logging in as the /me user would end the session of the /me token.
+LOGIN_EMAIL=bench-login-$RUN_ID@bench.example
+register "$ADDRESS" "$LOGIN_EMAIL" >/dev/null
 PATCH_TOKEN=$(register "$ADDRESS" "bench-patch-$RUN_ID@bench.example")
 PATCH_ID=$(me_id "$ADDRESS" "$PATCH_TOKEN")
 me_id "$ADDRESS" "$ME_TOKEN" >/dev/null
@@ -490,7 +494,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
   FLOOD_ME_PID=$!
   WRK_DURATION=$ROUND_DURATION wrk_command "flood_login_$round" login.lua 16 \
     "http://$ADDRESS/api/auth/login"
-  BENCH_EMAIL=$ME_EMAIL "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1 &
+  BENCH_EMAIL=$LOGIN_EMAIL "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1 &
   FLOOD_LOGIN_PID=$!
   PIDS+=("$FLOOD_ME_PID" "$FLOOD_LOGIN_PID")
   wait "$FLOOD_ME_PID" || die "wrk for /me during the flood failed"
@@ -525,7 +529,7 @@ log "flood ÷ solo per round: rps ${FLOOD_RPS_RATIOS[*]}, p99 ${FLOOD_P99_RATIOS
 
 log "POST /api/auth/login, 16 connections"
 wrk_command login login.lua 16 "http://$ADDRESS/api/auth/login"
-BENCH_EMAIL=$ME_EMAIL "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+BENCH_EMAIL=$LOGIN_EMAIL "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
 collect login
 
 log "POST /api/auth/register with unique emails, 16 connections"
