@@ -159,14 +159,13 @@ impl StoredKey {
         }
     }
 
-    /// The key that signs (asymmetric keys only).
-    pub fn encoding_key(&self) -> EncodingKey {
+    /// The key that signs; an HS256 entry holds none.
+    pub fn encoding_key(&self) -> Result<EncodingKey, KeyError> {
         match self.alg {
-            SigningAlgorithm::EdDSA => EncodingKey::from_ed_der(&self.private_der),
-            SigningAlgorithm::ES256 => EncodingKey::from_ec_der(&self.private_der),
-            SigningAlgorithm::RS256 | SigningAlgorithm::HS256 => {
-                EncodingKey::from_rsa_der(&self.private_der)
-            }
+            SigningAlgorithm::EdDSA => Ok(EncodingKey::from_ed_der(&self.private_der)),
+            SigningAlgorithm::ES256 => Ok(EncodingKey::from_ec_der(&self.private_der)),
+            SigningAlgorithm::RS256 => Ok(EncodingKey::from_rsa_der(&self.private_der)),
+            SigningAlgorithm::HS256 => Err(self.unusable("an HS256 entry holds no key")),
         }
     }
 
@@ -185,10 +184,7 @@ impl StoredKey {
     }
 
     fn public_jwk_without_kid(&self) -> Result<Jwk, KeyError> {
-        if !self.alg.is_asymmetric() {
-            return Err(self.unusable("an HS256 key has no public form"));
-        }
-        let mut jwk = Jwk::from_encoding_key(&self.encoding_key(), self.alg.jwt())
+        let mut jwk = Jwk::from_encoding_key(&self.encoding_key()?, self.alg.jwt())
             .map_err(|e| self.unusable(e))?;
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
         Ok(jwk)
@@ -386,7 +382,7 @@ mod tests {
                 kid: Some(key.kid.clone()),
                 ..Header::new(alg.jwt())
             };
-            let token = encode(&header, &claims, &key.encoding_key()).unwrap();
+            let token = encode(&header, &claims, &key.encoding_key().unwrap()).unwrap();
             let jwk = serde_json::to_value(key.public_jwk().unwrap()).unwrap();
             for private in ["d", "p", "q", "dp", "dq", "qi", "k"] {
                 assert!(jwk.get(private).is_none(), "{alg:?}: {private} in {jwk}");

@@ -243,7 +243,7 @@ impl TokenKeys {
         let signer = Arc::new(Signer {
             kid: current.kid.clone(),
             alg: current.alg.jwt(),
-            key: current.encoding_key(),
+            key: current.encoding_key()?,
         });
         let mut verifiers = Vec::new();
         let mut listing = Vec::new();

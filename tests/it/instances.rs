@@ -47,14 +47,10 @@ async fn register_on_one_log_in_on_the_other() {
     };
     let user = a.register("Shared", "shared@example.com").await;
     let token = b.login("SHARED@example.com", PASSWORD).await;
-    let me = b.get("/api/auth/me").token(&user.token).send().await;
+    let me = b.me(&user.token).await;
     me.assert_ok(200);
     assert_eq!(me.body["_id"], user.id.as_str());
-    a.get("/api/auth/me")
-        .token(&token)
-        .send()
-        .await
-        .assert_ok(200);
+    a.me(&token).await.assert_ok(200);
     // The email is taken on both.
     b.post("/api/auth/register")
         .json(json!({"name": "X", "email": "shared@example.com", "password": PASSWORD}))
@@ -81,11 +77,7 @@ async fn logout_and_password_changes_revoke_on_every_instance() {
         .send()
         .await
         .assert_ok(200);
-    a.get("/api/auth/me")
-        .token(&user.token)
-        .send()
-        .await
-        .assert_error(401, "invalid_token");
+    a.me(&user.token).await.assert_error(401, "invalid_token");
     // Password changed on A: the older token fails on B.
     a.patch(&format!("/api/users/{}", user.id))
         .token(&second)
@@ -93,11 +85,7 @@ async fn logout_and_password_changes_revoke_on_every_instance() {
         .send()
         .await
         .assert_ok(200);
-    b.get("/api/auth/me")
-        .token(&second)
-        .send()
-        .await
-        .assert_error(401, "invalid_token");
+    b.me(&second).await.assert_error(401, "invalid_token");
     b.login("moving@example.com", "a new password").await;
 }
 
@@ -226,12 +214,7 @@ async fn a_read_only_database_answers_reads_and_refuses_writes() {
     let mut settings = test_settings(dir.path());
     settings.store.url = Some(Secret::new(read_only));
     let server = TestServer::start_settings(settings).await;
-    server
-        .get("/api/auth/me")
-        .token(&user.token)
-        .send()
-        .await
-        .assert_ok(200);
+    server.me(&user.token).await.assert_ok(200);
     server
         .post("/api/auth/register")
         .json(registration("writer@example.com"))
@@ -268,12 +251,7 @@ async fn requests_survive_the_database_ending_the_servers_connections() {
     let server = TestServer::start_settings(settings).await;
     let user = server.register("Ended", "ended@example.com").await;
     // Warm every statement the requests below use.
-    server
-        .get("/api/auth/me")
-        .token(&user.token)
-        .send()
-        .await
-        .assert_ok(200);
+    server.me(&user.token).await.assert_ok(200);
     let rename = |name: &str| {
         server
             .patch(&format!("/api/users/{}", user.id))
@@ -303,7 +281,7 @@ async fn requests_survive_the_database_ending_the_servers_connections() {
             "round {round}: no connection of the server to end"
         );
         for reply in [
-            server.get("/api/auth/me").token(&user.token).send().await,
+            server.me(&user.token).await,
             rename(&format!("Round {round}")).await,
             server
                 .post("/api/auth/login")
@@ -323,7 +301,7 @@ async fn requests_survive_the_database_ending_the_servers_connections() {
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let reply = server.get("/api/auth/me").token(&user.token).send().await;
+            let reply = server.me(&user.token).await;
             if reply.status == 200 {
                 break;
             }
@@ -457,7 +435,7 @@ async fn a_lost_database_is_a_bounded_503_and_recovers() {
 
     relay.lose();
     let started = Instant::now();
-    let me = server.get("/api/auth/me").token(&user.token).send().await;
+    let me = server.me(&user.token).await;
     me.assert_error(503, "store_unavailable");
     let health = server.get("/healthz").send().await;
     assert_eq!(health.status, 503, "{}", health.text);
@@ -484,10 +462,5 @@ async fn a_lost_database_is_a_bounded_503_and_recovers() {
         assert!(Instant::now() < deadline, "no recovery: {}", health.text);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    server
-        .get("/api/auth/me")
-        .token(&user.token)
-        .send()
-        .await
-        .assert_ok(200);
+    server.me(&user.token).await.assert_ok(200);
 }

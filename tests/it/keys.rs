@@ -97,10 +97,7 @@ async fn a_previous_secret_keeps_its_tokens_working_until_dropped() {
     rotated.auth.secret = Some(gatehouse::config::Secret::new(NEW_SECRET));
     let server = TestServer::start_settings(rotated).await;
     server
-        .get("/api/auth/me")
-        .token(&old.token)
-        .send()
-        .await
+        .me(&old.token).await
         .assert_ok(200);
     let reply = server
         .post("/api/auth/refresh")
@@ -117,16 +114,10 @@ async fn a_previous_secret_keeps_its_tokens_working_until_dropped() {
     dropped.auth.secret = Some(gatehouse::config::Secret::new(NEW_SECRET));
     let server = TestServer::start_settings(dropped).await;
     server
-        .get("/api/auth/me")
-        .token(&old.token)
-        .send()
-        .await
+        .me(&old.token).await
         .assert_error(401, "invalid_token");
     server
-        .get("/api/auth/me")
-        .token(&new_token)
-        .send()
-        .await
+        .me(&new_token).await
         .assert_ok(200);
     let reply = server
         .post("/api/auth/refresh")

@@ -128,10 +128,6 @@ pub(crate) async fn key_routes_are_forbidden(server: &TestServer, token: &str) {
     }
 }
 
-async fn me(server: &TestServer, token: &str) -> u16 {
-    server.get("/api/auth/me").token(token).send().await.status
-}
-
 store_test! {
 /// Under each algorithm, a token verifies with jsonwebtoken from the JWKS
 /// document alone (parsed from the HTTP answer), the JWKS publishes only
@@ -170,7 +166,7 @@ async fn each_algorithm_verifies_from_the_jwks_alone() {
         }
         let claims = verify_with(&set, &user.token).expect("verifies from the JWKS");
         assert_eq!(claims["sub"], user.id.as_str());
-        assert_eq!(me(&server, &user.token).await, 200);
+        assert_eq!(server.me(&user.token).await.status, 200);
         // A refreshed token is signed by the same key, and verifies too.
         let pair = server.login_pair("jwk@example.com", PASSWORD).await;
         let reply = server
@@ -251,7 +247,7 @@ async fn tokens_cannot_choose_their_key_or_algorithm() {
             assert_eq!(reply.status, 401, "{alg:?}: {what}: {}", reply.text);
             assert_eq!(reply.body["error"], "invalid_token");
         }
-        assert_eq!(me(&server, &user.token).await, 200, "the real token still works");
+        assert_eq!(server.me(&user.token).await.status, 200, "the real token still works");
         server.stop().await.expect("graceful stop");
     }
 }
@@ -275,7 +271,7 @@ async fn keys_survive_restarts_and_algorithm_switches() {
         TestServer::start_settings(s)
     };
     let server = restart(SigningAlgorithm::EdDSA).await;
-    assert_eq!(me(&server, &hs256.token).await, 200, "HS256 token after the switch");
+    assert_eq!(server.me(&hs256.token).await.status, 200, "HS256 token after the switch");
     let eddsa = server.login("switch@example.com", PASSWORD).await;
     assert_eq!(jwt_part(&eddsa, 0)["alg"], "EdDSA");
     let (set, _) = jwks(&server).await;
@@ -283,7 +279,7 @@ async fn keys_survive_restarts_and_algorithm_switches() {
     server.stop().await.expect("graceful stop");
 
     let server = restart(SigningAlgorithm::EdDSA).await;
-    assert_eq!(me(&server, &eddsa).await, 200, "the stored key after a restart");
+    assert_eq!(server.me(&eddsa).await.status, 200, "the stored key after a restart");
     let again = server.login("switch@example.com", PASSWORD).await;
     assert_eq!(kid(&again), kid(&eddsa), "the same key signs");
     assert_eq!(jwks(&server).await.0, set, "the same JWKS");
@@ -292,8 +288,8 @@ async fn keys_survive_restarts_and_algorithm_switches() {
     let server = restart(SigningAlgorithm::ES256).await;
     let es256 = server.login("switch@example.com", PASSWORD).await;
     assert_eq!(jwt_part(&es256, 0)["alg"], "ES256");
-    assert_eq!(me(&server, &eddsa).await, 200, "the EdDSA key is a previous key");
-    assert_eq!(me(&server, &es256).await, 200);
+    assert_eq!(server.me(&eddsa).await.status, 200, "the EdDSA key is a previous key");
+    assert_eq!(server.me(&es256).await.status, 200);
     let (set, _) = jwks(&server).await;
     assert_eq!(set.keys.len(), 2, "current and previous");
     verify_with(&set, &eddsa).expect("the previous key stays published");
@@ -347,8 +343,8 @@ async fn standby_then_promote_then_the_previous_key_retires() {
     assert!(by_kid(&first)["retires_at"].is_string());
     let promoted = server.login("rot@example.com", PASSWORD).await;
     assert_eq!(kid(&promoted), second, "the promoted key signs");
-    assert_eq!(me(&server, &user.token).await, 200, "old tokens still valid");
-    assert_eq!(me(&server, &promoted).await, 200);
+    assert_eq!(server.me(&user.token).await.status, 200, "old tokens still valid");
+    assert_eq!(server.me(&promoted).await.status, 200);
     let (set, _) = jwks(&server).await;
     verify_with(&set, &user.token).expect("the previous key stays published");
 
@@ -455,7 +451,7 @@ async fn a_rotation_on_one_instance_is_followed_by_another() {
         "B has not read it yet"
     );
     assert_eq!(
-        me(&b, &user.token).await,
+        b.me(&user.token).await.status,
         200,
         "B looks the new kid up at once"
     );
@@ -471,7 +467,7 @@ async fn a_rotation_on_one_instance_is_followed_by_another() {
             ..Header::new(Algorithm::EdDSA)
         };
         let token = encode(&header, &claims, &attacker).unwrap();
-        assert_eq!(me(&b, &token).await, 401);
+        assert_eq!(b.me(&token).await.status, 401);
     }
     let reads = b.app.key_lookups.reads() - reads_before;
     let seconds = started.elapsed().as_secs() + 1;

@@ -281,6 +281,11 @@ impl TestServer {
         token
     }
 
+    /// `GET /api/auth/me` with `token`.
+    pub async fn me(&self, token: &str) -> Reply {
+        self.get("/api/auth/me").token(token).send().await
+    }
+
     pub async fn login(&self, email: &str, password: &str) -> String {
         self.login_pair(email, password).await["token"]
             .as_str()

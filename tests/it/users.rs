@@ -131,10 +131,6 @@ async fn patch_user(server: &TestServer, token: &str, id: &str, body: Value) -> 
         .await
 }
 
-async fn me(server: &TestServer, token: &str) -> Reply {
-    server.get("/api/auth/me").token(token).send().await
-}
-
 /// Every user id, via the admin list.
 async fn all_ids(server: &TestServer, admin: &TestUser) -> Vec<String> {
     list_ids(
@@ -350,7 +346,7 @@ async fn a_user_cannot_set_a_role_not_even_on_themself() {
                 .assert_error(403, "forbidden");
         }
     }
-    let reply = me(&server, &user.token).await;
+    let reply = server.me(&user.token).await;
     let current = user_body(&reply, 200);
     assert_eq!(
         (current["role"].as_str(), current["name"].as_str()),
@@ -398,7 +394,7 @@ async fn an_admin_promotes_and_demotes_and_the_same_token_follows_at_once() {
         .await
         .assert_error(403, "forbidden");
     assert_eq!(
-        user_body(&me(&server, &user.token).await, 200)["role"],
+        user_body(&server.me(&user.token).await, 200)["role"],
         "user"
     );
 }
@@ -417,7 +413,7 @@ async fn a_demoted_admin_loses_admin_rights_with_its_own_token() {
     let reply = patch_user(&server, &second.token, &admin.id, json!({"role": "user"})).await;
     assert_eq!(user_body(&reply, 200)["role"], "user");
     assert_eq!(
-        user_body(&me(&server, &admin.token).await, 200)["role"],
+        user_body(&server.me(&admin.token).await, 200)["role"],
         "user"
     );
     server
@@ -495,7 +491,7 @@ async fn a_user_cannot_take_another_users_email_in_any_letter_case() {
     .await
     .assert_error(409, "email_taken");
     assert_eq!(
-        user_body(&me(&server, &mike.token).await, 200)["email"],
+        user_body(&server.me(&mike.token).await, 200)["email"],
         "mike@example.com"
     );
     // Their own email in another case is not "another user's".
@@ -527,7 +523,7 @@ async fn changing_ones_own_email_frees_the_old_one() {
         (Some(mike.id.as_str()), Some("mike.new@example.com"))
     );
     assert_eq!(
-        user_body(&me(&server, &mike.token).await, 200)["email"],
+        user_body(&server.me(&mike.token).await, 200)["email"],
         "mike.new@example.com"
     );
 
@@ -563,13 +559,13 @@ async fn two_users_racing_for_one_new_email_yield_exactly_one_winner() {
     } else {
         (&olga, &mike)
     };
-    let winner_email = user_body(&me(&server, &winner.token).await, 200)["email"].clone();
-    let loser_email = user_body(&me(&server, &loser.token).await, 200)["email"].clone();
+    let winner_email = user_body(&server.me(&winner.token).await, 200)["email"].clone();
+    let loser_email = user_body(&server.me(&loser.token).await, 200)["email"].clone();
     assert_eq!(winner_email, "shared@example.com");
     assert_eq!(loser_email, loser.email.as_str());
     let token = server.login("shared@example.com", PASSWORD).await;
     assert_eq!(
-        user_body(&me(&server, &token).await, 200)["_id"],
+        user_body(&server.me(&token).await, 200)["_id"],
         winner.id.as_str()
     );
 }
@@ -633,7 +629,7 @@ async fn put_and_patch_refuse_unknown_fields_wrong_types_and_broken_rules() {
     }
     // Nothing was applied: same name and email, and the password (hence the
     // token) unchanged.
-    let reply = me(&server, &user.token).await;
+    let reply = server.me(&user.token).await;
     let current = user_body(&reply, 200);
     assert_eq!(
         (current["name"].as_str(), current["email"].as_str()),
@@ -681,7 +677,7 @@ async fn put_and_patch_accept_json_and_form_bodies() {
         .await;
     assert_eq!(user_body(&reply, 200)["name"], "Put Mike");
 
-    let reply = me(&server, &user.token).await;
+    let reply = server.me(&user.token).await;
     let current = user_body(&reply, 200);
     assert_eq!(
         (current["name"].as_str(), current["email"].as_str()),
@@ -708,7 +704,7 @@ async fn a_password_change_revokes_old_tokens_and_the_old_password() {
     assert_eq!(user_body(&reply, 200)["_id"], user.id.as_str());
 
     for token in [&user.token, &second_token] {
-        assert_unauthorized(&me(&server, token).await, "invalid_token");
+        assert_unauthorized(&server.me(token).await, "invalid_token");
         assert_unauthorized(&get_user(&server, token, &user.id).await, "invalid_token");
     }
     let reply = login_reply(&server, "mike@example.com", PASSWORD).await;
@@ -716,7 +712,7 @@ async fn a_password_change_revokes_old_tokens_and_the_old_password() {
 
     let token = server.login("mike@example.com", NEW_PASSWORD).await;
     assert_eq!(
-        user_body(&me(&server, &token).await, 200)["_id"],
+        user_body(&server.me(&token).await, 200)["_id"],
         user.id.as_str()
     );
     assert_eq!(
@@ -738,8 +734,8 @@ async fn an_admin_setting_a_password_revokes_that_users_tokens_only() {
         .send()
         .await;
     user_body(&reply, 200);
-    assert_unauthorized(&me(&server, &user.token).await, "invalid_token");
-    user_body(&me(&server, &admin.token).await, 200);
+    assert_unauthorized(&server.me(&user.token).await, "invalid_token");
+    user_body(&server.me(&admin.token).await, 200);
     let token = server.login("mike@example.com", NEW_PASSWORD).await;
     user_body(&get_user(&server, &token, &user.id).await, 200);
 }
@@ -763,7 +759,7 @@ async fn delete_names_the_user_ends_its_tokens_and_frees_its_email() {
         json!({"message": "User Mike O'Hara was deleted."})
     );
 
-    assert_unauthorized(&me(&server, &user.token).await, "invalid_token");
+    assert_unauthorized(&server.me(&user.token).await, "invalid_token");
     assert_unauthorized(
         &get_user(&server, &user.token, &user.id).await,
         "invalid_token",
@@ -781,9 +777,9 @@ async fn delete_names_the_user_ends_its_tokens_and_frees_its_email() {
     let again = server.register("Mike Again", "MIKE@example.com").await;
     assert_ne!(again.id, user.id);
     // The old token does not come back to life with the email.
-    assert_unauthorized(&me(&server, &user.token).await, "invalid_token");
+    assert_unauthorized(&server.me(&user.token).await, "invalid_token");
     assert_eq!(
-        user_body(&me(&server, &again.token).await, 200)["name"],
+        user_body(&server.me(&again.token).await, 200)["name"],
         "Mike Again"
     );
 }
@@ -815,7 +811,7 @@ async fn an_admin_creates_users_with_a_default_or_given_role() {
         (Some("Mike"), Some("mike@example.com"), Some("user"))
     );
     let token = server.login("mike@example.com", PASSWORD).await;
-    assert_eq!(user_body(&me(&server, &token).await, 200), &mike);
+    assert_eq!(user_body(&server.me(&token).await, 200), &mike);
     server
         .get("/api/users")
         .token(&token)
@@ -1031,7 +1027,7 @@ async fn the_last_admin_can_be_neither_demoted_nor_deleted() {
         .send()
         .await
         .assert_error(409, "last_admin");
-    let reply = me(&server, &admin.token).await;
+    let reply = server.me(&admin.token).await;
     assert_eq!(user_body(&reply, 200)["role"], "admin");
     assert_eq!(reply.body["name"], "Admin", "a refused change changes nothing");
     // Setting `admin` on an admin is no demotion.
@@ -1100,7 +1096,7 @@ async fn two_admins_demoting_each_other_at_once_leave_one() {
 async fn all_ids_with_role(server: &TestServer, users: [&TestUser; 2], role: &str) -> Vec<String> {
     let mut found = Vec::new();
     for user in users {
-        let reply = me(server, &user.token).await;
+        let reply = server.me(&user.token).await;
         if reply.status == 200 && reply.body["role"] == role {
             found.push(user.id.clone());
         }
@@ -1123,7 +1119,7 @@ async fn changing_ones_own_password_or_email_needs_the_current_password() {
         reply.assert_error(400, "invalid_input");
         assert!(reply.text.contains("current_password"), "{}", reply.text);
     }
-    let current = user_body(&me(&server, &mike.token).await, 200).clone();
+    let current = user_body(&server.me(&mike.token).await, 200).clone();
     assert_eq!((current["name"].as_str(), current["email"].as_str()), (Some("Mike"), Some("mike@example.com")));
     // A name alone, or the same email, needs no password.
     patch_user(&server, &mike.token, &mike.id, json!({"name": "Mikey", "email": "MIKE@example.com"}))
