@@ -29,6 +29,11 @@ impl Rfc3339 {
         Rfc3339(text)
     }
 
+    /// The text as bytes, for writers of bytes (no UTF-8 check).
+    pub fn as_bytes(&self) -> &[u8; 20] {
+        &self.0
+    }
+
     pub fn as_str(&self) -> &str {
         // Only ASCII digits and punctuation are ever written.
         std::str::from_utf8(&self.0).unwrap_or("1970-01-01T00:00:00Z")
@@ -57,12 +62,11 @@ pub(crate) fn write_digits(out: &mut [u8], mut value: u64) {
 
 /// Appends `value` in decimal, without going through `core::fmt` (the
 /// request log writes several numbers per line).
-pub(crate) fn push_decimal(out: &mut String, value: u64) {
+pub(crate) fn push_decimal(out: &mut Vec<u8>, value: u64) {
     let mut digits = [0u8; 20];
     let len = value.checked_ilog10().map_or(1, |log| log as usize + 1);
     write_digits(&mut digits[..len], value);
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[..len]).unwrap_or("?"));
+    out.extend_from_slice(&digits[..len]);
 }
 
 /// (year, month, day) of the day `days` after 1970-01-01, in the proleptic
@@ -119,9 +123,9 @@ mod tests {
     #[test]
     fn decimals_have_every_digit_and_no_more() {
         for value in [0, 7, 10, 99, 100, 1234, u64::from(u32::MAX), u64::MAX] {
-            let mut text = String::from("=");
+            let mut text = b"=".to_vec();
             push_decimal(&mut text, value);
-            assert_eq!(text, format!("={value}"));
+            assert_eq!(text, format!("={value}").into_bytes());
         }
     }
 

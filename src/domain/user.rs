@@ -127,9 +127,9 @@ impl UserView<'_> {
         out.extend_from_slice(b",\"role\":\"");
         out.extend_from_slice(self.role.as_str().as_bytes());
         out.extend_from_slice(b"\",\"created_at\":\"");
-        out.extend_from_slice(Rfc3339::from_unix(self.created_at.0).as_str().as_bytes());
+        out.extend_from_slice(Rfc3339::from_unix(self.created_at.0).as_bytes());
         out.extend_from_slice(b"\",\"updated_at\":\"");
-        out.extend_from_slice(Rfc3339::from_unix(self.updated_at.0).as_str().as_bytes());
+        out.extend_from_slice(Rfc3339::from_unix(self.updated_at.0).as_bytes());
         out.extend_from_slice(b"\"}");
         out
     }
@@ -139,7 +139,15 @@ impl UserView<'_> {
 /// escapes only `"`, `\` and control characters below U+0020), else written
 /// by serde_json.
 fn push_json_string(out: &mut Vec<u8>, value: &str) {
-    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // Checked 16 bytes at a time without an early exit inside a chunk, so
+    // the compiler can do each chunk in a few vector instructions (a byte at
+    // a time, this check was a third of the JSON's cost).
+    let plain = value.as_bytes().chunks(16).all(|chunk| {
+        !chunk.iter().fold(false, |escape, &b| {
+            escape | (b < 0x20) | (b == b'"') | (b == b'\\')
+        })
+    });
+    if plain {
         out.push(b'"');
         out.extend_from_slice(value.as_bytes());
         out.push(b'"');
