@@ -128,10 +128,46 @@ const MIGRATIONS: &[(i32, &str)] = &[
             keys TEXT NOT NULL
         );",
     ),
+    // Counting a throttled attempt in one round trip (see
+    // `PgStore::count_attempt`): the guard's lock, the counts and the
+    // inserts, which took seven round trips as separate statements. Each
+    // statement in a (volatile) PL/pgSQL function takes a new snapshot, so
+    // the counts after the lock see what the guard's previous holder
+    // committed, as the separate statements did.
+    (
+        5,
+        "CREATE OR REPLACE FUNCTION gatehouse_count_attempt(
+            guard_key BYTEA, counter_keys BYTEA[], counter_limits BIGINT[],
+            attempt_id UUID, now_at BIGINT, since BIGINT, window_secs BIGINT
+        ) RETURNS BIGINT LANGUAGE plpgsql AS $$
+        DECLARE
+            wait_secs BIGINT;
+            oldest BIGINT;
+        BEGIN
+            INSERT INTO gatehouse_throttle_guards (key, touched_at) VALUES (guard_key, now_at)
+            ON CONFLICT (key) DO UPDATE SET touched_at = EXCLUDED.touched_at;
+            FOR i IN 1 .. coalesce(array_length(counter_keys, 1), 0) LOOP
+                -- The limit-th newest attempt in the window, if there is one.
+                SELECT at INTO oldest FROM gatehouse_throttle_events
+                WHERE key = counter_keys[i] AND at > since
+                ORDER BY at DESC OFFSET counter_limits[i] - 1 LIMIT 1;
+                IF FOUND THEN
+                    wait_secs := GREATEST(coalesce(wait_secs, 1), oldest + window_secs - now_at);
+                END IF;
+            END LOOP;
+            IF wait_secs IS NOT NULL THEN
+                RETURN wait_secs;
+            END IF;
+            INSERT INTO gatehouse_throttle_events (key, attempt, at)
+            SELECT key, attempt_id, now_at FROM unnest(counter_keys) AS key
+            ON CONFLICT DO NOTHING;
+            RETURN NULL;
+        END $$;",
+    ),
 ];
 
 /// The version the last migration records.
-const SCHEMA_VERSION: i32 = 4;
+const SCHEMA_VERSION: i32 = 5;
 
 // Every statement's text is a `&'static str` (the column lists are macros so
 // that `concat!` can build them in), prepared once per pooled connection by
@@ -734,12 +770,13 @@ impl PgStore {
     /// attempts within the window: then nothing is recorded, and the answer
     /// is the wait until the oldest of them leaves the window.
     ///
-    /// Exact under concurrency, on every instance: one transaction first
-    /// upserts the `guard` row (which locks it until commit), so everyone
-    /// counting under that guard waits for the one before to commit, and
-    /// then counts what it committed. `guard` must therefore name a key that
-    /// every racing count shares: the client address's. Each counter then
-    /// holds at most its limit of rows within the window.
+    /// Exact under concurrency, on every instance: `gatehouse_count_attempt`
+    /// (migration 5; one round trip) first upserts the `guard` row, which
+    /// locks it until commit, so everyone counting under that guard waits
+    /// for the one before to commit, and then counts what it committed.
+    /// `guard` must therefore name a key that every racing count shares: the
+    /// client address's. Each counter then holds at most its limit of rows
+    /// within the window.
     pub async fn count_attempt(
         &self,
         guard: &[u8],
@@ -749,54 +786,30 @@ impl PgStore {
         window_secs: u64,
     ) -> Result<Result<(), RetryAfter>, StoreError> {
         let guard = guard.to_vec();
-        let counters: Vec<(Vec<u8>, i64)> = counters
-            .iter()
-            .map(|c| (c.key.to_vec(), i64::from(c.limit.max(1))))
-            .collect();
-        let (now_i64, since) = (to_i64(now), to_i64(now.saturating_sub(window_secs)));
-        self.run(|mut client| {
-            let (guard, counters) = (guard.clone(), counters.clone());
+        let keys: Vec<Vec<u8>> = counters.iter().map(|c| c.key.to_vec()).collect();
+        let limits: Vec<i64> = counters.iter().map(|c| i64::from(c.limit.max(1))).collect();
+        let (now_i64, since, window) = (
+            to_i64(now),
+            to_i64(now.saturating_sub(window_secs)),
+            to_i64(window_secs),
+        );
+        self.run(|client| {
+            let (guard, keys, limits) = (guard.clone(), keys.clone(), limits.clone());
             async move {
-                let tx = client.transaction().await?;
-                let lock = tx
-                    .prepare_cached(
-                        "INSERT INTO gatehouse_throttle_guards (key, touched_at) VALUES ($1, $2)
-                         ON CONFLICT (key) DO UPDATE SET touched_at = EXCLUDED.touched_at",
-                    )
+                let statement = client
+                    .prepare_cached("SELECT gatehouse_count_attempt($1, $2, $3, $4, $5, $6, $7)")
                     .await?;
-                tx.execute(&lock, &[&guard, &now_i64]).await?;
-                // The `limit`-th newest attempt in the window, if there is one.
-                let nth = tx
-                    .prepare_cached(
-                        "SELECT at FROM gatehouse_throttle_events
-                         WHERE key = $1 AND at > $2
-                         ORDER BY at DESC OFFSET $3 LIMIT 1",
+                let wait: Option<i64> = client
+                    .query_one(
+                        &statement,
+                        &[&guard, &keys, &limits, &attempt, &now_i64, &since, &window],
                     )
-                    .await?;
-                let mut wait: Option<u64> = None;
-                for (key, limit) in &counters {
-                    if let Some(row) = tx.query_opt(&nth, &[key, &since, &(limit - 1)]).await? {
-                        let oldest: i64 = row.get(0);
-                        let free_at = u64::try_from(oldest).unwrap_or(0) + window_secs;
-                        let seconds = free_at.saturating_sub(now).max(1);
-                        wait = Some(wait.map_or(seconds, |w| w.max(seconds)));
-                    }
-                }
-                if let Some(seconds) = wait {
-                    tx.rollback().await?;
-                    return Ok(Err(RetryAfter(seconds)));
-                }
-                let record = tx
-                    .prepare_cached(
-                        "INSERT INTO gatehouse_throttle_events (key, attempt, at)
-                         VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                    )
-                    .await?;
-                for (key, _) in &counters {
-                    tx.execute(&record, &[key, &attempt, &now_i64]).await?;
-                }
-                tx.commit().await?;
-                Ok(Ok(()))
+                    .await?
+                    .try_get(0)?;
+                Ok(match wait {
+                    Some(seconds) => Err(RetryAfter(u64::try_from(seconds).unwrap_or(1).max(1))),
+                    None => Ok(()),
+                })
             }
         })
         .await
