@@ -34,7 +34,7 @@ pub async fn register(mut ctx: RequestContext) -> Result<HttpResponse, ApiError>
     let mut fields = ctx.read_body().await?;
     let app = &ctx.app;
     let user = NewUser::from_fields(&mut fields)?
-        .insert(app, Role::User)
+        .insert(app, Role::User, false)
         .await?;
     tracing::info!(user = %user.id, "registered");
     start_session(&ctx, &user).await

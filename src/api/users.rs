@@ -69,8 +69,9 @@ pub async fn create(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
     let app = &ctx.app;
     let new = NewUser::from_fields(&mut fields)?;
     let role = role(&mut fields)?.unwrap_or(Role::User);
+    let email_verified = fields.optional_bool("email_verified")?.unwrap_or(false);
     fields.refuse_unknown()?;
-    let user = new.insert(app, role).await?;
+    let user = new.insert(app, role, email_verified).await?;
     tracing::info!(user = %user.id, by = %caller.user().id, "user created");
     Ok(json_bytes(StatusCode::CREATED, user.view().to_json()))
 }
@@ -98,14 +99,20 @@ impl NewUser {
     /// Checks the password rule, hashes it and stores the user with `role`.
     /// `EmailTaken` if the address has an account (decided by the store's
     /// transaction when two requests race).
-    pub async fn insert(self, app: &App, role: Role) -> Result<User, ApiError> {
+    pub async fn insert(
+        self,
+        app: &App,
+        role: Role,
+        email_verified: bool,
+    ) -> Result<User, ApiError> {
         valid_password(&self.password, app.settings.auth.min_password_len)?;
         // Spare a bcrypt hash when the answer is already known.
         if app.store.user_by_email(&self.email).await?.is_some() {
             return Err(ApiError::EmailTaken);
         }
         let hash = app.passwords.hash(self.password).await?;
-        let user = User::new(self.name, self.email, role, hash, unix_now());
+        let mut user = User::new(self.name, self.email, role, hash, unix_now());
+        user.email_verified = email_verified;
         Ok(app.store.insert_user(user).await?)
     }
 }
@@ -146,9 +153,12 @@ pub async fn update(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
         .transpose()?;
     let password = fields.optional("password")?;
     let role = role(&mut fields)?;
+    let email_verified = fields.optional_bool("email_verified")?;
     let current_password = fields.optional("current_password")?;
     fields.refuse_unknown()?;
-    if role.is_some() && !caller.is_admin() {
+    // Whether an address is confirmed is the mail link's to say, or an
+    // admin's.
+    if (role.is_some() || email_verified.is_some()) && !caller.is_admin() {
         return Err(ApiError::Forbidden);
     }
     if let Some(password) = &password {
@@ -176,6 +186,7 @@ pub async fn update(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
         email,
         role,
         password_hash,
+        email_verified,
     };
     let new_password = patch.password_hash.is_some();
     let user = if patch.is_empty() {

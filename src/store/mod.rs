@@ -61,6 +61,9 @@ pub struct UserPatch {
     /// A new bcrypt hash; setting it bumps the password version, which
     /// revokes every token issued before.
     pub password_hash: Option<String>,
+    /// Set by an admin. Left `None`, a change of the email (to a different
+    /// address) makes it false: the new address is not yet confirmed.
+    pub email_verified: Option<bool>,
 }
 
 impl UserPatch {
@@ -69,6 +72,7 @@ impl UserPatch {
             && self.email.is_none()
             && self.role.is_none()
             && self.password_hash.is_none()
+            && self.email_verified.is_none()
     }
 }
 

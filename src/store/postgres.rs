@@ -164,10 +164,16 @@ const MIGRATIONS: &[(i32, &str)] = &[
             RETURN NULL;
         END $$;",
     ),
+    // `email_verified` (issue 14); accounts from before start unverified.
+    (
+        6,
+        "ALTER TABLE gatehouse_users
+            ADD COLUMN IF NOT EXISTS email_verified BOOLEAN NOT NULL DEFAULT false;",
+    ),
 ];
 
 /// The version the last migration records.
-const SCHEMA_VERSION: i32 = 5;
+const SCHEMA_VERSION: i32 = 6;
 
 // Every statement's text is a `&'static str` (the column lists are macros so
 // that `concat!` can build them in), prepared once per pooled connection by
@@ -175,7 +181,8 @@ const SCHEMA_VERSION: i32 = 5;
 // are in `user_from_row`'s and `session_from_row`'s order.
 macro_rules! user_columns {
     () => {
-        "id, name, email, role, password_hash, password_version, created_at, updated_at"
+        "id, name, email, role, password_hash, password_version, created_at, updated_at,
+         email_verified"
     };
 }
 macro_rules! session_columns {
@@ -210,6 +217,8 @@ const UPDATE_USER: &str = concat!(
         role = COALESCE($4, role),
         password_hash = COALESCE($5, password_hash),
         password_version = password_version + CASE WHEN $5::text IS NULL THEN 0 ELSE 1 END,
+        email_verified = COALESCE($7,
+            CASE WHEN $3::text IS NOT NULL AND $3 <> email THEN false ELSE email_verified END),
         updated_at = $6
      WHERE id = $1
      RETURNING ",
@@ -227,7 +236,7 @@ const INSERT_SESSION: &str = concat!(
 /// The token check: the session and its user (the user's columns first), in
 /// one statement.
 const SESSION_AND_USER: &str = "SELECT u.id, u.name, u.email, u.role, u.password_hash,
-     u.password_version, u.created_at, u.updated_at, s.id, s.user_id, s.created_at,
+     u.password_version, u.created_at, u.updated_at, u.email_verified, s.id, s.user_id, s.created_at,
      s.last_used_at, s.expires_at, s.user_agent, s.ip, s.password_version, s.generation,
      s.spent_at, s.refresh_hash
      FROM gatehouse_sessions s JOIN gatehouse_users u ON u.id = s.user_id WHERE s.id = $1";
@@ -393,8 +402,8 @@ impl PgStore {
                 let statement = client
                     .prepare_cached(
                         "INSERT INTO gatehouse_users (id, name, email, role, password_hash,
-                         password_version, created_at, updated_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                         password_version, created_at, updated_at, email_verified)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                     )
                     .await?;
                 client
@@ -409,6 +418,7 @@ impl PgStore {
                             &to_i64(user.password_version),
                             &to_i64(user.created_at),
                             &to_i64(user.updated_at),
+                            &user.email_verified,
                         ],
                     )
                     .await?;
@@ -436,13 +446,14 @@ impl PgStore {
                 async move {
                     let name = patch.name.as_ref().map(|n| n.as_bytes().to_vec());
                     let role = patch.role.map(role_text);
-                    let params: [&(dyn ToSql + Sync); 6] = [
+                    let params: [&(dyn ToSql + Sync); 7] = [
                         &id,
                         &name,
                         &patch.email,
                         &role,
                         &patch.password_hash,
                         &to_i64(now),
+                        &patch.email_verified,
                     ];
                     change_user(client, id, demotes, UPDATE_USER, &params).await
                 }
@@ -621,7 +632,7 @@ impl PgStore {
             })
             .await?;
         match row {
-            Some(row) => Ok(Some((session_from_row(&row, 8)?, user_from_row(&row)?))),
+            Some(row) => Ok(Some((session_from_row(&row, 9)?, user_from_row(&row)?))),
             None => Ok(None),
         }
     }
@@ -1065,6 +1076,7 @@ fn user_from_row(row: &Row) -> Result<User, StoreError> {
         password_version: get_u64(5)?,
         created_at: get_u64(6)?,
         updated_at: get_u64(7)?,
+        email_verified: row.try_get(8).map_err(|e| corrupt(&e.to_string()))?,
     })
 }
 

@@ -1,16 +1,20 @@
 //! How the sled store writes a [`User`] and a [`Session`] as bytes, and
 //! reads them back.
 //!
-//! Format 1 (what is written now): one version byte `0x01`, the role (`0`
-//! user, `1` admin), then `password_version`, `created_at` and `updated_at`
-//! as little-endian `u64`s, then the name, the email and the password hash,
-//! each as a little-endian `u32` length and UTF-8 bytes. The id is not
+//! Format 2 (what is written now): one version byte `0x02`, the role (`0`
+//! user, `1` admin), a flags byte (bit 0: `email_verified`; the other bits
+//! are zero), then `password_version`, `created_at` and `updated_at` as
+//! little-endian `u64`s, then the name, the email and the password hash,
+//! each as a little-endian `u32` length and UTF-8 bytes. Format 1, written
+//! before `email_verified` existed, is format 2 without the flags byte (read
+//! as not verified). The id is not
 //! repeated: it is the record's key. That is about half the size of the JSON
 //! records written before, which sled keeps in memory page by page: RSS after
 //! reading 100,000 users fell by ~10 MiB (BENCHMARKS.md).
 //!
-//! Records written before (JSON objects, always starting with `{`) are still
-//! read; they are rewritten in format 1 when the user next changes.
+//! Records written before (JSON objects, always starting with `{`, and
+//! format 1) are still read; they are rewritten in format 2 when the user
+//! next changes.
 //!
 //! Sessions, format 1: `0x01`, then `created_at`, `last_used_at`,
 //! `expires_at`, `password_version` and `generation` as little-endian
@@ -24,6 +28,8 @@ use crate::domain::session::Session;
 use crate::domain::user::{Role, User};
 
 const FORMAT_1: u8 = 0x01;
+const FORMAT_2: u8 = 0x02;
+const EMAIL_VERIFIED: u8 = 0x01;
 
 /// Why a record could not be read (the store adds the key).
 #[derive(Debug, PartialEq, Eq)]
@@ -31,11 +37,16 @@ pub struct BadRecord(pub String);
 
 pub fn encode(user: &User) -> Vec<u8> {
     let strings = [&user.name, &user.email, &user.password_hash];
-    let mut out = Vec::with_capacity(26 + strings.iter().map(|s| 4 + s.len()).sum::<usize>());
-    out.push(FORMAT_1);
+    let mut out = Vec::with_capacity(27 + strings.iter().map(|s| 4 + s.len()).sum::<usize>());
+    out.push(FORMAT_2);
     out.push(match user.role {
         Role::User => 0,
         Role::Admin => 1,
+    });
+    out.push(if user.email_verified {
+        EMAIL_VERIFIED
+    } else {
+        0
     });
     for number in [user.password_version, user.created_at, user.updated_at] {
         out.extend_from_slice(&number.to_le_bytes());
@@ -49,19 +60,30 @@ pub fn encode(user: &User) -> Vec<u8> {
 /// The user stored under `id` as `bytes`, in either format.
 pub fn decode(id: &str, bytes: &[u8]) -> Result<User, BadRecord> {
     match bytes.first() {
-        Some(&FORMAT_1) => decode_format_1(id, &bytes[1..]),
+        Some(&FORMAT_1) => decode_binary(id, &bytes[1..], false),
+        Some(&FORMAT_2) => decode_binary(id, &bytes[1..], true),
         Some(b'{') => serde_json::from_slice(bytes).map_err(|e| BadRecord(e.to_string())),
         Some(other) => Err(BadRecord(format!("unknown record format {other:#04x}"))),
         None => Err(BadRecord("empty record".into())),
     }
 }
 
-fn decode_format_1(id: &str, bytes: &[u8]) -> Result<User, BadRecord> {
+/// Formats 1 and 2 (`with_flags`) after the version byte.
+fn decode_binary(id: &str, bytes: &[u8], with_flags: bool) -> Result<User, BadRecord> {
     let mut reader = Reader(bytes);
     let role = match reader.take(1)?[0] {
         0 => Role::User,
         1 => Role::Admin,
         other => return Err(BadRecord(format!("unknown role {other}"))),
+    };
+    let email_verified = if with_flags {
+        match reader.take(1)?[0] {
+            0 => false,
+            EMAIL_VERIFIED => true,
+            other => return Err(BadRecord(format!("unknown user flags {other:#04x}"))),
+        }
+    } else {
+        false
     };
     let password_version = reader.u64()?;
     let created_at = reader.u64()?;
@@ -79,6 +101,7 @@ fn decode_format_1(id: &str, bytes: &[u8]) -> Result<User, BadRecord> {
         password_version,
         created_at,
         updated_at,
+        email_verified,
     })
 }
 
@@ -222,9 +245,10 @@ mod tests {
             ("", Role::Admin),
             ("Zoë \"🚀\"", Role::User),
         ] {
-            let user = user(name, role);
+            let mut user = user(name, role);
+            user.email_verified = role == Role::User;
             let bytes = encode(&user);
-            assert_eq!(bytes[0], FORMAT_1);
+            assert_eq!(bytes[0], FORMAT_2);
             assert!(
                 !bytes
                     .windows(user.id.len())
@@ -238,9 +262,40 @@ mod tests {
 
     #[test]
     fn json_records_written_before_are_still_read() {
-        let user = user("Old", Role::Admin);
+        let mut user = user("Old", Role::Admin);
         let json = serde_json::to_vec(&user).unwrap();
-        assert_eq!(decode(&user.id, &json), Ok(user));
+        assert_eq!(decode(&user.id, &json), Ok(user.clone()));
+        // From before `email_verified`: not verified.
+        user.email_verified = true;
+        let mut old: serde_json::Value = serde_json::to_value(&user).unwrap();
+        old.as_object_mut().unwrap().remove("email_verified");
+        let read = decode(&user.id, &serde_json::to_vec(&old).unwrap()).unwrap();
+        assert!(!read.email_verified);
+        assert_eq!(read.email, user.email);
+    }
+
+    #[test]
+    fn format_1_records_read_as_unverified_and_unknown_flags_are_refused() {
+        let mut user = user("Format one", Role::Admin);
+        user.email_verified = true;
+        let format_2 = encode(&user);
+        // Format 1 is format 2 without the flags byte.
+        let mut format_1 = vec![FORMAT_1, format_2[1]];
+        format_1.extend_from_slice(&format_2[3..]);
+        let read = decode(&user.id, &format_1).unwrap();
+        assert_eq!(
+            read,
+            User {
+                email_verified: false,
+                ..user.clone()
+            }
+        );
+        let mut flags = format_2.clone();
+        flags[2] = 0x02;
+        assert!(decode(&user.id, &flags).is_err());
+        for len in 0..format_2.len() {
+            assert!(decode("id", &format_2[..len]).is_err(), "cut at {len}");
+        }
     }
 
     fn session() -> Session {

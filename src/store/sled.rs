@@ -824,7 +824,13 @@ fn apply(user: &mut User, patch: &UserPatch, now: u64) {
         user.name = name.clone();
     }
     if let Some(email) = &patch.email {
+        if *email != user.email {
+            user.email_verified = false;
+        }
         user.email = email.clone();
+    }
+    if let Some(verified) = patch.email_verified {
+        user.email_verified = verified;
     }
     if let Some(role) = patch.role {
         user.role = role;
@@ -1019,7 +1025,7 @@ mod tests {
         };
         store.update_user(&old.id, rename, 2).await.unwrap();
         let stored = store.users.get(old.id.as_bytes()).unwrap().unwrap();
-        assert_eq!(stored[0], 0x01, "rewritten in the current format");
+        assert_eq!(stored[0], 0x02, "rewritten in the current format");
         assert_eq!(
             store.user_by_id(&old.id).await.unwrap().unwrap().name,
             "New"

@@ -43,3 +43,4 @@ mod signing;
 mod throttle;
 mod tokens;
 mod users;
+mod verified;

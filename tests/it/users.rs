@@ -28,7 +28,7 @@ fn assert_no_secrets(text: &str) {
     );
 }
 
-/// The contract's user object: exactly its six fields, nothing secret.
+/// The contract's user object: exactly its seven fields, nothing secret.
 #[track_caller]
 fn assert_user_object(user: &Value) {
     let object = user
@@ -38,9 +38,18 @@ fn assert_user_object(user: &Value) {
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["_id", "created_at", "email", "name", "role", "updated_at"],
+        [
+            "_id",
+            "created_at",
+            "email",
+            "email_verified",
+            "name",
+            "role",
+            "updated_at"
+        ],
         "{user}"
     );
+    assert!(user["email_verified"].is_boolean(), "{user}");
     assert!(
         user["_id"].as_str().is_some_and(|id| !id.is_empty()),
         "{user}"
