@@ -23,6 +23,7 @@ use crate::domain::session::{RefreshKeys, SessionPolicy};
 use crate::domain::token::TokenKeys;
 use crate::keyring;
 use crate::log::RequestLog;
+use crate::mail::Mailer;
 use crate::store::Store;
 
 pub struct App {
@@ -36,6 +37,8 @@ pub struct App {
     /// `auth.session_*` and `auth.refresh_reuse_secs`.
     pub sessions: SessionPolicy,
     pub passwords: PasswordHasher,
+    /// The mail worker's queue and the links; `None` without `mail.smtp_url`.
+    pub mailer: Option<Mailer>,
     /// Where the server writes its per-request lines (`log::init` makes the
     /// fast one; the default goes through `tracing`).
     pub request_log: RequestLog,
@@ -68,7 +71,9 @@ impl App {
         keyring::start(&store, &tokens)
             .await
             .context("auth.algorithm: cannot load or create the signing keys")?;
+        let mailer = Mailer::start(&settings)?;
         Ok(App {
+            mailer,
             key_lookups: keyring::Lookups::default(),
             refresh_keys: RefreshKeys::with_previous(&secret, &previous),
             sessions: SessionPolicy::from(&settings.auth),

@@ -34,6 +34,31 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub limits: LimitSettings,
     pub store: StoreSettings,
+    pub mail: MailSettings,
+}
+
+/// Mail over SMTP (password reset, email verification; `mail.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailSettings {
+    /// `smtp://host:port` in the clear (a local relay or test sink),
+    /// `smtp://host:587?tls=required` for STARTTLS, `smtps://user:pass@host:465`.
+    /// Unset: no mail (mail routes answer 503). A secret: it may hold a
+    /// password.
+    pub smtp_url: Option<Secret>,
+    /// The sender, `Name <address>` or an address.
+    pub from: String,
+    /// The base of mail links, e.g. `https://auth.example.com`. Unset:
+    /// `http://<server.host>:<bound port>` (127.0.0.1 for an unspecified host).
+    pub public_url: Option<String>,
+    /// Link templates: `{public_url}` and `{token}` are replaced.
+    pub reset_url: String,
+    pub verify_url: String,
+    /// Replacements for the built-in templates (`reset.txt`, `verify.html`,
+    /// `reset.subject`, …); a file that is not there keeps the built-in one.
+    pub templates_dir: Option<PathBuf>,
+    /// At most one mail of each kind per account in this many seconds.
+    pub resend_secs: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -91,6 +116,13 @@ pub struct AuthSettings {
     pub session_idle_secs: u64,
     /// Grace for a spent refresh token presented again (two tabs).
     pub refresh_reuse_secs: u64,
+    /// How long a password-reset link works.
+    pub reset_token_ttl_secs: u64,
+    /// How long an email-verification link works.
+    pub verify_token_ttl_secs: u64,
+    /// Login with an unconfirmed address is refused (403) after a correct
+    /// password. Needs `mail.smtp_url`, or nobody could confirm.
+    pub require_verified_email: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,6 +135,9 @@ pub struct LimitSettings {
     /// Registration requests per client address per login window, whatever
     /// their outcome.
     pub registrations_per_address: u32,
+    /// `forgot` and `verify/request` requests per client address per login
+    /// window, for known and unknown addresses alike.
+    pub mail_requests_per_address: u32,
 }
 
 /// A secret string whose `Debug` never shows its value, so settings can be
@@ -135,6 +170,21 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             limits: LimitSettings::default(),
             store: StoreSettings::default(),
+            mail: MailSettings::default(),
+        }
+    }
+}
+
+impl Default for MailSettings {
+    fn default() -> Self {
+        MailSettings {
+            smtp_url: None,
+            from: "gatehouse <no-reply@localhost>".to_string(),
+            public_url: None,
+            reset_url: "{public_url}/reset-password#token={token}".to_string(),
+            verify_url: "{public_url}/verify-email#token={token}".to_string(),
+            templates_dir: None,
+            resend_secs: 60,
         }
     }
 }
@@ -167,6 +217,9 @@ impl Default for AuthSettings {
             session_ttl_secs: 2_592_000,
             session_idle_secs: 604_800,
             refresh_reuse_secs: 10,
+            reset_token_ttl_secs: 1800,
+            verify_token_ttl_secs: 86_400,
+            require_verified_email: false,
         }
     }
 }
@@ -179,6 +232,7 @@ impl Default for LimitSettings {
             login_failures_per_address: 100,
             login_window_secs: 900,
             registrations_per_address: 20,
+            mail_requests_per_address: 20,
         }
     }
 }
@@ -195,7 +249,7 @@ pub struct Overrides {
 /// Top-level keys an environment variable may set. Other `GATEHOUSE_*`
 /// variables (say, a test suite's own) are not configuration and are ignored;
 /// an unknown key *inside* a section is still refused.
-const ENV_SECTIONS: &[&str] = &["server", "auth", "limits", "data_dir", "store"];
+const ENV_SECTIONS: &[&str] = &["server", "auth", "limits", "data_dir", "store", "mail"];
 
 impl Settings {
     /// Merges every source, then validates. The error is one line naming the
@@ -403,6 +457,56 @@ impl Settings {
             "limits.login_failures_per_account",
             "must be at most 10000",
         )?;
+        check(
+            (1..=100_000).contains(&l.mail_requests_per_address),
+            "limits.mail_requests_per_address",
+            "must be between 1 and 100000",
+        )?;
+        check(
+            (60..=604_800).contains(&a.reset_token_ttl_secs),
+            "auth.reset_token_ttl_secs",
+            "must be between 60 and 604800 (a week)",
+        )?;
+        check(
+            (60..=2_592_000).contains(&a.verify_token_ttl_secs),
+            "auth.verify_token_ttl_secs",
+            "must be between 60 and 2592000 (30 days)",
+        )?;
+        self.validate_mail()
+    }
+
+    fn validate_mail(&self) -> anyhow::Result<()> {
+        let m = &self.mail;
+        let fail = |key: &str, rule: &str| Err(anyhow!("invalid configuration: {key} {rule}"));
+        if let Some(url) = &m.smtp_url {
+            if let Err(reason) = crate::mail::check_smtp_url(url.expose()) {
+                return fail("mail.smtp_url", &reason);
+            }
+        } else if self.auth.require_verified_email {
+            return fail(
+                "auth.require_verified_email",
+                "needs mail.smtp_url: without mail nobody could confirm an address",
+            );
+        }
+        if m.from.parse::<lettre::message::Mailbox>().is_err() {
+            return fail("mail.from", "must be an address or `Name <address>`");
+        }
+        if let Some(public_url) = &m.public_url {
+            if let Err(reason) = crate::mail::check_public_url(public_url) {
+                return fail("mail.public_url", &reason);
+            }
+        }
+        for (key, template) in [
+            ("mail.reset_url", &m.reset_url),
+            ("mail.verify_url", &m.verify_url),
+        ] {
+            if !template.contains("{token}") {
+                return fail(key, "must contain {token}");
+            }
+        }
+        if m.resend_secs > 86_400 {
+            return fail("mail.resend_secs", "must be between 0 and 86400");
+        }
         Ok(())
     }
 
@@ -443,6 +547,18 @@ mod tests {
             assert_eq!(s.auth.token_ttl_secs, 86_400);
             assert_eq!(s.limits.body_bytes, 65_536);
             assert!(s.auth.secret.is_none());
+            assert_eq!(s.auth.reset_token_ttl_secs, 1800);
+            assert_eq!(s.auth.verify_token_ttl_secs, 86_400);
+            assert!(!s.auth.require_verified_email);
+            assert!(s.mail.smtp_url.is_none());
+            assert_eq!(s.mail.from, "gatehouse <no-reply@localhost>");
+            assert_eq!(
+                s.mail.reset_url,
+                "{public_url}/reset-password#token={token}"
+            );
+            assert_eq!(s.mail.verify_url, "{public_url}/verify-email#token={token}");
+            assert_eq!(s.mail.resend_secs, 60);
+            assert_eq!(s.limits.mail_requests_per_address, 20);
             Ok(())
         });
     }
@@ -484,6 +600,48 @@ mod tests {
             ("GATEHOUSE_LIMITS__BODY_BYTES", "0", "limits.body_bytes"),
             ("GATEHOUSE_SERVER__PROT", "1", "prot"),
             ("GATEHOUSE_STORE__URL", "mysql://localhost/x", "store.url"),
+            (
+                "GATEHOUSE_MAIL__SMTP_URL",
+                "http://mail.example.com",
+                "mail.smtp_url",
+            ),
+            ("GATEHOUSE_MAIL__FROM", "not an address", "mail.from"),
+            (
+                "GATEHOUSE_MAIL__PUBLIC_URL",
+                "auth.example.com",
+                "mail.public_url",
+            ),
+            (
+                "GATEHOUSE_MAIL__RESET_URL",
+                "https://x.example/reset",
+                "mail.reset_url",
+            ),
+            (
+                "GATEHOUSE_MAIL__VERIFY_URL",
+                "{public_url}/v",
+                "mail.verify_url",
+            ),
+            ("GATEHOUSE_MAIL__RESEND_SECS", "86401", "mail.resend_secs"),
+            (
+                "GATEHOUSE_AUTH__REQUIRE_VERIFIED_EMAIL",
+                "true",
+                "auth.require_verified_email",
+            ),
+            (
+                "GATEHOUSE_AUTH__RESET_TOKEN_TTL_SECS",
+                "59",
+                "auth.reset_token_ttl_secs",
+            ),
+            (
+                "GATEHOUSE_AUTH__VERIFY_TOKEN_TTL_SECS",
+                "0",
+                "auth.verify_token_ttl_secs",
+            ),
+            (
+                "GATEHOUSE_LIMITS__MAIL_REQUESTS_PER_ADDRESS",
+                "0",
+                "limits.mail_requests_per_address",
+            ),
         ];
         for (var, value, key) in cases {
             Jail::expect_with(|jail| {

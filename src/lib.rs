@@ -37,6 +37,7 @@ pub mod domain;
 pub mod http;
 pub mod keyring;
 pub mod log;
+pub mod mail;
 pub mod server;
 pub mod store;
 

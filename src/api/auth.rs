@@ -37,6 +37,7 @@ pub async fn register(mut ctx: RequestContext) -> Result<HttpResponse, ApiError>
         .insert(app, Role::User, false)
         .await?;
     tracing::info!(user = %user.id, "registered");
+    crate::api::recovery::after_creation(&ctx.app, &user);
     start_session(&ctx, &user).await
 }
 
@@ -62,6 +63,11 @@ pub async fn login(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
     match (app.passwords.verify(password, hash).await?, user) {
         (true, Some(user)) => {
             app.store.login_succeeded(attempt).await?;
+            // Only after the right password: the 403 tells nothing to
+            // someone who does not know it.
+            if app.settings.auth.require_verified_email && !user.email_verified {
+                return Err(ApiError::EmailNotVerified);
+            }
             start_session(&ctx, &user).await
         }
         _ => Err(ApiError::InvalidCredentials),

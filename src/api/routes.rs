@@ -6,7 +6,7 @@
 
 use hyper::Method;
 
-use super::{auth, health, keys, openapi, sessions, users};
+use super::{auth, health, keys, openapi, recovery, sessions, users};
 use crate::http::router::Route;
 
 /// A public handler as a table entry: `public!(module::function)`.
@@ -38,6 +38,22 @@ pub static ROUTES: &[Route] = &[
         Method::POST,
         "/api/auth/password",
         protected!(auth::change_password),
+    ),
+    Route::public(
+        Method::POST,
+        "/api/auth/password/forgot",
+        public!(recovery::forgot),
+    ),
+    Route::public(
+        Method::POST,
+        "/api/auth/password/reset",
+        public!(recovery::reset),
+    ),
+    Route::public(Method::POST, "/api/auth/verify", public!(recovery::verify)),
+    Route::public(
+        Method::POST,
+        "/api/auth/verify/request",
+        public!(recovery::verify_request),
     ),
     Route::protected(
         Method::GET,

@@ -73,6 +73,7 @@ pub async fn create(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
     fields.refuse_unknown()?;
     let user = new.insert(app, role, email_verified).await?;
     tracing::info!(user = %user.id, by = %caller.user().id, "user created");
+    crate::api::recovery::after_creation(&ctx.app, &user);
     Ok(json_bytes(StatusCode::CREATED, user.view().to_json()))
 }
 
@@ -189,6 +190,11 @@ pub async fn update(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
         email_verified,
     };
     let new_password = patch.password_hash.is_some();
+    // The address before the change, for the mails an email change sends.
+    let before = match &patch.email {
+        Some(_) if app.mailer.is_some() => app.store.user_by_id(id).await?,
+        _ => None,
+    };
     let user = if patch.is_empty() {
         app.store.user_by_id(id).await?.ok_or(ApiError::NotFound)?
     } else {
@@ -199,6 +205,9 @@ pub async fn update(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
         // and token (the caller's too); deleting the sessions keeps the
         // store from holding them until the purge.
         app.store.end_user_sessions(&user.id, None).await?;
+    }
+    if let Some(before) = before.filter(|b| b.email != user.email) {
+        crate::api::recovery::after_email_change(&ctx.app, &before, &user);
     }
     Ok(json_bytes(StatusCode::OK, user.view().to_json()))
 }

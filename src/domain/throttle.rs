@@ -1,5 +1,6 @@
 //! Throttling: failed logins counted per (email, client address) and per
-//! client address, and registrations per client address, over a sliding
+//! client address, and registrations and mail-sending requests per client
+//! address, over a sliding
 //! window, in bounded memory ([`LoginThrottle`], the sled store's); and the
 //! keys under which a shared store counts the same things ([`SharedKeys`]).
 //!
@@ -35,6 +36,8 @@ pub struct ThrottleLimits {
     pub per_address: u32,
     /// Registration requests per address per window, whatever their outcome.
     pub registrations: u32,
+    /// `forgot` and `verify/request` requests per address per window.
+    pub mail_requests: u32,
     pub window_secs: u64,
 }
 
@@ -44,6 +47,7 @@ impl From<&crate::config::LimitSettings> for ThrottleLimits {
             per_account: limits.login_failures_per_account,
             per_address: limits.login_failures_per_address,
             registrations: limits.registrations_per_address,
+            mail_requests: limits.mail_requests_per_address,
             window_secs: limits.login_window_secs,
         }
     }
@@ -58,6 +62,7 @@ pub struct LoginThrottle {
     per_account: usize,
     per_address: usize,
     registrations: usize,
+    mail_requests: usize,
     window_secs: u32,
     /// Failure times are seconds since this instant, stored as `u32`.
     epoch: Instant,
@@ -71,6 +76,8 @@ struct Tables {
     /// Registration requests by address (a table of its own: registering
     /// and failing to log in are separate budgets).
     registrations: LruCache<u64, VecDeque<u32>>,
+    /// Mail-sending requests by address.
+    mail_requests: LruCache<u64, VecDeque<u32>>,
 }
 
 impl LoginThrottle {
@@ -87,6 +94,7 @@ impl LoginThrottle {
             per_account,
             per_address,
             registrations,
+            mail_requests,
             window_secs,
         } = limits;
         let cap = |n: usize| NonZeroUsize::new(n.max(1)).unwrap_or(NonZeroUsize::MIN);
@@ -95,10 +103,12 @@ impl LoginThrottle {
                 accounts: LruCache::new(cap(account_keys)),
                 addresses: LruCache::new(cap(address_keys)),
                 registrations: LruCache::new(cap(address_keys)),
+                mail_requests: LruCache::new(cap(address_keys)),
             }),
             per_account: per_account.max(1) as usize,
             per_address: per_address.max(1) as usize,
             registrations: registrations.max(1) as usize,
+            mail_requests: mail_requests.max(1) as usize,
             window_secs: u32::try_from(window_secs).unwrap_or(u32::MAX),
             epoch: Instant::now(),
             hash_keys: Default::default(),
@@ -126,6 +136,21 @@ impl LoginThrottle {
     /// the address is at its limit. Never forgiven, whatever the outcome.
     pub fn count_registration(&self, addr: IpAddr) -> Result<(), RetryAfter> {
         self.count_registration_at(addr, self.now())
+    }
+
+    /// Counts a mail-sending request (`forgot`, `verify/request`) from
+    /// `addr`, for known and unknown addresses alike: refused with the wait
+    /// if the address is at its limit.
+    pub fn count_mail_request(&self, addr: IpAddr) -> Result<(), RetryAfter> {
+        let key = self.hash_keys.hash_one((3u8, addr));
+        let now = self.now();
+        let mut tables = self.lock();
+        let table = &mut tables.mail_requests;
+        if let Some(seconds) = wait(table, key, self.mail_requests, now, self.window_secs) {
+            return Err(RetryAfter(seconds));
+        }
+        record(table, key, self.mail_requests, now);
+        Ok(())
     }
 
     /// Keys tracked in (accounts, addresses); bounded by the capacities.
@@ -232,6 +257,11 @@ impl SharedKeys {
         self.key(b"registrations", addr, b"")
     }
 
+    /// The key of mail-sending requests from `addr`.
+    pub fn mail_requests(&self, addr: IpAddr) -> SharedKey {
+        self.key(b"mail_requests", addr, b"")
+    }
+
     fn key(&self, kind: &[u8], addr: IpAddr, rest: &[u8]) -> SharedKey {
         // Unambiguous without escaping: the kind ends at its NUL, the address
         // has a fixed length per family, and the email is whatever follows.
@@ -303,6 +333,7 @@ mod tests {
             per_account,
             per_address,
             registrations: 3,
+            mail_requests: 3,
             window_secs,
         }
     }

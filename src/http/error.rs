@@ -63,12 +63,32 @@ pub enum ApiError {
     /// A bug or an unexpected failure; the detail is logged, not shown.
     #[error("Internal server error.")]
     Internal(String),
+    /// Unknown, used, superseded, expired, voided by a password change, or
+    /// for an address the account no longer has.
+    #[error("This password reset link is not valid (any more); ask for a new one.")]
+    InvalidResetToken,
+    #[error("This verification link is not valid (any more); ask for a new one.")]
+    InvalidVerificationToken,
+    #[error("This email address is already verified.")]
+    AlreadyVerified,
+    /// `auth.require_verified_email`, after a correct password.
+    #[error("Confirm your email address first: follow the link in the verification mail.")]
+    EmailNotVerified,
+    /// A route that must send mail, with no `mail.smtp_url`.
+    #[error("Mail is not configured on this server.")]
+    MailUnavailable,
 }
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidBody(_) | ApiError::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidBody(_)
+            | ApiError::InvalidInput(_)
+            | ApiError::InvalidResetToken
+            | ApiError::InvalidVerificationToken => StatusCode::BAD_REQUEST,
+            ApiError::EmailNotVerified => StatusCode::FORBIDDEN,
+            ApiError::AlreadyVerified => StatusCode::CONFLICT,
+            ApiError::MailUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MissingToken
             | ApiError::InvalidToken
             | ApiError::InvalidCredentials
@@ -109,6 +129,11 @@ impl ApiError {
             ApiError::StoreUnavailable => "store_unavailable",
             ApiError::ServerBusy => "server_busy",
             ApiError::Internal(_) => "internal",
+            ApiError::InvalidResetToken => "invalid_reset_token",
+            ApiError::InvalidVerificationToken => "invalid_verification_token",
+            ApiError::AlreadyVerified => "already_verified",
+            ApiError::EmailNotVerified => "email_not_verified",
+            ApiError::MailUnavailable => "mail_unavailable",
         }
     }
 
@@ -139,6 +164,11 @@ impl ApiError {
             ApiError::StoreUnavailable,
             ApiError::ServerBusy,
             ApiError::Internal(String::new()),
+            ApiError::InvalidResetToken,
+            ApiError::InvalidVerificationToken,
+            ApiError::AlreadyVerified,
+            ApiError::EmailNotVerified,
+            ApiError::MailUnavailable,
         ];
         // No wildcard: a new variant does not compile until it is handled
         // here, which is the reminder to list it above as well.
@@ -162,7 +192,12 @@ impl ApiError {
                 | ApiError::TooManyAttempts { .. }
                 | ApiError::StoreUnavailable
                 | ApiError::ServerBusy
-                | ApiError::Internal(_) => {}
+                | ApiError::Internal(_)
+                | ApiError::InvalidResetToken
+                | ApiError::InvalidVerificationToken
+                | ApiError::AlreadyVerified
+                | ApiError::EmailNotVerified
+                | ApiError::MailUnavailable => {}
             }
         }
         every

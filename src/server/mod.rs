@@ -67,6 +67,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
+    if let Some(mailer) = &app.mailer {
+        mailer.bound_to(address);
+    }
     tracing::info!(%address, store = %app.store.kind(), "gatehouse listening");
     let settings = &app.settings.server;
     let mut http = http1::Builder::new();

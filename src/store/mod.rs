@@ -22,6 +22,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::config::Settings;
+use crate::domain::mail_token::{MailTokenKind, PendingToken, PresentedMailToken};
 use crate::domain::session::{Presentation, PresentedToken, RefreshKeys, Session, SessionPolicy};
 use crate::domain::signing::{KeySet, StoredKey};
 use crate::domain::throttle::{LoginThrottle, RetryAfter, SharedKeys, ThrottleLimits};
@@ -49,6 +50,13 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("the storage task did not finish: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+/// The requests counted per client address, whatever their outcome.
+#[derive(Clone, Copy)]
+enum PerAddress {
+    Registrations,
+    MailRequests,
 }
 
 /// A change to a user; `None` leaves a field as it is.
@@ -360,6 +368,41 @@ impl Store {
         }
     }
 
+    /// Keeps `pending` as the last mail token of `kind` sent to `user_id`
+    /// (`NotFound` if the user is gone), unless one of that kind was sent
+    /// less than `resend_secs` before `pending.sent_at`: then `false` and
+    /// nothing is written (0 always writes: a newer token supersedes).
+    pub async fn put_mail_token(
+        &self,
+        user_id: &str,
+        kind: MailTokenKind,
+        pending: PendingToken,
+        resend_secs: u64,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Sled { db, .. } => db.put_mail_token(user_id, kind, pending, resend_secs).await,
+            Store::Postgres { db, .. } => {
+                db.put_mail_token(user_id, kind, pending, resend_secs).await
+            }
+        }
+    }
+
+    /// Spends the mail token `presented`, if its record accepts it for the
+    /// user as stored (unused, unexpired, same address, and for a reset the
+    /// same password), applying `change` to the user in the same atomic
+    /// write; returns the changed user, or `None` (nothing written).
+    pub async fn use_mail_token(
+        &self,
+        presented: PresentedMailToken,
+        now: u64,
+        change: impl Fn(&mut User) + Send + Sync + 'static,
+    ) -> Result<Option<User>, StoreError> {
+        match self {
+            Store::Sled { db, .. } => db.use_mail_token(presented, now, change).await,
+            Store::Postgres { db, .. } => db.use_mail_token(presented, now, change).await,
+        }
+    }
+
     /// Every stored session of `user_id`, alive or not yet purged.
     pub async fn sessions_of(&self, user_id: &str) -> Result<Vec<Session>, StoreError> {
         match self {
@@ -481,13 +524,39 @@ impl Store {
         &self,
         client: IpAddr,
     ) -> Result<Result<(), RetryAfter>, StoreError> {
+        self.count_per_address(client, PerAddress::Registrations)
+            .await
+    }
+
+    /// Counts a mail-sending request (`forgot`, `verify/request`) from
+    /// `client`, for known and unknown addresses alike: refused with the wait
+    /// when the address is at `limits.mail_requests_per_address`.
+    pub async fn begin_mail_request(
+        &self,
+        client: IpAddr,
+    ) -> Result<Result<(), RetryAfter>, StoreError> {
+        self.count_per_address(client, PerAddress::MailRequests)
+            .await
+    }
+
+    async fn count_per_address(
+        &self,
+        client: IpAddr,
+        budget: PerAddress,
+    ) -> Result<Result<(), RetryAfter>, StoreError> {
         match self {
-            Store::Sled { throttle, .. } => Ok(throttle.count_registration(client)),
+            Store::Sled { throttle, .. } => Ok(match budget {
+                PerAddress::Registrations => throttle.count_registration(client),
+                PerAddress::MailRequests => throttle.count_mail_request(client),
+            }),
             Store::Postgres { db, limits, keys } => {
-                let key = keys.registrations(client);
+                let (key, limit) = match budget {
+                    PerAddress::Registrations => (keys.registrations(client), limits.registrations),
+                    PerAddress::MailRequests => (keys.mail_requests(client), limits.mail_requests),
+                };
                 db.count_attempt(
                     &key,
-                    &[Counter::new(&key, limits.registrations)],
+                    &[Counter::new(&key, limit)],
                     uuid::Uuid::new_v4(),
                     crate::domain::unix_now(),
                     limits.window_secs,

@@ -32,6 +32,9 @@ use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
 use super::{StoreError, UserPatch};
+use std::sync::Arc;
+
+use crate::domain::mail_token::{MailTokenKind, PendingToken, PresentedMailToken};
 use crate::domain::session::Session;
 use crate::domain::signing::{KeySet, StoredKey};
 use crate::domain::throttle::RetryAfter;
@@ -170,10 +173,25 @@ const MIGRATIONS: &[(i32, &str)] = &[
         "ALTER TABLE gatehouse_users
             ADD COLUMN IF NOT EXISTS email_verified BOOLEAN NOT NULL DEFAULT false;",
     ),
+    // The last mail token of each kind sent to a user
+    // (`domain::mail_token::PendingToken`); a user's deletion removes them.
+    (
+        7,
+        "CREATE TABLE IF NOT EXISTS gatehouse_mail_tokens (
+            user_id UUID NOT NULL REFERENCES gatehouse_users (id) ON DELETE CASCADE,
+            kind SMALLINT NOT NULL,
+            email TEXT NOT NULL,
+            token_hash BYTEA,
+            password_version BIGINT NOT NULL,
+            sent_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            PRIMARY KEY (user_id, kind)
+        );",
+    ),
 ];
 
 /// The version the last migration records.
-const SCHEMA_VERSION: i32 = 6;
+const SCHEMA_VERSION: i32 = 7;
 
 // Every statement's text is a `&'static str` (the column lists are macros so
 // that `concat!` can build them in), prepared once per pooled connection by
@@ -224,6 +242,13 @@ const UPDATE_USER: &str = concat!(
      RETURNING ",
     user_columns!()
 );
+const USER_FOR_UPDATE: &str = concat!(
+    "SELECT ",
+    user_columns!(),
+    " FROM gatehouse_users WHERE id = $1 FOR UPDATE"
+);
+const SET_USER_AFTER_MAIL_TOKEN: &str = "UPDATE gatehouse_users SET password_hash = $2,
+    password_version = $3, email_verified = $4, updated_at = $5 WHERE id = $1";
 const DELETE_USER: &str = concat!(
     "DELETE FROM gatehouse_users WHERE id = $1 RETURNING ",
     user_columns!()
@@ -618,6 +643,134 @@ impl PgStore {
             }
         })
         .await
+    }
+
+    /// See `Store::put_mail_token`. One statement: the upsert's condition
+    /// decides.
+    pub async fn put_mail_token(
+        &self,
+        user_id: &str,
+        kind: MailTokenKind,
+        pending: PendingToken,
+        resend_secs: u64,
+    ) -> Result<bool, StoreError> {
+        let Some(id) = issued_id(user_id) else {
+            return Err(StoreError::NotFound);
+        };
+        self.run(|client| {
+            let pending = pending.clone();
+            async move {
+                let statement = client
+                    .prepare_cached(
+                        "INSERT INTO gatehouse_mail_tokens AS t
+                            (user_id, kind, email, token_hash, password_version, sent_at, expires_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)
+                         ON CONFLICT (user_id, kind) DO UPDATE SET
+                            email = EXCLUDED.email, token_hash = EXCLUDED.token_hash,
+                            password_version = EXCLUDED.password_version,
+                            sent_at = EXCLUDED.sent_at, expires_at = EXCLUDED.expires_at
+                         WHERE t.sent_at + $8 <= EXCLUDED.sent_at
+                         RETURNING 1",
+                    )
+                    .await?;
+                let hash = pending.token_hash.map(|h| h.to_vec());
+                let written = client
+                    .query_opt(
+                        &statement,
+                        &[
+                            &id,
+                            &i16::from(kind.code()),
+                            &pending.email,
+                            &hash,
+                            &to_i64(pending.password_version),
+                            &to_i64(pending.sent_at),
+                            &to_i64(pending.expires_at),
+                            &to_i64(resend_secs),
+                        ],
+                    )
+                    .await?;
+                Ok(written.is_some())
+            }
+        })
+        .await
+    }
+
+    /// Uses the mail token `presented` if its record accepts it for the user
+    /// as stored: in one transaction that locks the user's row, `change` is
+    /// applied to the user (and `updated_at` set), the token is spent, and
+    /// the changed user returned. `None` if the token is not accepted.
+    pub async fn use_mail_token(
+        &self,
+        presented: PresentedMailToken,
+        now: u64,
+        change: impl Fn(&mut User) + Send + Sync + 'static,
+    ) -> Result<Option<User>, StoreError> {
+        let Some(id) = issued_id(&presented.user_id) else {
+            return Ok(None);
+        };
+        let change = Arc::new(change);
+        let outcome = self
+            .run(|mut client| {
+                let (presented, change) = (presented.clone(), Arc::clone(&change));
+                async move {
+                    let transaction = client.transaction().await?;
+                    let lock = transaction.prepare_cached(USER_FOR_UPDATE).await?;
+                    let Some(row) = transaction.query_opt(&lock, &[&id]).await? else {
+                        return Ok(Ok(None));
+                    };
+                    let mut user = match user_from_row(&row) {
+                        Ok(user) => user,
+                        Err(corrupt) => return Ok(Err(corrupt)),
+                    };
+                    let read = transaction
+                        .prepare_cached(
+                            "SELECT email, token_hash, password_version, sent_at, expires_at
+                         FROM gatehouse_mail_tokens WHERE user_id = $1 AND kind = $2",
+                        )
+                        .await?;
+                    let code = i16::from(presented.kind.code());
+                    let Some(row) = transaction.query_opt(&read, &[&id, &code]).await? else {
+                        return Ok(Ok(None));
+                    };
+                    let Some(record) = pending_from_row(&row) else {
+                        return Ok(Err(StoreError::Corrupt {
+                            key: format!("mail token of {id}"),
+                            reason: "not a mail token record".into(),
+                        }));
+                    };
+                    if !record.accepts(&presented, &user, now) {
+                        return Ok(Ok(None));
+                    }
+                    change(&mut user);
+                    user.updated_at = now;
+                    let write = transaction
+                        .prepare_cached(SET_USER_AFTER_MAIL_TOKEN)
+                        .await?;
+                    transaction
+                        .execute(
+                            &write,
+                            &[
+                                &id,
+                                &user.password_hash,
+                                &to_i64(user.password_version),
+                                &user.email_verified,
+                                &to_i64(user.updated_at),
+                            ],
+                        )
+                        .await?;
+                    let spend = transaction
+                        .prepare_cached(
+                            "UPDATE gatehouse_mail_tokens SET token_hash = NULL
+                         WHERE user_id = $1 AND kind = $2",
+                        )
+                        .await?;
+                    transaction.execute(&spend, &[&id, &code]).await?;
+                    transaction.commit().await?;
+                    Ok(Ok(Some(user)))
+                }
+            })
+            .await?;
+        outcome
     }
 
     /// The session `id` and its user, in one statement.
@@ -1050,6 +1203,27 @@ fn db_message(error: &tokio_postgres::Error) -> String {
         Some(db) => db.message().to_string(),
         None => error.to_string(),
     }
+}
+
+/// A `gatehouse_mail_tokens` row; `None` if it holds what no version wrote.
+fn pending_from_row(row: &Row) -> Option<PendingToken> {
+    let number = |i: usize| {
+        row.try_get::<_, i64>(i)
+            .ok()
+            .and_then(|n| u64::try_from(n).ok())
+    };
+    let hash: Option<Vec<u8>> = row.try_get(1).ok()?;
+    let token_hash = match hash {
+        Some(bytes) => Some(<[u8; 32]>::try_from(bytes.as_slice()).ok()?),
+        None => None,
+    };
+    Some(PendingToken {
+        email: row.try_get(0).ok()?,
+        token_hash,
+        password_version: number(2)?,
+        sent_at: number(3)?,
+        expires_at: number(4)?,
+    })
 }
 
 fn user_from_row(row: &Row) -> Result<User, StoreError> {

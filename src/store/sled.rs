@@ -64,6 +64,7 @@ use sled::Transactional;
 use super::filter::{MaybeSet, COUNTERS};
 use super::record;
 use super::{StoreError, UserPatch};
+use crate::domain::mail_token::{MailTokenKind, PendingToken, PresentedMailToken};
 use crate::domain::session::Session;
 use crate::domain::signing::{KeySet, StoredKey};
 use crate::domain::user::User;
@@ -102,6 +103,9 @@ pub struct SledStore {
     meta: sled::Tree,
     sessions: sled::Tree,
     user_sessions: sled::Tree,
+    /// `user id / kind code` → the last mail token of that kind
+    /// (`domain::mail_token::PendingToken`, JSON).
+    mail_tokens: sled::Tree,
     cache: Arc<RecordCache<User>>,
     sessions_cache: Arc<RecordCache<Session>>,
     /// Every id in `revoked` is in here: added before it is written, removed
@@ -160,6 +164,7 @@ impl SledStore {
             revoked,
             sessions: db.open_tree("sessions")?,
             user_sessions: db.open_tree("user_sessions")?,
+            mail_tokens: db.open_tree("mail_tokens")?,
             db,
             cache: Arc::new(RecordCache::new(CACHED_USERS)),
             sessions_cache: Arc::new(RecordCache::new(CACHED_SESSIONS)),
@@ -301,14 +306,18 @@ impl SledStore {
                 trees.2,
                 &store.sessions,
                 &store.user_sessions,
+                &store.mail_tokens,
             )
-                .transaction(|(users, emails, meta, sessions_tree, index)| {
+                .transaction(|(users, emails, meta, sessions_tree, index, mail_tokens)| {
                     let user = load(users, &id)?;
                     if user.is_admin() {
                         add_admins(meta, -1)?;
                     }
                     users.remove(user.id.as_bytes())?;
                     emails.remove(user.email.as_bytes())?;
+                    for kind in [MailTokenKind::Reset, MailTokenKind::Verify] {
+                        mail_tokens.remove(mail_token_key(&id, kind))?;
+                    }
                     for sid in &sessions {
                         remove_session(sessions_tree, index, &id, sid)?;
                     }
@@ -322,6 +331,80 @@ impl SledStore {
             deleted
         })
         .await
+    }
+
+    /// See `Store::put_mail_token`; one transaction over `users` and
+    /// `mail_tokens`.
+    pub async fn put_mail_token(
+        &self,
+        user_id: &str,
+        kind: MailTokenKind,
+        pending: PendingToken,
+        resend_secs: u64,
+    ) -> Result<bool, StoreError> {
+        let store = self.clone();
+        let user_id = user_id.to_string();
+        self.write(move || {
+            let key = mail_token_key(&user_id, kind);
+            let value = encode_mail_token(&pending);
+            (&store.users, &store.mail_tokens)
+                .transaction(|(users, mail_tokens)| {
+                    load(users, &user_id)?;
+                    if let Some(last) = mail_tokens.get(&key)? {
+                        let last = decode_mail_token(&key, &last).map_err(abort_with)?;
+                        if last.holds_resend(pending.sent_at, resend_secs) {
+                            return Ok(false);
+                        }
+                    }
+                    mail_tokens.insert(key.as_slice(), value.as_slice())?;
+                    Ok(true)
+                })
+                .map_err(tx_error)
+        })
+        .await
+    }
+
+    /// Uses the mail token `presented` if its record accepts it for the user
+    /// as stored: in one transaction, `change` is applied to the user (and
+    /// `updated_at` set), the token is spent, and the changed user returned.
+    /// `None` if the token is not accepted (nothing written).
+    pub async fn use_mail_token(
+        &self,
+        presented: PresentedMailToken,
+        now: u64,
+        change: impl Fn(&mut User) + Send + 'static,
+    ) -> Result<Option<User>, StoreError> {
+        let store = self.clone();
+        let used = self
+            .write(move || {
+                let key = mail_token_key(&presented.user_id, presented.kind);
+                (&store.users, &store.mail_tokens)
+                    .transaction(|(users, mail_tokens)| {
+                        let Some(bytes) = users.get(presented.user_id.as_bytes())? else {
+                            return Ok(None);
+                        };
+                        let mut user = decode_user(presented.user_id.as_bytes(), &bytes)
+                            .map_err(abort_with)?;
+                        let Some(record) = mail_tokens.get(&key)? else {
+                            return Ok(None);
+                        };
+                        let record = decode_mail_token(&key, &record).map_err(abort_with)?;
+                        if !record.accepts(&presented, &user, now) {
+                            return Ok(None);
+                        }
+                        change(&mut user);
+                        user.updated_at = now;
+                        users.insert(user.id.as_bytes(), encode_user(&user))?;
+                        mail_tokens.insert(key.as_slice(), encode_mail_token(&record.used()))?;
+                        Ok(Some(user))
+                    })
+                    .map_err(tx_error)
+            })
+            .await?;
+        if let Some(user) = &used {
+            self.cache.forget(&user.id);
+        }
+        Ok(used)
     }
 
     /// Stores a new session of an existing user (`NotFound` otherwise),
@@ -881,6 +964,26 @@ fn decode_key_set(bytes: &[u8]) -> Result<KeySet, StoreError> {
 
 fn abort_with(error: StoreError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(error)
+}
+
+fn mail_token_key(user_id: &str, kind: MailTokenKind) -> Vec<u8> {
+    let mut key = Vec::with_capacity(user_id.len() + 2);
+    key.extend_from_slice(user_id.as_bytes());
+    key.push(b'/');
+    key.push(kind.code());
+    key
+}
+
+fn encode_mail_token(pending: &PendingToken) -> Vec<u8> {
+    // Strings, numbers and a byte array: serde_json cannot fail on them.
+    serde_json::to_vec(pending).unwrap_or_default()
+}
+
+fn decode_mail_token(key: &[u8], bytes: &[u8]) -> Result<PendingToken, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
 }
 
 fn encode_user(user: &User) -> Vec<u8> {

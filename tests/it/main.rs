@@ -34,6 +34,8 @@ mod disk;
 mod ids;
 mod instances;
 mod keys;
+mod mail;
+mod mailsink;
 mod network;
 mod openapi;
 mod properties;

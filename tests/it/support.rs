@@ -610,3 +610,89 @@ pub fn jwt_part(token: &str, index: usize) -> Value {
         .expect("base64url");
     serde_json::from_slice(&bytes).expect("a JSON object")
 }
+
+/// The ways a token (refresh or mail) could be stored in the clear: its
+/// text, its bytes if it is base64url, and those bytes in hex (as
+/// PostgreSQL prints a `bytea`).
+pub fn needles(token: &str) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let mut needles = vec![token.as_bytes().to_vec()];
+    if let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token) {
+        if bytes.len() >= 16 {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            needles.push(hex.into_bytes());
+            needles.push(bytes);
+        }
+    }
+    needles
+}
+
+/// The files under `dir` holding any of `needles`, and whether any holds
+/// `marker` (a proof that the search reads the store's data).
+pub fn files_holding(
+    dir: &std::path::Path,
+    needles: &[Vec<u8>],
+    marker: &[u8],
+) -> (Vec<String>, bool) {
+    let mut found = Vec::new();
+    let mut marked = false;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("read_dir") {
+                pending.push(entry.expect("entry").path());
+            }
+            continue;
+        }
+        let bytes = std::fs::read(&path).expect("a readable file");
+        marked |= memchr::memmem::find(&bytes, marker).is_some();
+        if needles
+            .iter()
+            .any(|n| memchr::memmem::find(&bytes, n).is_some())
+        {
+            found.push(path.display().to_string());
+        }
+    }
+    (found, marked)
+}
+
+/// The rows of every table in the store's schema (as `t::text`) holding any
+/// of `needles`, and whether any holds `marker`.
+pub async fn rows_holding(url: &str, needles: &[Vec<u8>], marker: &[u8]) -> (Vec<String>, bool) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("the test database answers");
+    let connection = tokio::spawn(connection);
+    let tables = client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables \
+             WHERE table_schema = current_schema()",
+            &[],
+        )
+        .await
+        .expect("tables listed");
+    assert!(!tables.is_empty(), "the schema has tables");
+    let mut found = Vec::new();
+    let mut marked = false;
+    for table in tables {
+        let table: String = table.get(0);
+        let rows = client
+            .query(&format!("SELECT t::text FROM \"{table}\" t"), &[])
+            .await
+            .expect("rows read");
+        for row in rows {
+            let text: String = row.get(0);
+            let bytes = text.as_bytes();
+            marked |= memchr::memmem::find(bytes, marker).is_some();
+            if needles
+                .iter()
+                .any(|n| memchr::memmem::find(bytes, n).is_some())
+            {
+                found.push(format!("{table}: {text}"));
+            }
+        }
+    }
+    drop(client);
+    let _ = connection.await;
+    (found, marked)
+}
