@@ -11,6 +11,7 @@ pub mod auth;
 pub mod health;
 pub mod keys;
 pub mod openapi;
+pub mod pages;
 pub mod recovery;
 pub mod routes;
 pub mod sessions;

@@ -6,7 +6,7 @@
 
 use hyper::Method;
 
-use super::{auth, health, keys, openapi, recovery, sessions, users};
+use super::{auth, health, keys, openapi, pages, recovery, sessions, users};
 use crate::http::router::Route;
 
 /// A public handler as a table entry: `public!(module::function)`.
@@ -28,6 +28,13 @@ pub static ROUTES: &[Route] = &[
     Route::public(Method::GET, "/api/openapi.json", public!(openapi::document)).cacheable(),
     Route::public(Method::GET, "/.well-known/jwks.json", public!(keys::jwks)).cacheable(),
     Route::public(Method::GET, "/healthz", public!(health::healthz)),
+    Route::public(
+        Method::GET,
+        "/reset-password",
+        public!(pages::reset_password),
+    )
+    .cacheable(),
+    Route::public(Method::GET, "/verify-email", public!(pages::verify_email)).cacheable(),
     Route::public(Method::POST, "/api/auth/register", public!(auth::register)),
     Route::public(Method::POST, "/api/auth/login", public!(auth::login)),
     Route::protected(Method::GET, "/api/auth/me", protected!(auth::me)),
@@ -120,7 +127,13 @@ mod tests {
             .collect();
         assert_eq!(
             cacheable,
-            ["/api", "/api/openapi.json", "/.well-known/jwks.json"]
+            [
+                "/api",
+                "/api/openapi.json",
+                "/.well-known/jwks.json",
+                "/reset-password",
+                "/verify-email"
+            ]
         );
     }
 }

@@ -1076,7 +1076,19 @@ mod tests {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let conf = dir.join("conf");
         std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let store = SledStore::open(&dir).unwrap();
+        // sled lets go of its lock once the dropped store's flusher thread
+        // has stopped, which can lag the drop on a busy machine: poll.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match SledStore::open(&dir) {
+                Ok(store) => break store,
+                Err(error) if std::time::Instant::now() < deadline => {
+                    let _ = error;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(error) => panic!("reopening: {error}"),
+            }
+        };
         let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
         for entry in std::fs::read_dir(&dir).unwrap() {
