@@ -48,6 +48,9 @@ impl App {
     /// Opens the data dir, the store and the signing key. Errors name the
     /// file or key at fault.
     pub async fn open(settings: Settings) -> anyhow::Result<App> {
+        // First: a broken mail template stops start-up before anything is
+        // written.
+        let mailer = Mailer::start(&settings)?;
         prepare_data_dir(&settings.data_dir)?;
         let secret = match &settings.auth.secret {
             Some(secret) => secret.expose().as_bytes().to_vec(),
@@ -71,7 +74,6 @@ impl App {
         keyring::start(&store, &tokens)
             .await
             .context("auth.algorithm: cannot load or create the signing keys")?;
-        let mailer = Mailer::start(&settings)?;
         Ok(App {
             mailer,
             key_lookups: keyring::Lookups::default(),

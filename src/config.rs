@@ -463,14 +463,14 @@ impl Settings {
             "must be between 1 and 100000",
         )?;
         check(
-            (60..=604_800).contains(&a.reset_token_ttl_secs),
+            (1..=604_800).contains(&a.reset_token_ttl_secs),
             "auth.reset_token_ttl_secs",
-            "must be between 60 and 604800 (a week)",
+            "must be between 1 and 604800 (a week)",
         )?;
         check(
-            (60..=2_592_000).contains(&a.verify_token_ttl_secs),
+            (1..=2_592_000).contains(&a.verify_token_ttl_secs),
             "auth.verify_token_ttl_secs",
-            "must be between 60 and 2592000 (30 days)",
+            "must be between 1 and 2592000 (30 days)",
         )?;
         self.validate_mail()
     }
@@ -629,7 +629,7 @@ mod tests {
             ),
             (
                 "GATEHOUSE_AUTH__RESET_TOKEN_TTL_SECS",
-                "59",
+                "604801",
                 "auth.reset_token_ttl_secs",
             ),
             (

@@ -455,6 +455,11 @@ fn bad_configuration_stops_start_up_before_binding() {
     let wrong_type = dir.path().join("wrong-type.toml");
     std::fs::write(&wrong_type, "[server]\nheader_timeout_secs = \"ten\"\n").unwrap();
     let (unknown_key, wrong_type) = (unknown_key.to_str().unwrap(), wrong_type.to_str().unwrap());
+    // A reset template that lost its link.
+    let templates = dir.path().join("templates");
+    std::fs::create_dir(&templates).unwrap();
+    std::fs::write(templates.join("reset.html"), "<p>Hello {name}</p>").unwrap();
+    let templates = templates.to_str().unwrap();
     let port0 = ["--port", "0", "--data-dir", data];
 
     // (extra args, env, what stderr must name)
@@ -514,6 +519,19 @@ fn bad_configuration_stops_start_up_before_binding() {
             [&port0[..], &["--config", "/nonexistent.toml"]].concat(),
             vec![],
             "/nonexistent.toml",
+        ),
+        (
+            port0.to_vec(),
+            vec![
+                ("GATEHOUSE_MAIL__SMTP_URL", "smtp://127.0.0.1:1"),
+                ("GATEHOUSE_MAIL__TEMPLATES_DIR", templates),
+            ],
+            "reset.html",
+        ),
+        (
+            port0.to_vec(),
+            vec![("GATEHOUSE_AUTH__REQUIRE_VERIFIED_EMAIL", "true")],
+            "auth.require_verified_email",
         ),
     ];
     for (args, env, key) in &cases {

@@ -464,3 +464,40 @@ async fn a_lost_database_is_a_bounded_503_and_recovers() {
     }
     server.me(&user.token).await.assert_ok(200);
 }
+
+/// A mail token is the store's, not an instance's: a link mailed by one
+/// instance works on the other, once.
+#[tokio::test]
+async fn a_reset_link_from_one_instance_works_on_the_other_once() {
+    let sink = crate::mailsink::MailSink::start().await;
+    let url = sink.smtp_url();
+    let Some((a, b, _dirs)) = two_instances(
+        "a_reset_link_from_one_instance_works_on_the_other_once",
+        |s| {
+            s.mail.smtp_url = Some(gatehouse::config::Secret::new(url.clone()));
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    a.register("Ina", "ina@example.com").await;
+    a.post("/api/auth/password/forgot")
+        .json(json!({"email": "ina@example.com"}))
+        .send()
+        .await
+        .assert_ok(202);
+    let token = sink
+        .nth_with("ina@example.com", "/reset-password#token=", 1)
+        .await
+        .token();
+    let reset = |server: &TestServer| {
+        server
+            .post("/api/auth/password/reset")
+            .json(json!({"token": token, "password": "a password from b"}))
+            .send()
+    };
+    reset(&b).await.assert_ok(200);
+    reset(&a).await.assert_error(400, "invalid_reset_token");
+    a.login("ina@example.com", "a password from b").await;
+}

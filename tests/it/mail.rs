@@ -410,3 +410,30 @@ async fn no_file_or_row_of_the_store_holds_a_mail_token() {
     }
 }
 }
+
+store_test! {
+/// A link stops working when its time is up (`auth.reset_token_ttl_secs`,
+/// here 2 s); a new one works.
+async fn a_reset_link_expires() {
+    let sink = MailSink::start().await;
+    let server = start(&sink, |s| {
+        s.auth.reset_token_ttl_secs = 2;
+        s.mail.resend_secs = 0;
+    })
+    .await;
+    server.register("Tim", "tim@example.com").await;
+    let asked = gatehouse::domain::unix_now();
+    forgot(&server, "tim@example.com").await.assert_ok(202);
+    let token = sink.nth_with("tim@example.com", RESET, 1).await.token();
+    // Wait out the link's life on the clock (not on the server).
+    while gatehouse::domain::unix_now() < asked + 3 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    reset(&server, &token, NEW_PASSWORD)
+        .await
+        .assert_error(400, "invalid_reset_token");
+    forgot(&server, "tim@example.com").await.assert_ok(202);
+    let fresh = sink.nth_with("tim@example.com", RESET, 2).await.token();
+    reset(&server, &fresh, NEW_PASSWORD).await.assert_ok(200);
+}
+}
