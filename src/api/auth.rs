@@ -38,6 +38,18 @@ pub async fn register(mut ctx: RequestContext) -> Result<HttpResponse, ApiError>
         .await?;
     tracing::info!(user = %user.id, "registered");
     crate::api::recovery::after_creation(&ctx.app, &user);
+    if app.settings.auth.require_verified_email {
+        // No session until the address is confirmed: the mail's link, then
+        // a login.
+        return Ok(json(
+            StatusCode::ACCEPTED,
+            &json!({
+                "auth": false,
+                "token": null,
+                "message": "Registered. Confirm your email address with the link we sent, then log in."
+            }),
+        ));
+    }
     start_session(&ctx, &user).await
 }
 

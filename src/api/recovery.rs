@@ -68,6 +68,11 @@ pub async fn reset(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
     valid_password(&password, app.settings.auth.min_password_len)?;
     let presented =
         mail_token::parse(token.trim(), MailTokenKind::Reset).ok_or(ApiError::InvalidResetToken)?;
+    // A bcrypt hash only for a token that can work: anyone can make up one
+    // that parses, and hashing is the scarce resource.
+    if !app.store.mail_token_is_live(&presented, unix_now()).await? {
+        return Err(ApiError::InvalidResetToken);
+    }
     let hash = app.passwords.hash(password).await?;
     let user = app
         .store

@@ -229,7 +229,8 @@ impl Store {
 
     /// Creates an admin, or makes the user with this email an admin with this
     /// password hash (which revokes that user's earlier tokens). True if
-    /// created.
+    /// created. Either way the address counts as verified: the operator gave
+    /// it (so `auth.require_verified_email` never locks the first admin out).
     pub async fn upsert_admin(
         &self,
         name: String,
@@ -242,12 +243,15 @@ impl Store {
                 let patch = UserPatch {
                     role: Some(Role::Admin),
                     password_hash: Some(password_hash),
+                    // The operator typed the address at the console.
+                    email_verified: Some(true),
                     ..UserPatch::default()
                 };
                 Ok((self.update_user(&existing.id, patch, now).await?, false))
             }
             None => {
-                let user = User::new(name, email, Role::Admin, password_hash, now);
+                let mut user = User::new(name, email, Role::Admin, password_hash, now);
+                user.email_verified = true;
                 Ok((self.insert_user(user).await?, true))
             }
         }
@@ -368,10 +372,11 @@ impl Store {
         }
     }
 
-    /// Keeps `pending` as the last mail token of `kind` sent to `user_id`
-    /// (`NotFound` if the user is gone), unless one of that kind was sent
-    /// less than `resend_secs` before `pending.sent_at`: then `false` and
-    /// nothing is written (0 always writes: a newer token supersedes).
+    /// Keeps `pending` as the last mail token of `kind` sent to `user_id`,
+    /// unless one of that kind was sent less than `resend_secs` before
+    /// `pending.sent_at` (0: always written, a newer token supersedes), or
+    /// the user is gone or no longer has `pending.email` (an email change
+    /// raced the mail): then `false`, nothing written, no mail to send.
     pub async fn put_mail_token(
         &self,
         user_id: &str,
@@ -384,6 +389,20 @@ impl Store {
             Store::Postgres { db, .. } => {
                 db.put_mail_token(user_id, kind, pending, resend_secs).await
             }
+        }
+    }
+
+    /// Whether `presented` would be accepted now: a read, so that a route
+    /// spends no bcrypt hash on a token that cannot work (`use_mail_token`
+    /// decides again, atomically).
+    pub async fn mail_token_is_live(
+        &self,
+        presented: &PresentedMailToken,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Sled { db, .. } => db.mail_token_is_live(presented, now).await,
+            Store::Postgres { db, .. } => db.mail_token_is_live(presented, now).await,
         }
     }
 

@@ -228,8 +228,16 @@ const LIST_USERS: &str = concat!(
        AND ($2::text IS NULL OR id::text COLLATE \"C\" > $2)
      ORDER BY id LIMIT $3"
 );
+// An email change also deletes the user's mail tokens: links sent to the old
+// address die with it, and do not come back if the address does. (The CTE
+// sees the email before the update; a refused update undoes the delete.)
 const UPDATE_USER: &str = concat!(
-    "UPDATE gatehouse_users SET
+    "WITH forgotten AS (
+        DELETE FROM gatehouse_mail_tokens
+        WHERE user_id = $1 AND $3::text IS NOT NULL
+          AND $3::text <> (SELECT email FROM gatehouse_users WHERE id = $1)
+    )
+    UPDATE gatehouse_users SET
         name = COALESCE($2, name),
         email = COALESCE($3, email),
         role = COALESCE($4, role),
@@ -645,8 +653,9 @@ impl PgStore {
         .await
     }
 
-    /// See `Store::put_mail_token`. One statement: the upsert's condition
-    /// decides.
+    /// See `Store::put_mail_token`. One statement: nothing is inserted for
+    /// a user who is gone or no longer has `pending.email` (an email change
+    /// raced the mail), and the upsert's condition keeps the resend window.
     pub async fn put_mail_token(
         &self,
         user_id: &str,
@@ -664,12 +673,14 @@ impl PgStore {
                     .prepare_cached(
                         "INSERT INTO gatehouse_mail_tokens AS t
                             (user_id, kind, email, token_hash, password_version, sent_at, expires_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7)
+                         SELECT $1::uuid, $2::smallint, $3::text, $4::bytea, $5::bigint,
+                                $6::bigint, $7::bigint
+                         FROM gatehouse_users WHERE id = $1::uuid AND email = $3::text
                          ON CONFLICT (user_id, kind) DO UPDATE SET
                             email = EXCLUDED.email, token_hash = EXCLUDED.token_hash,
                             password_version = EXCLUDED.password_version,
                             sent_at = EXCLUDED.sent_at, expires_at = EXCLUDED.expires_at
-                         WHERE t.sent_at + $8 <= EXCLUDED.sent_at
+                         WHERE $8::bigint = 0 OR t.sent_at + $8::bigint <= EXCLUDED.sent_at
                          RETURNING 1",
                     )
                     .await?;
@@ -725,7 +736,8 @@ impl PgStore {
                     let read = transaction
                         .prepare_cached(
                             "SELECT email, token_hash, password_version, sent_at, expires_at
-                         FROM gatehouse_mail_tokens WHERE user_id = $1 AND kind = $2",
+                         FROM gatehouse_mail_tokens WHERE user_id = $1 AND kind = $2
+                         FOR UPDATE",
                         )
                         .await?;
                     let code = i16::from(presented.kind.code());
@@ -761,16 +773,51 @@ impl PgStore {
                     let spend = transaction
                         .prepare_cached(
                             "UPDATE gatehouse_mail_tokens SET token_hash = NULL
-                         WHERE user_id = $1 AND kind = $2",
+                         WHERE user_id = $1 AND kind = $2 AND token_hash = $3",
                         )
                         .await?;
-                    transaction.execute(&spend, &[&id, &code]).await?;
+                    let hash = presented.hash.to_vec();
+                    if transaction.execute(&spend, &[&id, &code, &hash]).await? != 1 {
+                        transaction.rollback().await?;
+                        return Ok(Ok(None));
+                    }
                     transaction.commit().await?;
                     Ok(Ok(Some(user)))
                 }
             })
             .await?;
         outcome
+    }
+
+    /// Whether `presented` would be accepted now (reads; `use_mail_token`
+    /// decides again, atomically).
+    pub async fn mail_token_is_live(
+        &self,
+        presented: &PresentedMailToken,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let Some(user) = self.user_by_id(&presented.user_id).await? else {
+            return Ok(false);
+        };
+        let Some(id) = issued_id(&presented.user_id) else {
+            return Ok(false);
+        };
+        let code = i16::from(presented.kind.code());
+        let row = self
+            .run(|client| async move {
+                let statement = client
+                    .prepare_cached(
+                        "SELECT email, token_hash, password_version, sent_at, expires_at
+                         FROM gatehouse_mail_tokens WHERE user_id = $1 AND kind = $2",
+                    )
+                    .await?;
+                client.query_opt(&statement, &[&id, &code]).await
+            })
+            .await?;
+        Ok(row
+            .as_ref()
+            .and_then(pending_from_row)
+            .is_some_and(|record| record.accepts(presented, &user, now)))
     }
 
     /// The session `id` and its user, in one statement.

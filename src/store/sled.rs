@@ -260,8 +260,8 @@ impl SledStore {
         let store = self.clone();
         let id = id.to_string();
         self.write(move || {
-            let updated = (&store.users, &store.emails, &store.meta)
-                .transaction(|(users, emails, meta)| {
+            let updated = (&store.users, &store.emails, &store.meta, &store.mail_tokens)
+                .transaction(|(users, emails, meta, mail_tokens)| {
                     let mut user = load(users, &id)?;
                     let old_email = user.email.clone();
                     let was_admin = user.is_admin();
@@ -277,6 +277,11 @@ impl SledStore {
                         }
                         emails.remove(old_email.as_bytes())?;
                         emails.insert(user.email.as_bytes(), user.id.as_bytes())?;
+                        // Links sent to the old address die with it (and do
+                        // not come back if the address does).
+                        for kind in [MailTokenKind::Reset, MailTokenKind::Verify] {
+                            mail_tokens.remove(mail_token_key(&id, kind))?;
+                        }
                     }
                     users.insert(user.id.as_bytes(), encode_user(&user))?;
                     Ok(user)
@@ -349,10 +354,14 @@ impl SledStore {
             let value = encode_mail_token(&pending);
             (&store.users, &store.mail_tokens)
                 .transaction(|(users, mail_tokens)| {
-                    load(users, &user_id)?;
+                    // Issued for an address the account no longer has (an
+                    // email change raced the mail): not stored, not sent.
+                    if load(users, &user_id)?.email != pending.email {
+                        return Ok(false);
+                    }
                     if let Some(last) = mail_tokens.get(&key)? {
                         let last = decode_mail_token(&key, &last).map_err(abort_with)?;
-                        if last.holds_resend(pending.sent_at, resend_secs) {
+                        if resend_secs > 0 && last.holds_resend(pending.sent_at, resend_secs) {
                             return Ok(false);
                         }
                     }
@@ -375,36 +384,53 @@ impl SledStore {
         change: impl Fn(&mut User) + Send + 'static,
     ) -> Result<Option<User>, StoreError> {
         let store = self.clone();
-        let used = self
-            .write(move || {
-                let key = mail_token_key(&presented.user_id, presented.kind);
-                (&store.users, &store.mail_tokens)
-                    .transaction(|(users, mail_tokens)| {
-                        let Some(bytes) = users.get(presented.user_id.as_bytes())? else {
-                            return Ok(None);
-                        };
-                        let mut user = decode_user(presented.user_id.as_bytes(), &bytes)
-                            .map_err(abort_with)?;
-                        let Some(record) = mail_tokens.get(&key)? else {
-                            return Ok(None);
-                        };
-                        let record = decode_mail_token(&key, &record).map_err(abort_with)?;
-                        if !record.accepts(&presented, &user, now) {
-                            return Ok(None);
-                        }
-                        change(&mut user);
-                        user.updated_at = now;
-                        users.insert(user.id.as_bytes(), encode_user(&user))?;
-                        mail_tokens.insert(key.as_slice(), encode_mail_token(&record.used()))?;
-                        Ok(Some(user))
-                    })
-                    .map_err(tx_error)
-            })
-            .await?;
-        if let Some(user) = &used {
-            self.cache.forget(&user.id);
-        }
-        Ok(used)
+        self.write(move || {
+            let key = mail_token_key(&presented.user_id, presented.kind);
+            let used = (&store.users, &store.mail_tokens)
+                .transaction(|(users, mail_tokens)| {
+                    let Some(bytes) = users.get(presented.user_id.as_bytes())? else {
+                        return Ok(None);
+                    };
+                    let mut user =
+                        decode_user(presented.user_id.as_bytes(), &bytes).map_err(abort_with)?;
+                    let Some(record) = mail_tokens.get(&key)? else {
+                        return Ok(None);
+                    };
+                    let record = decode_mail_token(&key, &record).map_err(abort_with)?;
+                    if !record.accepts(&presented, &user, now) {
+                        return Ok(None);
+                    }
+                    change(&mut user);
+                    user.updated_at = now;
+                    users.insert(user.id.as_bytes(), encode_user(&user))?;
+                    mail_tokens.insert(key.as_slice(), encode_mail_token(&record.used()))?;
+                    Ok(Some(user))
+                })
+                .map_err(tx_error);
+            // Here, in the blocking task, as in `update_user`: the write
+            // commits even if the request goes away.
+            store.cache.forget(&presented.user_id);
+            used
+        })
+        .await
+    }
+
+    /// Whether `presented` would be accepted now (a read; `use_mail_token`
+    /// decides again, atomically).
+    pub async fn mail_token_is_live(
+        &self,
+        presented: &PresentedMailToken,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let Some(user) = self.user_by_id(&presented.user_id).await? else {
+            return Ok(false);
+        };
+        let key = mail_token_key(&presented.user_id, presented.kind);
+        let Some(record) = self.mail_tokens.get(&key)? else {
+            return Ok(false);
+        };
+        let record = decode_mail_token(&key, &record)?;
+        Ok(record.accepts(presented, &user, now))
     }
 
     /// Stores a new session of an existing user (`NotFound` otherwise),

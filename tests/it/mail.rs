@@ -323,7 +323,16 @@ store_test! {
 async fn require_verified_email_refuses_only_after_a_correct_password() {
     let sink = MailSink::start().await;
     let server = start(&sink, |s| s.auth.require_verified_email = true).await;
-    server.register("Ria", "ria@example.com").await;
+    // Registering starts no session: 202, and the mail.
+    let registered = server
+        .post("/api/auth/register")
+        .json(json!({"name": "Ria", "email": "ria@example.com", "password": PASSWORD}))
+        .send()
+        .await;
+    registered.assert_ok(202);
+    assert_eq!(registered.body["auth"], false, "{}", registered.body);
+    assert!(registered.body["token"].is_null(), "{}", registered.body);
+    assert!(registered.body.get("refresh_token").is_none(), "{}", registered.body);
     login_status(&server, "ria@example.com", "wrong password")
         .await
         .assert_error(401, "invalid_credentials");
@@ -362,10 +371,8 @@ async fn a_slow_or_refusing_mail_server_never_holds_a_request() {
     login_status(&server, "sam@example.com", PASSWORD).await.assert_ok(200);
 
     // Refused for now: tried again after a second, and delivered.
-    sink.set_mode(Mode::Defer);
+    sink.set_mode(Mode::DeferOnce);
     forgot(&server, "sam@example.com").await.assert_ok(202);
-    sink.wait_for_refusals(2).await;
-    sink.set_mode(Mode::Accept);
     let retried = sink.nth_with("sam@example.com", RESET, 2).await;
     assert_eq!(sink.refusals(), 2, "a permanent refusal is not tried again");
     reset(&server, &retried.token(), NEW_PASSWORD).await.assert_ok(200);
@@ -436,4 +443,77 @@ async fn a_reset_link_expires() {
     let fresh = sink.nth_with("tim@example.com", RESET, 2).await.token();
     reset(&server, &fresh, NEW_PASSWORD).await.assert_ok(200);
 }
+}
+
+store_test! {
+/// A link is for the address it was sent to: after an email change it is
+/// dead, and it stays dead if the address changes back.
+async fn an_email_change_voids_pending_links_for_good() {
+    let sink = MailSink::start().await;
+    let server = start(&sink, |s| s.mail.resend_secs = 0).await;
+    let admin = server.admin().await;
+    let user = server.register("Ada", "ada@example.com").await;
+    forgot(&server, "ada@example.com").await.assert_ok(202);
+    let token = sink.nth_with("ada@example.com", RESET, 1).await.token();
+    let path = format!("/api/users/{}", user.id);
+    for email in ["ada.elsewhere@example.com", "ada@example.com"] {
+        server
+            .patch(&path)
+            .token(&admin.token)
+            .json(json!({"email": email}))
+            .send()
+            .await
+            .assert_ok(200);
+    }
+    reset(&server, &token, NEW_PASSWORD)
+        .await
+        .assert_error(400, "invalid_reset_token");
+    login_status(&server, "ada@example.com", PASSWORD).await.assert_ok(200);
+}
+}
+
+store_test! {
+/// Of several resets racing with one token, exactly one sets its password.
+async fn racing_resets_with_one_token_set_one_password() {
+    let sink = MailSink::start().await;
+    let server = start(&sink, |_| {}).await;
+    server.register("Rex", "rex@example.com").await;
+    forgot(&server, "rex@example.com").await.assert_ok(202);
+    let token = sink.nth_with("rex@example.com", RESET, 1).await.token();
+    let passwords: Vec<String> = (0..6).map(|i| format!("racing password {i}")).collect();
+    let replies = futures_like_join(
+        passwords
+            .iter()
+            .map(|p| {
+                server
+                    .post("/api/auth/password/reset")
+                    .json(json!({"token": token, "password": p}))
+                    .send()
+            })
+            .collect(),
+    )
+    .await;
+    let winners: Vec<usize> = (0..replies.len()).filter(|&i| replies[i].status == 200).collect();
+    assert_eq!(winners.len(), 1, "{:?}", replies.iter().map(|r| r.status).collect::<Vec<_>>());
+    for (i, reply) in replies.iter().enumerate() {
+        if reply.status != 200 {
+            reply.assert_error(400, "invalid_reset_token");
+        } else {
+            assert_eq!(i, winners[0]);
+        }
+    }
+    login_status(&server, "rex@example.com", &passwords[winners[0]]).await.assert_ok(200);
+}
+}
+
+/// Runs the requests at once and returns their replies in order.
+async fn futures_like_join(
+    requests: Vec<impl std::future::Future<Output = Reply> + Send + 'static>,
+) -> Vec<Reply> {
+    let handles: Vec<_> = requests.into_iter().map(tokio::spawn).collect();
+    let mut replies = Vec::new();
+    for handle in handles {
+        replies.push(handle.await.expect("request task"));
+    }
+    replies
 }

@@ -20,8 +20,9 @@ pub enum Mode {
     Slow(Duration),
     /// Refuses every message for good (550).
     Refuse,
-    /// Refuses every message for now (451: try again later).
-    Defer,
+    /// Refuses the next message for now (451: try again later), then
+    /// accepts again.
+    DeferOnce,
 }
 
 /// One accepted message.
@@ -102,9 +103,9 @@ impl MailSink {
         );
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (m, mode, r) = (Arc::clone(&m), *md.lock().unwrap(), Arc::clone(&r));
+                let (m, md, r) = (Arc::clone(&m), Arc::clone(&md), Arc::clone(&r));
                 tokio::spawn(async move {
-                    let _ = session(stream, m, mode, r).await;
+                    let _ = session(stream, m, md, r).await;
                 });
             }
         });
@@ -198,10 +199,14 @@ impl MailSink {
 async fn session(
     stream: TcpStream,
     messages: Arc<Mutex<Vec<Captured>>>,
-    mode: Mode,
+    shared_mode: Arc<Mutex<Mode>>,
     refused: Arc<Mutex<usize>>,
 ) -> std::io::Result<()> {
-    if let Mode::Slow(wait) = mode {
+    let slow = match *shared_mode.lock().unwrap() {
+        Mode::Slow(wait) => Some(wait),
+        _ => None,
+    };
+    if let Some(wait) = slow {
         tokio::time::sleep(wait).await;
     }
     let (read, mut write) = stream.into_split();
@@ -223,15 +228,7 @@ async fn session(
             to.clear();
             b"250 OK\r\n"
         } else if command.starts_with("MAIL FROM") {
-            match mode {
-                Mode::Refuse | Mode::Defer => *refused.lock().unwrap() += 1,
-                _ => {}
-            }
-            match mode {
-                Mode::Refuse => b"550 no mail for you\r\n",
-                Mode::Defer => b"451 not now\r\n",
-                _ => b"250 OK\r\n",
-            }
+            mail_from_reply(&shared_mode, &refused)
         } else if command.starts_with("RCPT TO") {
             let address = line.trim_end()[8..]
                 .trim()
@@ -268,6 +265,23 @@ async fn session(
             b"500 what?\r\n"
         };
         write.write_all(reply).await?;
+    }
+}
+
+/// The answer to MAIL FROM in the sink's mode now (a deferral happens once).
+fn mail_from_reply(shared_mode: &Mutex<Mode>, refused: &Mutex<usize>) -> &'static [u8] {
+    let mut mode = shared_mode.lock().unwrap();
+    match *mode {
+        Mode::Refuse => {
+            *refused.lock().unwrap() += 1;
+            b"550 no mail for you\r\n"
+        }
+        Mode::DeferOnce => {
+            *refused.lock().unwrap() += 1;
+            *mode = Mode::Accept;
+            b"451 not now\r\n"
+        }
+        _ => b"250 OK\r\n",
     }
 }
 
