@@ -1035,6 +1035,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn mail_tokens_go_with_an_email_change_and_with_their_user() {
+        use crate::domain::mail_token::{issue, MailTokenKind};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let a = store.insert_user(user("a@x.io")).await.unwrap();
+        let put = |user: &User, kind| {
+            let (_, pending) = issue(kind, user, 10, 60).unwrap();
+            let id = user.id.clone();
+            let store = store.clone();
+            async move { store.put_mail_token(&id, kind, pending, 0).await }
+        };
+        assert!(put(&a, MailTokenKind::Reset).await.unwrap());
+        assert!(put(&a, MailTokenKind::Verify).await.unwrap());
+        assert_eq!(store.mail_tokens.len(), 2);
+        let moved = UserPatch {
+            email: Some("b@x.io".into()),
+            ..UserPatch::default()
+        };
+        let b = store.update_user(&a.id, moved, 2).await.unwrap();
+        assert_eq!(store.mail_tokens.len(), 0, "an email change deletes them");
+        // A token for the old address is not stored any more.
+        assert!(!put(&a, MailTokenKind::Reset).await.unwrap());
+        assert!(put(&b, MailTokenKind::Reset).await.unwrap());
+        store.delete_user(&b.id).await.unwrap();
+        assert_eq!(store.mail_tokens.len(), 0, "deleting the user deletes them");
+    }
+
+    #[tokio::test]
     async fn the_email_index_follows_inserts_updates_and_deletes() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
