@@ -21,6 +21,7 @@ use crate::config::Settings;
 use crate::domain::password::PasswordHasher;
 use crate::domain::session::{RefreshKeys, SessionPolicy};
 use crate::domain::token::TokenKeys;
+use crate::http::cors::CorsPolicy;
 use crate::keyring;
 use crate::log::RequestLog;
 use crate::mail::Mailer;
@@ -39,6 +40,8 @@ pub struct App {
     pub passwords: PasswordHasher,
     /// The mail worker's queue and the links; `None` without `mail.smtp_url`.
     pub mailer: Option<Mailer>,
+    /// The allowed origins; `None` when CORS is off (the default).
+    pub cors: Option<CorsPolicy>,
     /// Where the server writes its per-request lines (`log::init` makes the
     /// fast one; the default goes through `tracing`).
     pub request_log: RequestLog,
@@ -76,6 +79,7 @@ impl App {
             .context("auth.algorithm: cannot load or create the signing keys")?;
         Ok(App {
             mailer,
+            cors: CorsPolicy::from_settings(&settings.cors),
             key_lookups: keyring::Lookups::default(),
             refresh_keys: RefreshKeys::with_previous(&secret, &previous),
             sessions: SessionPolicy::from(&settings.auth),

@@ -35,6 +35,27 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub store: StoreSettings,
     pub mail: MailSettings,
+    pub cors: CorsSettings,
+}
+
+/// CORS for browser apps on other origins (`http::cors`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsSettings {
+    /// Origins allowed to call (`https://app.example.com`), or `["*"]` for
+    /// any. Empty (the default): no CORS headers at all.
+    pub allowed_origins: Vec<String>,
+    /// How long a browser may remember a preflight answer.
+    pub max_age_secs: u64,
+}
+
+impl Default for CorsSettings {
+    fn default() -> Self {
+        CorsSettings {
+            allowed_origins: Vec::new(),
+            max_age_secs: 600,
+        }
+    }
 }
 
 /// Mail over SMTP (password reset, email verification; `mail.rs`).
@@ -171,6 +192,7 @@ impl Default for Settings {
             limits: LimitSettings::default(),
             store: StoreSettings::default(),
             mail: MailSettings::default(),
+            cors: CorsSettings::default(),
         }
     }
 }
@@ -249,7 +271,9 @@ pub struct Overrides {
 /// Top-level keys an environment variable may set. Other `GATEHOUSE_*`
 /// variables (say, a test suite's own) are not configuration and are ignored;
 /// an unknown key *inside* a section is still refused.
-const ENV_SECTIONS: &[&str] = &["server", "auth", "limits", "data_dir", "store", "mail"];
+const ENV_SECTIONS: &[&str] = &[
+    "server", "auth", "limits", "data_dir", "store", "mail", "cors",
+];
 
 impl Settings {
     /// Merges every source, then validates. The error is one line naming the
@@ -472,6 +496,18 @@ impl Settings {
             "auth.verify_token_ttl_secs",
             "must be between 1 and 2592000 (30 days)",
         )?;
+        for origin in &self.cors.allowed_origins {
+            if let Err(rule) = check_origin(origin) {
+                return Err(anyhow!(
+                    "invalid configuration: cors.allowed_origins {rule}"
+                ));
+            }
+        }
+        check(
+            self.cors.max_age_secs <= 86_400,
+            "cors.max_age_secs",
+            "must be between 0 and 86400",
+        )?;
         self.validate_mail()
     }
 
@@ -479,7 +515,7 @@ impl Settings {
         let m = &self.mail;
         let fail = |key: &str, rule: &str| Err(anyhow!("invalid configuration: {key} {rule}"));
         if let Some(url) = &m.smtp_url {
-            if let Err(reason) = crate::mail::check_smtp_url(url.expose()) {
+            if let Err(reason) = check_smtp_url(url.expose()) {
                 return fail("mail.smtp_url", &reason);
             }
         } else if self.auth.require_verified_email {
@@ -492,7 +528,7 @@ impl Settings {
             return fail("mail.from", "must be an address or `Name <address>`");
         }
         if let Some(public_url) = &m.public_url {
-            if let Err(reason) = crate::mail::check_public_url(public_url) {
+            if let Err(reason) = check_public_url(public_url) {
                 return fail("mail.public_url", &reason);
             }
         }
@@ -518,6 +554,48 @@ impl Settings {
     pub fn database_dir(&self) -> PathBuf {
         database_dir(&self.data_dir)
     }
+}
+
+/// `mail.smtp_url`'s rule: a URL lettre can build a transport from.
+pub fn check_smtp_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+        return Err("must be an smtp:// or smtps:// URL".into());
+    }
+    lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url)
+        .map(|_| ())
+        .map_err(|_| "is not a valid SMTP URL".into())
+}
+
+/// `mail.public_url`'s rule: an http(s) URL; a trailing `/` is dropped.
+pub fn check_public_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("must start with http:// or https://")?;
+    if rest.is_empty() || rest.contains(['#', '?', ' ']) || rest.chars().any(char::is_control) {
+        return Err("must be a base URL (scheme, host, optional port and path)".into());
+    }
+    Ok(())
+}
+
+/// `cors.allowed_origins`' rule for one entry: `*` alone, or
+/// `scheme://host[:port]` with nothing after.
+pub fn check_origin(origin: &str) -> Result<(), &'static str> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or("must hold origins such as https://app.example.com, or \"*\"")?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty()
+        || rest.contains(['/', '?', '#', ' ', '*', '@'])
+        || rest.chars().any(char::is_control)
+    {
+        return Err("must hold origins (scheme://host[:port], no path), or \"*\"");
+    }
+    Ok(())
 }
 
 /// The sled folder inside a data dir (shared with `admin create`).
@@ -638,6 +716,17 @@ mod tests {
                 "auth.verify_token_ttl_secs",
             ),
             (
+                "GATEHOUSE_CORS__ALLOWED_ORIGINS",
+                "[\"app.example.com\"]",
+                "cors.allowed_origins",
+            ),
+            (
+                "GATEHOUSE_CORS__ALLOWED_ORIGINS",
+                "[\"https://app.example.com/path\"]",
+                "cors.allowed_origins",
+            ),
+            ("GATEHOUSE_CORS__MAX_AGE_SECS", "86401", "cors.max_age_secs"),
+            (
                 "GATEHOUSE_LIMITS__MAIL_REQUESTS_PER_ADDRESS",
                 "0",
                 "limits.mail_requests_per_address",
@@ -652,6 +741,23 @@ mod tests {
                 Ok(())
             });
         }
+    }
+
+    #[test]
+    fn cors_origins_come_from_the_environment_as_a_toml_list() {
+        Jail::expect_with(|jail| {
+            jail.set_env(
+                "GATEHOUSE_CORS__ALLOWED_ORIGINS",
+                "[\"https://app.example\", \"http://localhost:5173\"]",
+            );
+            let s = load_in(jail, Overrides::default()).unwrap();
+            assert_eq!(
+                s.cors.allowed_origins,
+                ["https://app.example", "http://localhost:5173"]
+            );
+            assert_eq!(s.cors.max_age_secs, 600);
+            Ok(())
+        });
     }
 
     #[test]

@@ -206,28 +206,6 @@ fn escape_html(value: &str) -> String {
     out
 }
 
-/// `mail.smtp_url`'s rule: a URL lettre can build a transport from.
-pub fn check_smtp_url(url: &str) -> Result<(), String> {
-    if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
-        return Err("must be an smtp:// or smtps:// URL".into());
-    }
-    AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-        .map(|_| ())
-        .map_err(|_| "is not a valid SMTP URL".into())
-}
-
-/// `mail.public_url`'s rule: an http(s) URL; a trailing `/` is dropped.
-pub fn check_public_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or("must start with http:// or https://")?;
-    if rest.is_empty() || rest.contains(['#', '?', ' ']) || rest.chars().any(char::is_control) {
-        return Err("must be a base URL (scheme, host, optional port and path)".into());
-    }
-    Ok(())
-}
-
 /// The mail side of the server: link building and the queue to the worker.
 pub struct Mailer {
     queue: mpsc::Sender<Outgoing>,
@@ -446,6 +424,7 @@ mod tests {
 
     #[test]
     fn urls_are_checked() {
+        use crate::config::{check_public_url, check_smtp_url};
         assert!(check_smtp_url("smtp://127.0.0.1:1025").is_ok());
         assert!(check_smtp_url("smtp://mail.example.com:587?tls=required").is_ok());
         assert!(check_smtp_url("smtps://user:pass@mail.example.com:465").is_ok());

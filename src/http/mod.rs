@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod body;
 pub mod context;
+pub mod cors;
 pub mod error;
 pub mod router;
 

@@ -23,6 +23,7 @@ use hyper::{Method, Request, Version};
 
 use super::auth::{self, AuthUser};
 use super::context::RequestContext;
+use super::cors;
 use super::error::ApiError;
 use super::HttpResponse;
 use crate::app::App;
@@ -199,6 +200,16 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> HttpResponse {
     let (parts, body) = request.into_parts();
+    // A CORS request from an allowed origin: its Access-Control-Allow-Origin.
+    let cors = app
+        .cors
+        .as_ref()
+        .and_then(|cors| cors.allow(&parts.headers));
+    if let (Some(allow_origin), true) = (&cors, parts.method == Method::OPTIONS) {
+        if let Some(response) = preflight(routes, &app, &parts, allow_origin.clone()) {
+            return response;
+        }
+    }
     let mut cacheable = false;
     let mut response = match resolve_request(routes, &parts) {
         Ok((route, id)) => {
@@ -220,7 +231,26 @@ pub async fn handle(
             .headers_mut()
             .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
+    if let Some(allow_origin) = cors {
+        cors::decorate(&mut response, allow_origin);
+    }
     response
+}
+
+/// The answer to a CORS preflight (`OPTIONS` from an allowed origin) for a
+/// known path: its methods. `None` for an unknown path, which is answered
+/// as any request is (404).
+fn preflight(
+    routes: &'static [Route],
+    app: &App,
+    parts: &hyper::http::request::Parts,
+    allow_origin: HeaderValue,
+) -> Option<HttpResponse> {
+    let policy = app.cors.as_ref()?;
+    match resolve(routes, &Method::OPTIONS, parts.uri.path()) {
+        Resolution::MethodNotAllowed(methods) => Some(policy.preflight(allow_origin, &methods)),
+        _ => None,
+    }
 }
 
 /// The route of a request head, or the error that answers it.

@@ -30,6 +30,7 @@ mod support;
 mod auth;
 mod binary;
 mod bodies;
+mod cors;
 mod disk;
 mod ids;
 mod instances;
