@@ -28,13 +28,6 @@ pub static ROUTES: &[Route] = &[
     Route::public(Method::GET, "/api/openapi.json", public!(openapi::document)).cacheable(),
     Route::public(Method::GET, "/.well-known/jwks.json", public!(keys::jwks)).cacheable(),
     Route::public(Method::GET, "/healthz", public!(health::healthz)),
-    Route::public(
-        Method::GET,
-        "/reset-password",
-        public!(pages::reset_password),
-    )
-    .cacheable(),
-    Route::public(Method::GET, "/verify-email", public!(pages::verify_email)).cacheable(),
     Route::public(Method::POST, "/api/auth/register", public!(auth::register)),
     Route::public(Method::POST, "/api/auth/login", public!(auth::login)),
     Route::protected(Method::GET, "/api/auth/me", protected!(auth::me)),
@@ -94,6 +87,14 @@ pub static ROUTES: &[Route] = &[
         "/api/admin/keys/rotate",
         protected!(keys::rotate),
     ),
+    // Last: the router tries routes in order, and these are rarely asked for.
+    Route::public(
+        Method::GET,
+        "/reset-password",
+        public!(pages::reset_password),
+    )
+    .cacheable(),
+    Route::public(Method::GET, "/verify-email", public!(pages::verify_email)).cacheable(),
 ];
 
 #[cfg(test)]

@@ -557,7 +557,11 @@ pub fn run_binary(
 /// anything it sends first (such as a 408) is read and dropped.
 pub async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     let deadline = Instant::now() + within;
-    let mut buffer = [0u8; 1024];
+    // Large reads: a connection whose client starts reading may first
+    // deliver megabytes of answers it had backed up (network.rs's stalled
+    // readers) before the close; 1 KiB reads of a debug server under load
+    // took longer than the deadline.
+    let mut buffer = vec![0u8; 64 * 1024];
     loop {
         let Some(left) = deadline.checked_duration_since(Instant::now()) else {
             return false;
