@@ -12,18 +12,21 @@
 //! - [`config`]: defaults → `config.toml` → `GATEHOUSE_*` env → flags, validated
 //!   into [`config::Settings`] before anything binds or opens.
 //! - [`app`]: [`app::App`], the only shared state: settings, store (with its
-//!   login and registration throttles), signing keys, password hasher, request
-//!   log. Passed explicitly, never global.
+//!   login, registration and mail-request throttles), signing keys, password
+//!   hasher, mailer, CORS policy, request log. Passed explicitly, never global.
 //! - [`log`]: the log line's format and its background writer.
+//! - [`mail`]: mail over SMTP: templates, links, the background sender.
 //! - [`server`]: the IO edge: accept loop, connection cap, timeouts, request log,
 //!   graceful shutdown.
 //! - [`http`]: the router (over a route table it is given), `RequestContext`,
 //!   `ApiError` and its JSON bodies, the token check
-//!   ([`http::auth::AuthUser`]), request-body decoding.
+//!   ([`http::auth::AuthUser`]), request-body decoding, CORS.
 //! - [`api`]: the route table ([`api::routes::ROUTES`], one line per route)
-//!   and the handlers, one file per resource (auth, users, health, openapi).
+//!   and the handlers, one file per resource (auth, users, sessions, keys,
+//!   recovery, pages, health, openapi).
 //! - [`domain`]: users and their input rules, password hashing, tokens and
-//!   signing keys, sessions, login throttling. Knows nothing of hyper or sled.
+//!   signing keys, sessions, mail tokens, throttling. Knows nothing of hyper
+//!   or sled.
 //! - [`keyring`]: the asymmetric signing keys' life over the store (first
 //!   key, rotation, retirement, following other instances).
 //! - [`store`]: the only module that opens or queries a database (sled or
