@@ -20,7 +20,7 @@ use crate::api::sessions::start_session;
 use crate::app::App;
 use crate::domain::mail_token::{self, MailTokenKind};
 use crate::domain::unix_now;
-use crate::domain::user::{valid_email, valid_password, User};
+use crate::domain::user::{earlier_normalized_email, valid_email, valid_password, User};
 use crate::http::auth::{check_token, presented_token};
 use crate::http::context::RequestContext;
 use crate::http::error::ApiError;
@@ -40,14 +40,15 @@ fn accepted() -> HttpResponse {
 /// one gets a reset link (at most one per `mail.resend_secs`).
 pub async fn forgot(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
     let mut fields = ctx.read_body().await?;
-    let email = valid_email(&fields.required("email")?)?;
+    let typed = fields.required("email")?;
+    let email = valid_email(&typed)?;
     if ctx.app.mailer.is_none() {
         return Err(ApiError::MailUnavailable);
     }
     ctx.app.store.begin_mail_request(ctx.client_ip()).await??;
     let app = Arc::clone(&ctx.app);
     tokio::spawn(async move {
-        match app.store.user_by_email(&email).await {
+        match account(&app, &typed, &email).await {
             Ok(Some(user)) => mail_token_link(&app, &user, MailTokenKind::Reset, false).await,
             Ok(None) => {}
             Err(error) => tracing::warn!(%error, "password reset mail: the store did not answer"),
@@ -130,13 +131,14 @@ pub async fn verify_request(mut ctx: RequestContext) -> Result<HttpResponse, Api
         ));
     }
     let mut fields = ctx.read_body().await?;
-    let email = valid_email(&fields.required("email")?)?;
+    let typed = fields.required("email")?;
+    let email = valid_email(&typed)?;
     if app.mailer.is_none() {
         return Err(ApiError::MailUnavailable);
     }
     app.store.begin_mail_request(ctx.client_ip()).await??;
     tokio::spawn(async move {
-        match app.store.user_by_email(&email).await {
+        match account(&app, &typed, &email).await {
             Ok(Some(user)) if !user.email_verified => {
                 mail_token_link(&app, &user, MailTokenKind::Verify, false).await
             }
@@ -145,6 +147,24 @@ pub async fn verify_request(mut ctx: RequestContext) -> Result<HttpResponse, Api
         }
     });
     Ok(accepted())
+}
+
+/// The account of an address as a login finds it: by its normalized form,
+/// or by the earlier trim-and-lower-case form an older account may be
+/// stored under.
+async fn account(
+    app: &App,
+    typed: &str,
+    normalized: &str,
+) -> Result<Option<User>, crate::store::StoreError> {
+    if let Some(user) = app.store.user_by_email(normalized).await? {
+        return Ok(Some(user));
+    }
+    let earlier = earlier_normalized_email(typed);
+    if earlier == normalized {
+        return Ok(None);
+    }
+    app.store.user_by_email(&earlier).await
 }
 
 /// After a registration or an admin's creation of an unverified user: a

@@ -519,3 +519,24 @@ async fn futures_like_join(
     }
     replies
 }
+
+store_test! {
+/// An account stored before emails were NFKC/UTS #46-normalized (trimmed and
+/// lower-cased only, the domain in punycode) gets its link, as it can log in.
+async fn an_account_stored_before_normalization_gets_its_link() {
+    let sink = MailSink::start().await;
+    let server = start(&sink, |_| {}).await;
+    let legacy = gatehouse::domain::user::User::new(
+        "Legacy".into(),
+        "a@xn--bcher-kva.de".into(),
+        gatehouse::domain::user::Role::User,
+        bcrypt::hash(PASSWORD, 4).unwrap(),
+        gatehouse::domain::unix_now(),
+    );
+    server.app.store.insert_user(legacy).await.unwrap();
+    forgot(&server, "A@XN--BCHER-KVA.DE").await.assert_ok(202);
+    let token = sink.nth_with("a@xn--bcher-kva.de", RESET, 1).await.token();
+    reset(&server, &token, NEW_PASSWORD).await.assert_ok(200);
+    login_status(&server, "a@xn--bcher-kva.de", NEW_PASSWORD).await.assert_ok(200);
+}
+}
