@@ -11,9 +11,9 @@ use hyper::{Method, StatusCode};
 use serde_json::json;
 
 use crate::api::sessions::{start_session, token_pair};
-use crate::api::users::{confirm_password, NewUser};
+use crate::api::users::{confirm_password, find_by_email, NewUser};
 use crate::domain::unix_now;
-use crate::domain::user::{earlier_normalized_email, normalize_email, valid_password, Role};
+use crate::domain::user::{normalize_email, valid_password, Role};
 use crate::http::auth::{check_token, presented_token, AuthUser};
 use crate::http::body::parse_query;
 use crate::http::context::RequestContext;
@@ -62,15 +62,7 @@ pub async fn login(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
     let email = normalize_email(&typed);
     let password = fields.required("password")?;
     let attempt = app.store.begin_login(&email, client).await??;
-    let mut user = app.store.user_by_email(&email).await?;
-    if user.is_none() {
-        // An account stored before emails were NFKC/UTS #46-normalized keeps
-        // its address as it was then (trimmed, lower-cased): still found.
-        let earlier = earlier_normalized_email(&typed);
-        if earlier != email {
-            user = app.store.user_by_email(&earlier).await?;
-        }
-    }
+    let user = find_by_email(app, &typed, &email).await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     match (app.passwords.verify(password, hash).await?, user) {
         (true, Some(user)) => {

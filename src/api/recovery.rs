@@ -17,10 +17,11 @@ use hyper::StatusCode;
 use serde_json::json;
 
 use crate::api::sessions::start_session;
+use crate::api::users::find_by_email;
 use crate::app::App;
 use crate::domain::mail_token::{self, MailTokenKind};
 use crate::domain::unix_now;
-use crate::domain::user::{earlier_normalized_email, valid_email, valid_password, User};
+use crate::domain::user::{valid_email, valid_password, User};
 use crate::http::auth::{check_token, presented_token};
 use crate::http::context::RequestContext;
 use crate::http::error::ApiError;
@@ -48,7 +49,7 @@ pub async fn forgot(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
     ctx.app.store.begin_mail_request(ctx.client_ip()).await??;
     let app = Arc::clone(&ctx.app);
     tokio::spawn(async move {
-        match account(&app, &typed, &email).await {
+        match find_by_email(&app, &typed, &email).await {
             Ok(Some(user)) => mail_token_link(&app, &user, MailTokenKind::Reset, false).await,
             Ok(None) => {}
             Err(error) => tracing::warn!(%error, "password reset mail: the store did not answer"),
@@ -138,7 +139,7 @@ pub async fn verify_request(mut ctx: RequestContext) -> Result<HttpResponse, Api
     }
     app.store.begin_mail_request(ctx.client_ip()).await??;
     tokio::spawn(async move {
-        match account(&app, &typed, &email).await {
+        match find_by_email(&app, &typed, &email).await {
             Ok(Some(user)) if !user.email_verified => {
                 mail_token_link(&app, &user, MailTokenKind::Verify, false).await
             }
@@ -147,24 +148,6 @@ pub async fn verify_request(mut ctx: RequestContext) -> Result<HttpResponse, Api
         }
     });
     Ok(accepted())
-}
-
-/// The account of an address as a login finds it: by its normalized form,
-/// or by the earlier trim-and-lower-case form an older account may be
-/// stored under.
-async fn account(
-    app: &App,
-    typed: &str,
-    normalized: &str,
-) -> Result<Option<User>, crate::store::StoreError> {
-    if let Some(user) = app.store.user_by_email(normalized).await? {
-        return Ok(Some(user));
-    }
-    let earlier = earlier_normalized_email(typed);
-    if earlier == normalized {
-        return Ok(None);
-    }
-    app.store.user_by_email(&earlier).await
 }
 
 /// After a registration or an admin's creation of an unverified user: a

@@ -10,13 +10,15 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::domain::unix_now;
-use crate::domain::user::{valid_email, valid_name, valid_password, Role, User, UserView};
+use crate::domain::user::{
+    earlier_normalized_email, valid_email, valid_name, valid_password, Role, User, UserView,
+};
 use crate::http::auth::AuthUser;
 use crate::http::body::{parse_query, Fields};
 use crate::http::context::RequestContext;
 use crate::http::error::ApiError;
 use crate::http::{json, json_bytes, HttpResponse};
-use crate::store::UserPatch;
+use crate::store::{StoreError, UserPatch};
 
 pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
@@ -116,6 +118,25 @@ impl NewUser {
         user.email_verified = email_verified;
         Ok(app.store.insert_user(user).await?)
     }
+}
+
+/// The account of an address as typed (`typed`) and normalized: found by
+/// its normalized form, or by the earlier trim-and-lower-case form an
+/// account stored before NFKC/UTS #46 normalization keeps. Login and the mail
+/// routes look accounts up through this one path.
+pub async fn find_by_email(
+    app: &App,
+    typed: &str,
+    normalized: &str,
+) -> Result<Option<User>, StoreError> {
+    if let Some(user) = app.store.user_by_email(normalized).await? {
+        return Ok(Some(user));
+    }
+    let earlier = earlier_normalized_email(typed);
+    if earlier == normalized {
+        return Ok(None);
+    }
+    app.store.user_by_email(&earlier).await
 }
 
 /// `GET /api/users/{id}` (themself or admin). Anyone else gets 403 whether or

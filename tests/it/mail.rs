@@ -483,7 +483,7 @@ async fn racing_resets_with_one_token_set_one_password() {
     forgot(&server, "rex@example.com").await.assert_ok(202);
     let token = sink.nth_with("rex@example.com", RESET, 1).await.token();
     let passwords: Vec<String> = (0..6).map(|i| format!("racing password {i}")).collect();
-    let replies = futures_like_join(
+    let replies = crate::auth::futures_join_all(
         passwords
             .iter()
             .map(|p| {
@@ -492,7 +492,7 @@ async fn racing_resets_with_one_token_set_one_password() {
                     .json(json!({"token": token, "password": p}))
                     .send()
             })
-            .collect(),
+            .collect::<Vec<_>>(),
     )
     .await;
     let winners: Vec<usize> = (0..replies.len()).filter(|&i| replies[i].status == 200).collect();
@@ -506,18 +506,6 @@ async fn racing_resets_with_one_token_set_one_password() {
     }
     login_status(&server, "rex@example.com", &passwords[winners[0]]).await.assert_ok(200);
 }
-}
-
-/// Runs the requests at once and returns their replies in order.
-async fn futures_like_join(
-    requests: Vec<impl std::future::Future<Output = Reply> + Send + 'static>,
-) -> Vec<Reply> {
-    let handles: Vec<_> = requests.into_iter().map(tokio::spawn).collect();
-    let mut replies = Vec::new();
-    for handle in handles {
-        replies.push(handle.await.expect("request task"));
-    }
-    replies
 }
 
 store_test! {
