@@ -73,7 +73,7 @@ fn store_read(c: &mut Criterion) {
         let tasks: Vec<_> = (0..STORED_USERS)
             .map(|i| {
                 let store = store.clone();
-                tokio::spawn(async move { store.insert_user(user(i)).await })
+                tokio::spawn(async move { store.insert_user(user(i), Vec::new()).await })
             })
             .collect();
         let mut ids = Vec::with_capacity(STORED_USERS);

@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
                             User::new(format!("Seed {i}"), email, Role::User, hash.clone(), now);
                         inserted.fetch_add(1, Ordering::Relaxed);
                         app.store
-                            .insert_user(user)
+                            .insert_user(user, Vec::new())
                             .await
                             .with_context(|| format!("inserting user {i}"))?
                     }
@@ -105,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
                         now,
                     );
                     app.store
-                        .insert_session(session)
+                        .insert_session(session, Vec::new())
                         .await
                         .with_context(|| format!("inserting session {s} of user {i}"))?;
                 }

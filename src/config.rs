@@ -36,6 +36,28 @@ pub struct Settings {
     pub store: StoreSettings,
     pub mail: MailSettings,
     pub cors: CorsSettings,
+    pub audit: AuditSettings,
+}
+
+/// The audit log (`domain::audit`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Events older than this are purged.
+    pub retention_days: u64,
+    /// At most this many `login_failed` (and, as many again,
+    /// `login_throttled`) events are stored per minute of the clock; the
+    /// rest are counted into the next stored one's `detail.suppressed`.
+    pub max_failures_per_minute: u64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            retention_days: 90,
+            max_failures_per_minute: 600,
+        }
+    }
 }
 
 /// CORS for browser apps on other origins (`http::cors`).
@@ -193,6 +215,7 @@ impl Default for Settings {
             store: StoreSettings::default(),
             mail: MailSettings::default(),
             cors: CorsSettings::default(),
+            audit: AuditSettings::default(),
         }
     }
 }
@@ -272,7 +295,7 @@ pub struct Overrides {
 /// variables (say, a test suite's own) are not configuration and are ignored;
 /// an unknown key *inside* a section is still refused.
 const ENV_SECTIONS: &[&str] = &[
-    "server", "auth", "limits", "data_dir", "store", "mail", "cors",
+    "server", "auth", "limits", "data_dir", "store", "mail", "cors", "audit",
 ];
 
 impl Settings {
@@ -508,6 +531,16 @@ impl Settings {
             "cors.max_age_secs",
             "must be between 0 and 86400",
         )?;
+        check(
+            (1..=36_500).contains(&self.audit.retention_days),
+            "audit.retention_days",
+            "must be between 1 and 36500",
+        )?;
+        check(
+            (1..=1_000_000).contains(&self.audit.max_failures_per_minute),
+            "audit.max_failures_per_minute",
+            "must be between 1 and 1000000",
+        )?;
         self.validate_mail()
     }
 
@@ -726,6 +759,16 @@ mod tests {
                 "cors.allowed_origins",
             ),
             ("GATEHOUSE_CORS__MAX_AGE_SECS", "86401", "cors.max_age_secs"),
+            (
+                "GATEHOUSE_AUDIT__RETENTION_DAYS",
+                "0",
+                "audit.retention_days",
+            ),
+            (
+                "GATEHOUSE_AUDIT__MAX_FAILURES_PER_MINUTE",
+                "0",
+                "audit.max_failures_per_minute",
+            ),
             (
                 "GATEHOUSE_LIMITS__MAIL_REQUESTS_PER_ADDRESS",
                 "0",

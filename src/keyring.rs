@@ -17,6 +17,7 @@
 use std::time::{Duration, Instant};
 
 use crate::app::App;
+use crate::domain::audit::{Action, Event, Origin};
 use crate::domain::signing::{KeyError, KeySet, KeyState, SigningAlgorithm, StoredKey};
 use crate::domain::token::{TokenKeys, LEEWAY_SECS};
 use crate::domain::unix_now;
@@ -113,7 +114,7 @@ pub async fn start(store: &Store, tokens: &TokenKeys) -> Result<(), KeyringError
                 promoted(set, next, now, tokens.ttl_secs()),
             ),
         };
-        if store.swap_signing_keys(expected, keys).await? {
+        if store.swap_signing_keys(expected, keys, Vec::new()).await? {
             tracing::info!(alg = algorithm.name(), "generated a new signing key pair");
         }
     }
@@ -124,7 +125,9 @@ pub async fn start(store: &Store, tokens: &TokenKeys) -> Result<(), KeyringError
 /// (published, not signing; an existing standby key is kept as it is);
 /// without, makes the standby key (or a new one) current, the old current
 /// key a previous one. Installed here at once; other instances follow.
-pub async fn rotate(app: &App, standby: bool) -> Result<(), KeyringError> {
+///
+/// Recorded as `key_rotated` (by `origin`'s admin), with the new key's kid.
+pub async fn rotate(app: &App, standby: bool, origin: &Origin) -> Result<(), KeyringError> {
     let algorithm = app.tokens.algorithm();
     if !algorithm.is_asymmetric() {
         return Err(KeyringError::Symmetric);
@@ -132,21 +135,32 @@ pub async fn rotate(app: &App, standby: bool) -> Result<(), KeyringError> {
     for _ in 0..ATTEMPTS {
         let set = app.store.signing_keys().await?.unwrap_or_default();
         let expected = (set.version > 0).then_some(set.version);
+        let kid;
         let keys = if standby {
             if set.standby().is_some() {
                 app.tokens.install(&set, unix_now())?;
                 return Ok(());
             }
             let fresh = generate(algorithm, KeyState::Standby).await?;
+            kid = fresh.kid.clone();
             set.with_standby(fresh, unix_now())
         } else {
             let next = match set.standby() {
                 Some(key) if key.alg == algorithm => key.clone(),
                 _ => generate(algorithm, KeyState::Current).await?,
             };
+            kid = next.kid.clone();
             promoted(&set, next, unix_now(), app.tokens.ttl_secs())
         };
-        if app.store.swap_signing_keys(expected, keys).await? {
+        let event = Event::new(Action::KeyRotated, None, origin, unix_now())
+            .with("kid", kid)
+            .with("standby", standby)
+            .with("algorithm", algorithm.name());
+        if app
+            .store
+            .swap_signing_keys(expected, keys, vec![event])
+            .await?
+        {
             let set = app.store.signing_keys().await?.unwrap_or_default();
             app.tokens.install(&set, unix_now())?;
             let current = set.current().map(|k| k.kid.as_str()).unwrap_or_default();
@@ -210,7 +224,7 @@ async fn follow_once(app: &App) -> Result<(), KeyringError> {
     if set.has_retired(now)
         && app
             .store
-            .swap_signing_keys(Some(set.version), set.without_retired(now))
+            .swap_signing_keys(Some(set.version), set.without_retired(now), Vec::new())
             .await?
     {
         tracing::info!("retired signing keys removed");

@@ -23,14 +23,15 @@
 //!   ([`http::auth::AuthUser`]), request-body decoding, CORS.
 //! - [`api`]: the route table ([`api::routes::ROUTES`], one line per route)
 //!   and the handlers, one file per resource (auth, users, sessions, keys,
-//!   recovery, pages, health, openapi).
+//!   recovery, pages, audit, health, openapi).
 //! - [`domain`]: users and their input rules, password hashing, tokens and
-//!   signing keys, sessions, mail tokens, throttling. Knows nothing of hyper
-//!   or sled.
+//!   signing keys, sessions, mail tokens, throttling, audit events. Knows
+//!   nothing of hyper or sled.
 //! - [`keyring`]: the asymmetric signing keys' life over the store (first
 //!   key, rotation, retirement, following other instances).
 //! - [`store`]: the only module that opens or queries a database (sled or
-//!   PostgreSQL): trees and tables, transactions, durability, shared counters.
+//!   PostgreSQL): trees and tables, transactions (each change with its audit
+//!   events), durability, shared counters.
 
 pub mod api;
 pub mod app;

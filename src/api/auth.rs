@@ -11,7 +11,8 @@ use hyper::{Method, StatusCode};
 use serde_json::json;
 
 use crate::api::sessions::{start_session, token_pair};
-use crate::api::users::{confirm_password, find_by_email, NewUser};
+use crate::api::users::{confirm_password, find_by_email, record_failed_login, NewUser};
+use crate::domain::audit::{self, Action, Event};
 use crate::domain::unix_now;
 use crate::domain::user::{normalize_email, valid_password, Role};
 use crate::http::auth::{check_token, presented_token, AuthUser};
@@ -34,9 +35,8 @@ pub async fn register(mut ctx: RequestContext) -> Result<HttpResponse, ApiError>
     let mut fields = ctx.read_body().await?;
     let app = &ctx.app;
     let user = NewUser::from_fields(&mut fields)?
-        .insert(app, Role::User, false)
+        .insert(app, Role::User, false, Action::Register, &ctx.origin(None))
         .await?;
-    tracing::info!(user = %user.id, "registered");
     crate::api::recovery::after_creation(&ctx.app, &user);
     if app.settings.auth.require_verified_email {
         // No session until the address is confirmed: the mail's link, then
@@ -50,10 +50,13 @@ pub async fn register(mut ctx: RequestContext) -> Result<HttpResponse, ApiError>
             }),
         ));
     }
-    start_session(&ctx, &user).await
+    start_session(&ctx, &user, false).await
 }
 
-/// `POST /api/auth/login {email, password}`.
+/// `POST /api/auth/login {email, password}`. A failure, a throttled attempt
+/// and the right password for an unverified address are recorded as
+/// `login_failed` / `login_throttled` (see `record_failed_login`), a
+/// success as `login` with its session.
 pub async fn login(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
     let mut fields = ctx.read_body().await?;
     let app = &ctx.app;
@@ -61,7 +64,16 @@ pub async fn login(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
     let typed = fields.required("email")?;
     let email = normalize_email(&typed);
     let password = fields.required("password")?;
-    let attempt = app.store.begin_login(&email, client).await??;
+    let origin = ctx.origin(None);
+    let attempt = match app.store.begin_login(&email, client).await? {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            let user = find_by_email(app, &typed, &email).await?;
+            let action = Action::LoginThrottled;
+            record_failed_login(app, action, user.as_ref(), &email, &origin, None).await?;
+            return Err(wait.into());
+        }
+    };
     let user = find_by_email(app, &typed, &email).await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     match (app.passwords.verify(password, hash).await?, user) {
@@ -70,11 +82,18 @@ pub async fn login(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
             // Only after the right password: the 403 tells nothing to
             // someone who does not know it.
             if app.settings.auth.require_verified_email && !user.email_verified {
+                let reason = Some("email_not_verified");
+                let action = Action::LoginFailed;
+                record_failed_login(app, action, Some(&user), &email, &origin, reason).await?;
                 return Err(ApiError::EmailNotVerified);
             }
-            start_session(&ctx, &user).await
+            start_session(&ctx, &user, true).await
         }
-        _ => Err(ApiError::InvalidCredentials),
+        (_, user) => {
+            let action = Action::LoginFailed;
+            record_failed_login(app, action, user.as_ref(), &email, &origin, None).await?;
+            Err(ApiError::InvalidCredentials)
+        }
     }
 }
 
@@ -90,30 +109,51 @@ pub async fn me(_ctx: RequestContext, caller: AuthUser) -> Result<HttpResponse, 
 /// sessions is revoked, durably, until it expires. A body's
 /// `refresh_token` ends that token's session too (for a client whose access
 /// token has expired). An invalid token or refresh token has nothing left
-/// to end.
+/// to end. What ended is recorded as one `logout` event per write (none when
+/// nothing ended).
 pub async fn logout(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
     let scope = LogoutScope::from_query(ctx.parts.uri.query())?;
     let refresh_token = logout_refresh_token(&mut ctx).await;
     let app = &ctx.app;
+    let now = unix_now();
     if let Ok(Some(token)) = presented_token(&ctx.parts.headers) {
         match check_token(app, token).await {
             Ok(caller) => {
                 let claims = caller.claims();
                 let own = claims.sid.as_deref();
+                let event = Event::new(
+                    Action::Logout,
+                    Some(&claims.sub),
+                    &ctx.origin(Some(&claims.sub)),
+                    now,
+                )
+                .with("scope", scope.as_str());
+                let mut recorded = false;
                 match (scope, own) {
                     (LogoutScope::Local, Some(sid)) => {
-                        app.store.end_session(sid).await?;
+                        let event = event.clone().with("session_id", sid);
+                        recorded = app.store.end_session(sid, vec![event]).await?.is_some();
                     }
                     (LogoutScope::Local, None) => {}
                     (LogoutScope::Global, _) => {
-                        app.store.end_user_sessions(&claims.sub, None).await?;
+                        let events = vec![event.clone()];
+                        let ended = app
+                            .store
+                            .end_user_sessions(&claims.sub, None, events)
+                            .await?;
+                        recorded = !ended.is_empty();
                     }
                     (LogoutScope::Others, _) => {
-                        app.store.end_user_sessions(&claims.sub, own).await?;
+                        let events = vec![event.clone()];
+                        // Never followed by a revocation (below).
+                        app.store
+                            .end_user_sessions(&claims.sub, own, events)
+                            .await?;
                     }
                 }
                 if own.is_none() && scope != LogoutScope::Others {
-                    app.store.revoke(&claims.jti, claims.exp).await?;
+                    let events = if recorded { Vec::new() } else { vec![event] };
+                    app.store.revoke(&claims.jti, claims.exp, events).await?;
                 }
             }
             Err(ApiError::StoreUnavailable) => return Err(ApiError::StoreUnavailable),
@@ -121,7 +161,19 @@ pub async fn logout(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
         }
     }
     if let Some(presented) = refresh_token.and_then(|t| app.refresh_keys.parse(&t).ok()) {
-        app.store.end_session(&presented.session_id).await?;
+        // Read first, for the event's user; ending it decides again.
+        if let Some((session, _)) = app.store.session_and_user(&presented.session_id).await? {
+            let user_id = session.user_id.as_str();
+            let event = Event::new(
+                Action::Logout,
+                Some(user_id),
+                &ctx.origin(Some(user_id)),
+                now,
+            )
+            .with("scope", "refresh_token")
+            .with("session_id", session.id.as_str());
+            app.store.end_session(&session.id, vec![event]).await?;
+        }
     }
     Ok(json(StatusCode::OK, &json!({"auth": false, "token": null})))
 }
@@ -135,6 +187,14 @@ enum LogoutScope {
 }
 
 impl LogoutScope {
+    fn as_str(self) -> &'static str {
+        match self {
+            LogoutScope::Local => "local",
+            LogoutScope::Global => "global",
+            LogoutScope::Others => "others",
+        }
+    }
+
     /// `?scope=`; absent means `local`. Anything else is refused rather than
     /// read as `local`: a client asking to end every session must not be told
     /// "done" when only one ended.
@@ -184,7 +244,13 @@ pub async fn refresh(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> 
     };
     match app
         .store
-        .refresh(&presented, &app.refresh_keys, &app.sessions, unix_now())
+        .refresh(
+            &presented,
+            &app.refresh_keys,
+            &app.sessions,
+            unix_now(),
+            &ctx.origin(None),
+        )
         .await?
     {
         Refresh::Granted {
@@ -218,19 +284,22 @@ pub async fn change_password(
     fields.refuse_unknown()?;
     let app = &ctx.app;
     valid_password(&new_password, app.settings.auth.min_password_len)?;
-    confirm_password(app, caller.user(), current, ctx.client_ip()).await?;
+    confirm_password(&ctx, caller.user(), current).await?;
     let patch = UserPatch {
         password_hash: Some(app.passwords.hash(new_password).await?),
         ..UserPatch::default()
     };
+    let (now, origin) = (unix_now(), ctx.origin(Some(&caller.user().id)));
+    let events = audit::user_changes(caller.user(), &patch, &origin, now);
     let user = app
         .store
-        .update_user(&caller.user().id, patch, unix_now())
+        .update_user(&caller.user().id, patch, now, events)
         .await?;
     // The new password version already refuses every earlier session and
     // token; deleting the sessions keeps the store from holding them until
-    // the purge.
-    app.store.end_user_sessions(&user.id, None).await?;
-    tracing::info!(user = %user.id, "password changed");
-    start_session(&ctx, &user).await
+    // the purge. (`password_changed` says why they ended.)
+    app.store
+        .end_user_sessions(&user.id, None, Vec::new())
+        .await?;
+    start_session(&ctx, &user, false).await
 }

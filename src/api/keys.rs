@@ -50,6 +50,7 @@ pub async fn rotate(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
     let mut fields = ctx.read_body().await?;
     let standby = fields.optional_bool("standby")?.unwrap_or(false);
     fields.refuse_unknown()?;
-    keyring::rotate(&ctx.app, standby).await?;
+    let origin = ctx.origin(Some(&caller.user().id));
+    keyring::rotate(&ctx.app, standby, &origin).await?;
     Ok(json(StatusCode::OK, &ctx.app.tokens.listing()))
 }

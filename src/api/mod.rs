@@ -7,6 +7,7 @@
 //! Handlers decide who may do what and call the domain and the store; they
 //! never touch sockets, and they never build an error body themselves.
 
+pub mod audit;
 pub mod auth;
 pub mod health;
 pub mod keys;

@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::api::sessions::start_session;
 use crate::api::users::find_by_email;
 use crate::app::App;
+use crate::domain::audit::{Action, Event};
 use crate::domain::mail_token::{self, MailTokenKind};
 use crate::domain::unix_now;
 use crate::domain::user::{valid_email, valid_password, User};
@@ -48,9 +49,21 @@ pub async fn forgot(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
     }
     ctx.app.store.begin_mail_request(ctx.client_ip()).await??;
     let app = Arc::clone(&ctx.app);
+    let origin = ctx.origin(None);
     tokio::spawn(async move {
         match find_by_email(&app, &typed, &email).await {
-            Ok(Some(user)) => mail_token_link(&app, &user, MailTokenKind::Reset, false).await,
+            Ok(Some(user)) => {
+                // Recorded with the token, if one is issued (not within the
+                // resend window).
+                let event = Event::new(
+                    Action::PasswordResetRequested,
+                    Some(&user.id),
+                    &origin,
+                    unix_now(),
+                )
+                .with("email", user.email.as_str());
+                mail_token_link(&app, &user, MailTokenKind::Reset, false, vec![event]).await
+            }
             Ok(None) => {}
             Err(error) => tracing::warn!(%error, "password reset mail: the store did not answer"),
         }
@@ -76,22 +89,35 @@ pub async fn reset(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
         return Err(ApiError::InvalidResetToken);
     }
     let hash = app.passwords.hash(password).await?;
+    let now = unix_now();
+    let event = Event::new(
+        Action::PasswordReset,
+        Some(&presented.user_id),
+        &ctx.origin(None),
+        now,
+    );
     let user = app
         .store
-        .use_mail_token(presented, unix_now(), move |user| {
-            user.password_hash = hash.clone();
-            // The new version ends every session and token issued before.
-            user.password_version += 1;
-            // The mail reached its owner: the address is theirs.
-            user.email_verified = true;
-        })
+        .use_mail_token(
+            presented,
+            now,
+            move |user| {
+                user.password_hash = hash.clone();
+                // The new version ends every session and token issued before.
+                user.password_version += 1;
+                // The mail reached its owner: the address is theirs.
+                user.email_verified = true;
+            },
+            vec![event],
+        )
         .await?
         .ok_or(ApiError::InvalidResetToken)?;
     // Already refused by the new password version; deleting them keeps the
     // store from holding them until the purge.
-    app.store.end_user_sessions(&user.id, None).await?;
-    tracing::info!(user = %user.id, "password reset by mail");
-    start_session(&ctx, &user).await
+    app.store
+        .end_user_sessions(&user.id, None, Vec::new())
+        .await?;
+    start_session(&ctx, &user, false).await
 }
 
 /// `POST /api/auth/verify {token}`: 200 and the user, now verified.
@@ -100,13 +126,24 @@ pub async fn verify(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
     let token = fields.required("token")?;
     let presented = mail_token::parse(token.trim(), MailTokenKind::Verify)
         .ok_or(ApiError::InvalidVerificationToken)?;
+    let now = unix_now();
+    let event = Event::new(
+        Action::EmailVerified,
+        Some(&presented.user_id),
+        &ctx.origin(None),
+        now,
+    );
     let user = ctx
         .app
         .store
-        .use_mail_token(presented, unix_now(), |user| user.email_verified = true)
+        .use_mail_token(
+            presented,
+            now,
+            |user| user.email_verified = true,
+            vec![event],
+        )
         .await?
         .ok_or(ApiError::InvalidVerificationToken)?;
-    tracing::info!(user = %user.id, "email verified");
     Ok(json_bytes(StatusCode::OK, user.view().to_json()))
 }
 
@@ -125,7 +162,7 @@ pub async fn verify_request(mut ctx: RequestContext) -> Result<HttpResponse, Api
         if user.email_verified {
             return Err(ApiError::AlreadyVerified);
         }
-        mail_token_link(&app, user, MailTokenKind::Verify, false).await;
+        mail_token_link(&app, user, MailTokenKind::Verify, false, Vec::new()).await;
         return Ok(json(
             StatusCode::ACCEPTED,
             &json!({"message": "A verification mail is on its way, unless one was sent moments ago."}),
@@ -141,7 +178,7 @@ pub async fn verify_request(mut ctx: RequestContext) -> Result<HttpResponse, Api
     tokio::spawn(async move {
         match find_by_email(&app, &typed, &email).await {
             Ok(Some(user)) if !user.email_verified => {
-                mail_token_link(&app, &user, MailTokenKind::Verify, false).await
+                mail_token_link(&app, &user, MailTokenKind::Verify, false, Vec::new()).await
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "verification mail: the store did not answer"),
@@ -157,7 +194,9 @@ pub fn after_creation(app: &Arc<App>, user: &User) {
         return;
     }
     let (app, user) = (Arc::clone(app), user.clone());
-    tokio::spawn(async move { mail_token_link(&app, &user, MailTokenKind::Verify, true).await });
+    tokio::spawn(async move {
+        mail_token_link(&app, &user, MailTokenKind::Verify, true, Vec::new()).await
+    });
 }
 
 /// After an email change (`old` → `user.email`): a verification mail to the
@@ -178,16 +217,22 @@ pub fn after_email_change(app: &Arc<App>, old: &User, user: &User) {
     });
     if !user.email_verified {
         let (app, user) = (Arc::clone(app), user.clone());
-        tokio::spawn(
-            async move { mail_token_link(&app, &user, MailTokenKind::Verify, true).await },
-        );
+        tokio::spawn(async move {
+            mail_token_link(&app, &user, MailTokenKind::Verify, true, Vec::new()).await
+        });
     }
 }
 
 /// Issues a token of `kind` for `user`, stores it (unless a mail of that
 /// kind went out less than `mail.resend_secs` ago and `force` is false) and
 /// queues its mail. Failures are logged, never the token.
-async fn mail_token_link(app: &App, user: &User, kind: MailTokenKind, force: bool) {
+async fn mail_token_link(
+    app: &App,
+    user: &User,
+    kind: MailTokenKind,
+    force: bool,
+    events: Vec<Event>,
+) {
     let Some(mailer) = &app.mailer else {
         return;
     };
@@ -209,7 +254,7 @@ async fn mail_token_link(app: &App, user: &User, kind: MailTokenKind, force: boo
     };
     match app
         .store
-        .put_mail_token(&user.id, kind, pending, resend)
+        .put_mail_token(&user.id, kind, pending, resend, events)
         .await
     {
         Ok(true) => send_link(mailer, mail_kind, user, &token, ttl),

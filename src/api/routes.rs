@@ -6,7 +6,7 @@
 
 use hyper::Method;
 
-use super::{auth, health, keys, openapi, pages, recovery, sessions, users};
+use super::{audit, auth, health, keys, openapi, pages, recovery, sessions, users};
 use crate::http::router::Route;
 
 /// A public handler as a table entry: `public!(module::function)`.
@@ -65,6 +65,8 @@ pub static ROUTES: &[Route] = &[
         "/api/auth/sessions/{id}",
         protected!(sessions::end_own),
     ),
+    Route::protected(Method::GET, "/api/auth/events", protected!(audit::own)),
+    Route::protected(Method::GET, "/api/audit", protected!(audit::list)),
     Route::protected(Method::GET, "/api/users", protected!(users::list)),
     Route::protected(Method::POST, "/api/users", protected!(users::create)),
     Route::protected(Method::GET, "/api/users/{id}", protected!(users::get)),

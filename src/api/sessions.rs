@@ -11,6 +11,7 @@ use hyper::StatusCode;
 use serde_json::json;
 
 use crate::app::App;
+use crate::domain::audit::{Action, Event};
 use crate::domain::session::{Client, Session, SessionView};
 use crate::domain::unix_now;
 use crate::domain::user::User;
@@ -21,8 +22,14 @@ use crate::http::{json, HttpResponse};
 use crate::store::StoreError;
 
 /// Starts a session of `user` for the request's client (its `User-Agent`
-/// and address, as the throttle sees it) and answers its token pair.
-pub async fn start_session(ctx: &RequestContext, user: &User) -> Result<HttpResponse, ApiError> {
+/// and address, as the throttle sees it) and answers its token pair. With
+/// `login`, the session's start is recorded as a `login` event (a
+/// registration, a password change or a reset records its own).
+pub async fn start_session(
+    ctx: &RequestContext,
+    user: &User,
+    login: bool,
+) -> Result<HttpResponse, ApiError> {
     let app = &ctx.app;
     let user_agent = ctx
         .parts
@@ -40,7 +47,18 @@ pub async fn start_session(ctx: &RequestContext, user: &User) -> Result<HttpResp
         unix_now(),
     );
     let id = session.id.clone();
-    match app.store.insert_session(session).await {
+    let events = if login {
+        let event = Event::new(
+            Action::Login,
+            Some(&user.id),
+            &ctx.origin(Some(&user.id)),
+            unix_now(),
+        );
+        vec![event.with("session_id", id.as_str())]
+    } else {
+        Vec::new()
+    };
+    match app.store.insert_session(session, events).await {
         Ok(()) => token_pair(app, user, &id, refresh_token),
         // Deleted while signing in.
         Err(StoreError::NotFound) => Err(ApiError::InvalidCredentials),
@@ -96,7 +114,15 @@ pub async fn end_own(ctx: RequestContext, caller: AuthUser) -> Result<HttpRespon
     if !owned {
         return Err(ApiError::NotFound);
     }
-    app.store.end_session(id).await?;
+    let caller_id = caller.user().id.as_str();
+    let event = Event::new(
+        Action::SessionRevoked,
+        Some(caller_id),
+        &ctx.origin(Some(caller_id)),
+        unix_now(),
+    )
+    .with("session_id", id);
+    app.store.end_session(id, vec![event]).await?;
     Ok(json(
         StatusCode::OK,
         &json!({"message": "Session revoked."}),
@@ -116,12 +142,16 @@ pub async fn end_user(ctx: RequestContext, caller: AuthUser) -> Result<HttpRespo
     let user = sessions_owner(&ctx, &caller).await?;
     let app = &ctx.app;
     let now = unix_now();
-    let ended = app.store.end_user_sessions(&user.id, None).await?;
+    let origin = ctx.origin(Some(&caller.user().id));
+    let event = Event::new(Action::SessionRevoked, Some(&user.id), &origin, now).with("all", true);
+    let ended = app
+        .store
+        .end_user_sessions(&user.id, None, vec![event])
+        .await?;
     let revoked = ended
         .iter()
         .filter(|s| s.is_alive(&app.sessions, user.password_version, now))
         .count();
-    tracing::info!(user = %user.id, by = %caller.user().id, revoked, "sessions revoked");
     Ok(json(StatusCode::OK, &json!({ "revoked": revoked })))
 }
 

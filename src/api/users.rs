@@ -9,6 +9,7 @@ use hyper::StatusCode;
 use serde_json::json;
 
 use crate::app::App;
+use crate::domain::audit::{self, Action, Event, Origin};
 use crate::domain::unix_now;
 use crate::domain::user::{
     earlier_normalized_email, valid_email, valid_name, valid_password, Role, User, UserView,
@@ -30,16 +31,7 @@ pub async fn list(ctx: RequestContext, caller: AuthUser) -> Result<HttpResponse,
         return Err(ApiError::Forbidden);
     }
     let mut query = parse_query(ctx.parts.uri.query().unwrap_or_default())?;
-    let limit = match query.optional("limit")? {
-        None => DEFAULT_PAGE,
-        Some(raw) => raw
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::InvalidInput(format!("limit must be an integer between 1 and {MAX_PAGE}"))
-            })?,
-    };
+    let limit = page_limit(&mut query)?;
     let after = query.optional("after")?;
     // A cursor is an `_id` from an earlier page; anything else never names
     // a position, and text a database would refuse (NUL, kilobytes) must not
@@ -73,8 +65,10 @@ pub async fn create(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
     let role = role(&mut fields)?.unwrap_or(Role::User);
     let email_verified = fields.optional_bool("email_verified")?.unwrap_or(false);
     fields.refuse_unknown()?;
-    let user = new.insert(app, role, email_verified).await?;
-    tracing::info!(user = %user.id, by = %caller.user().id, "user created");
+    let origin = ctx.origin(Some(&caller.user().id));
+    let user = new
+        .insert(app, role, email_verified, Action::UserCreated, &origin)
+        .await?;
     crate::api::recovery::after_creation(&ctx.app, &user);
     Ok(json_bytes(StatusCode::CREATED, user.view().to_json()))
 }
@@ -102,11 +96,15 @@ impl NewUser {
     /// Checks the password rule, hashes it and stores the user with `role`.
     /// `EmailTaken` if the address has an account (decided by the store's
     /// transaction when two requests race).
+    /// Stores the user, recorded as `action` (`register`: by the new user
+    /// themself; `user_created`: by `origin`'s admin).
     pub async fn insert(
         self,
         app: &App,
         role: Role,
         email_verified: bool,
+        action: Action,
+        origin: &Origin,
     ) -> Result<User, ApiError> {
         valid_password(&self.password, app.settings.auth.min_password_len)?;
         // Spare a bcrypt hash when the answer is already known.
@@ -114,9 +112,18 @@ impl NewUser {
             return Err(ApiError::EmailTaken);
         }
         let hash = app.passwords.hash(self.password).await?;
-        let mut user = User::new(self.name, self.email, role, hash, unix_now());
+        let now = unix_now();
+        let mut user = User::new(self.name, self.email, role, hash, now);
         user.email_verified = email_verified;
-        Ok(app.store.insert_user(user).await?)
+        let origin = match action {
+            Action::Register => origin.by(&user.id),
+            _ => origin.clone(),
+        };
+        let event = Event::new(action, Some(&user.id), &origin, now)
+            .with("email", user.email.as_str())
+            .with("role", role.as_str())
+            .with("email_verified", email_verified);
+        Ok(app.store.insert_user(user, vec![event]).await?)
     }
 }
 
@@ -197,8 +204,15 @@ pub async fn update(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
                 "current_password is required to change your own password or email".into(),
             )
         })?;
-        confirm_password(app, caller.user(), current, ctx.client_ip()).await?;
+        confirm_password(&ctx, caller.user(), current).await?;
     }
+    // The user as it is now, for the events and the mails (the caller's own
+    // record was read by the token check just now).
+    let before = if own {
+        caller.shared_user()
+    } else {
+        app.store.user_by_id(id).await?.ok_or(ApiError::NotFound)?
+    };
     let password_hash = match password {
         Some(password) => Some(app.passwords.hash(password).await?),
         None => None,
@@ -211,23 +225,22 @@ pub async fn update(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
         email_verified,
     };
     let new_password = patch.password_hash.is_some();
-    // The address before the change, for the mails an email change sends.
-    let before = match &patch.email {
-        Some(_) if app.mailer.is_some() => app.store.user_by_id(id).await?,
-        _ => None,
-    };
     let user = if patch.is_empty() {
-        app.store.user_by_id(id).await?.ok_or(ApiError::NotFound)?
+        Arc::clone(&before)
     } else {
-        Arc::new(app.store.update_user(id, patch, unix_now()).await?)
+        let (now, origin) = (unix_now(), ctx.origin(Some(&caller.user().id)));
+        let events = audit::user_changes(&before, &patch, &origin, now);
+        Arc::new(app.store.update_user(id, patch, now, events).await?)
     };
     if new_password {
         // The new password version already refuses every earlier session
         // and token (the caller's too); deleting the sessions keeps the
         // store from holding them until the purge.
-        app.store.end_user_sessions(&user.id, None).await?;
+        app.store
+            .end_user_sessions(&user.id, None, Vec::new())
+            .await?;
     }
-    if let Some(before) = before.filter(|b| b.email != user.email) {
+    if before.email != user.email {
         crate::api::recovery::after_email_change(&ctx.app, &before, &user);
     }
     Ok(json_bytes(StatusCode::OK, user.view().to_json()))
@@ -236,22 +249,56 @@ pub async fn update(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
 /// Checks `password` against `user`'s, as a login would: throttled (429)
 /// with logins for the same email and address, and a wrong one counted as a
 /// failed login (403 `wrong_password`), so it cannot be guessed faster here.
+/// Recorded (`login_failed` or `login_throttled`, reason
+/// `wrong_current_password`) like a login.
 pub async fn confirm_password(
-    app: &App,
+    ctx: &RequestContext,
     user: &User,
     password: String,
-    client: std::net::IpAddr,
 ) -> Result<(), ApiError> {
-    let attempt = app.store.begin_login(&user.email, client).await??;
+    let app = &ctx.app;
+    let origin = ctx.origin(Some(&user.id));
+    let reason = Some("wrong_current_password");
+    let attempt = match app.store.begin_login(&user.email, ctx.client_ip()).await? {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            let action = Action::LoginThrottled;
+            record_failed_login(app, action, Some(user), &user.email, &origin, reason).await?;
+            return Err(wait.into());
+        }
+    };
     if !app
         .passwords
         .verify(password, Some(user.password_hash.clone()))
         .await?
     {
+        let action = Action::LoginFailed;
+        record_failed_login(app, action, Some(user), &user.email, &origin, reason).await?;
         return Err(ApiError::WrongPassword);
     }
     app.store.login_succeeded(attempt).await?;
     Ok(())
+}
+
+/// Records a failed or throttled login (`action`) of `user` (`None`: no
+/// account has `email`, the normalized address typed), with `reason` when
+/// it is not a wrong password at the login route. Stored within the
+/// per-minute bound (`Store::record`).
+pub async fn record_failed_login(
+    app: &App,
+    action: Action,
+    user: Option<&User>,
+    email: &str,
+    origin: &Origin,
+    reason: Option<&str>,
+) -> Result<(), ApiError> {
+    let now = unix_now();
+    let looks_like_email = valid_email(email).is_ok();
+    let mut event = audit::failed_login(action, user, email, looks_like_email, origin, now);
+    if let Some(reason) = reason {
+        event = event.with("reason", reason);
+    }
+    Ok(app.store.record(event, now).await?)
 }
 
 /// `DELETE /api/users/{id}` (themself or admin): the email is free again and
@@ -261,15 +308,34 @@ pub async fn delete(ctx: RequestContext, caller: AuthUser) -> Result<HttpRespons
     if !caller.may_access(id) {
         return Err(ApiError::Forbidden);
     }
-    let user = ctx.app.store.delete_user(id).await?;
-    tracing::info!(user = %user.id, by = %caller.user().id, "user deleted");
+    // Read first, so that the event names the address of the account gone.
+    let app = &ctx.app;
+    let before = app.store.user_by_id(id).await?.ok_or(ApiError::NotFound)?;
+    let origin = ctx.origin(Some(&caller.user().id));
+    let event = Event::new(Action::UserDeleted, Some(id), &origin, unix_now())
+        .with("email", before.email.as_str());
+    let user = app.store.delete_user(id, vec![event]).await?;
     let message = format!("User {} was deleted.", user.name);
     Ok(json(StatusCode::OK, &json!({ "message": message })))
 }
 
 /// Whether `text` could be an `_id` this server issued: 1 to 64 ASCII
 /// letters, digits and hyphens.
-fn plausible_id(text: &str) -> bool {
+/// A listing's `?limit=`: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] when absent.
+pub fn page_limit(query: &mut Fields) -> Result<usize, ApiError> {
+    match query.optional("limit")? {
+        None => Ok(DEFAULT_PAGE),
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                ApiError::InvalidInput(format!("limit must be an integer between 1 and {MAX_PAGE}"))
+            }),
+    }
+}
+
+pub fn plausible_id(text: &str) -> bool {
     (1..=MAX_ID_BYTES).contains(&text.len())
         && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }

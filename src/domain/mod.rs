@@ -5,6 +5,7 @@
 //! Nothing here names hyper or sled; status codes belong to `http`, storage to
 //! `store`.
 
+pub mod audit;
 pub mod mail_token;
 pub mod password;
 pub mod session;

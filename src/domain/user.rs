@@ -310,6 +310,31 @@ pub fn valid_password(password: &str, min_chars: usize) -> Result<(), RuleError>
     Ok(())
 }
 
+/// A change to a user; `None` leaves a field as it is.
+#[derive(Debug, Default, Clone)]
+pub struct UserPatch {
+    pub name: Option<String>,
+    /// Already normalized.
+    pub email: Option<String>,
+    pub role: Option<Role>,
+    /// A new bcrypt hash; setting it bumps the password version, which
+    /// revokes every token issued before.
+    pub password_hash: Option<String>,
+    /// Set by an admin. Left `None`, a change of the email (to a different
+    /// address) makes it false: the new address is not yet confirmed.
+    pub email_verified: Option<bool>,
+}
+
+impl UserPatch {
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.email.is_none()
+            && self.role.is_none()
+            && self.password_hash.is_none()
+            && self.email_verified.is_none()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,6 +30,11 @@ pub struct AuthUser {
 }
 
 impl AuthUser {
+    /// The user, shared (no copy).
+    pub fn shared_user(&self) -> Arc<User> {
+        Arc::clone(&self.user)
+    }
+
     pub fn user(&self) -> &User {
         &self.user
     }

@@ -14,6 +14,7 @@ use hyper::http::request::Parts;
 use super::body::{read_fields, Fields};
 use super::error::ApiError;
 use crate::app::App;
+use crate::domain::audit::Origin;
 
 pub struct RequestContext {
     pub app: Arc<App>,
@@ -53,6 +54,22 @@ impl RequestContext {
             Duration::from_secs(settings.server.header_timeout_secs),
         )
         .await
+    }
+
+    /// Who and where this request is from, for its audit events: `actor_id`
+    /// the authenticated user (if any), the client address as
+    /// [`RequestContext::client_ip`] reads it, the `User-Agent`.
+    pub fn origin(&self, actor_id: Option<&str>) -> Origin {
+        let user_agent = self
+            .parts
+            .headers
+            .get(hyper::header::USER_AGENT)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()));
+        Origin::new(
+            actor_id,
+            Some(self.client_ip().to_string()),
+            user_agent.as_deref(),
+        )
     }
 
     /// The `{id}` path segment (empty on routes without one, which never ask).

@@ -243,5 +243,11 @@ async fn purge_expired(app: Arc<App>) {
             Ok(removed) => tracing::info!(removed, "purged expired sessions and revocations"),
             Err(error) => tracing::warn!(%error, "purging expired sessions and revocations failed"),
         }
+        let retention_days = app.settings.audit.retention_days;
+        match app.store.purge_audit(unix_now(), retention_days).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, retention_days, "purged old audit events"),
+            Err(error) => tracing::warn!(%error, "purging old audit events failed"),
+        }
     }
 }

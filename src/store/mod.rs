@@ -22,11 +22,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::config::Settings;
+use crate::domain::audit::{self, Action, Event, FailureBudget, Origin};
 use crate::domain::mail_token::{MailTokenKind, PendingToken, PresentedMailToken};
 use crate::domain::session::{Presentation, PresentedToken, RefreshKeys, Session, SessionPolicy};
 use crate::domain::signing::{KeySet, StoredKey};
 use crate::domain::throttle::{LoginThrottle, RetryAfter, SharedKeys, ThrottleLimits};
 use crate::domain::token::LEEWAY_SECS;
+pub use crate::domain::user::UserPatch;
 use crate::domain::user::{Role, User};
 
 pub use self::postgres::{Counter, PgStore};
@@ -57,31 +59,6 @@ pub enum StoreError {
 enum PerAddress {
     Registrations,
     MailRequests,
-}
-
-/// A change to a user; `None` leaves a field as it is.
-#[derive(Debug, Default, Clone)]
-pub struct UserPatch {
-    pub name: Option<String>,
-    /// Already normalized.
-    pub email: Option<String>,
-    pub role: Option<Role>,
-    /// A new bcrypt hash; setting it bumps the password version, which
-    /// revokes every token issued before.
-    pub password_hash: Option<String>,
-    /// Set by an admin. Left `None`, a change of the email (to a different
-    /// address) makes it false: the new address is not yet confirmed.
-    pub email_verified: Option<bool>,
-}
-
-impl UserPatch {
-    pub fn is_empty(&self) -> bool {
-        self.name.is_none()
-            && self.email.is_none()
-            && self.role.is_none()
-            && self.password_hash.is_none()
-            && self.email_verified.is_none()
-    }
 }
 
 /// The outcome of presenting a refresh token ([`Store::refresh`]).
@@ -123,12 +100,17 @@ pub enum Store {
     Sled {
         db: SledStore,
         throttle: Arc<LoginThrottle>,
+        /// The per-minute budgets of `login_failed` and `login_throttled`
+        /// events (this process is the only one writing the database).
+        budgets: Arc<[FailureBudget; 2]>,
     },
     Postgres {
         db: PgStore,
         limits: ThrottleLimits,
         /// Derived from `auth.secret`, which every instance shares.
         keys: SharedKeys,
+        /// `audit.max_failures_per_minute`, counted in the database.
+        failures_per_minute: u64,
     },
 }
 
@@ -137,6 +119,7 @@ impl Store {
     /// (connecting and migrating), else sled in `data_dir`.
     pub async fn open(settings: &Settings) -> Result<Store, StoreError> {
         let limits = ThrottleLimits::from(&settings.limits);
+        let failures_per_minute = settings.audit.max_failures_per_minute;
         match &settings.store.url {
             Some(url) => {
                 // Settings validation requires the secret with store.url.
@@ -148,11 +131,16 @@ impl Store {
                     db: PgStore::connect(url.expose()).await?,
                     limits,
                     keys: SharedKeys::new(secret.expose().as_bytes()),
+                    failures_per_minute,
                 })
             }
             None => Ok(Store::Sled {
                 db: SledStore::open(&settings.database_dir())?,
                 throttle: Arc::new(LoginThrottle::new(limits)),
+                budgets: Arc::new([
+                    FailureBudget::new(failures_per_minute),
+                    FailureBudget::new(failures_per_minute),
+                ]),
             }),
         }
     }
@@ -193,38 +181,47 @@ impl Store {
         }
     }
 
-    /// Adds a user; `EmailTaken` if its email is in use, whatever other
-    /// requests race for it.
-    pub async fn insert_user(&self, user: User) -> Result<User, StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.insert_user(user).await,
-            Store::Postgres { db, .. } => db.insert_user(user).await,
-        }
+    /// Adds a user, with `events`; `EmailTaken` if its email is in use,
+    /// whatever other requests race for it.
+    pub async fn insert_user(&self, user: User, events: Vec<Event>) -> Result<User, StoreError> {
+        let inserted = match self {
+            Store::Sled { db, .. } => db.insert_user(user, events.clone()).await,
+            Store::Postgres { db, .. } => db.insert_user(user, events.clone()).await,
+        }?;
+        log_events(&events);
+        Ok(inserted)
     }
 
     /// Applies `patch` to the user `id` and returns the result; a new
     /// password hash bumps the password version. `NotFound`, `EmailTaken`,
     /// `LastAdmin` when it demotes the only admin (decided atomically: two
-    /// admins demoting each other at once leave one).
+    /// admins demoting each other at once leave one). `events` (see
+    /// `audit::user_changes`) are written with the change.
     pub async fn update_user(
         &self,
         id: &str,
         patch: UserPatch,
         now: u64,
+        events: Vec<Event>,
     ) -> Result<User, StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.update_user(id, patch, now).await,
-            Store::Postgres { db, .. } => db.update_user(id, patch, now).await,
-        }
+        let updated = match self {
+            Store::Sled { db, .. } => db.update_user(id, patch, now, events.clone()).await,
+            Store::Postgres { db, .. } => db.update_user(id, patch, now, events.clone()).await,
+        }?;
+        log_events(&events);
+        Ok(updated)
     }
 
-    /// Removes the user and frees its email; returns the removed user.
-    /// `LastAdmin` if it is the only admin (atomically, as for updates).
-    pub async fn delete_user(&self, id: &str) -> Result<User, StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.delete_user(id).await,
-            Store::Postgres { db, .. } => db.delete_user(id).await,
-        }
+    /// Removes the user and frees its email, with `events`; returns the
+    /// removed user. `LastAdmin` if it is the only admin (atomically, as for
+    /// updates).
+    pub async fn delete_user(&self, id: &str, events: Vec<Event>) -> Result<User, StoreError> {
+        let deleted = match self {
+            Store::Sled { db, .. } => db.delete_user(id, events.clone()).await,
+            Store::Postgres { db, .. } => db.delete_user(id, events.clone()).await,
+        }?;
+        log_events(&events);
+        Ok(deleted)
     }
 
     /// Creates an admin, or makes the user with this email an admin with this
@@ -238,6 +235,7 @@ impl Store {
         password_hash: String,
         now: u64,
     ) -> Result<(User, bool), StoreError> {
+        let origin = Origin::console();
         match self.user_by_email(&email).await? {
             Some(existing) => {
                 let patch = UserPatch {
@@ -247,12 +245,21 @@ impl Store {
                     email_verified: Some(true),
                     ..UserPatch::default()
                 };
-                Ok((self.update_user(&existing.id, patch, now).await?, false))
+                let events = audit::user_changes(&existing, &patch, &origin, now)
+                    .into_iter()
+                    .map(|e| e.with("via", "command line"))
+                    .collect();
+                let user = self.update_user(&existing.id, patch, now, events).await?;
+                Ok((user, false))
             }
             None => {
                 let mut user = User::new(name, email, Role::Admin, password_hash, now);
                 user.email_verified = true;
-                Ok((self.insert_user(user).await?, true))
+                let event = Event::new(Action::UserCreated, Some(&user.id), &origin, now)
+                    .with("email", user.email.as_str())
+                    .with("role", "admin")
+                    .with("via", "command line");
+                Ok((self.insert_user(user, vec![event]).await?, true))
             }
         }
     }
@@ -261,11 +268,19 @@ impl Store {
     /// at most [`MAX_SESSIONS_PER_USER`]: the oldest beyond it end, so that
     /// signing in over and over (which needs only the password) cannot
     /// grow the store, or a listing, without bound.
-    pub async fn insert_session(&self, session: Session) -> Result<(), StoreError> {
+    /// `events` are written with it.
+    pub async fn insert_session(
+        &self,
+        session: Session,
+        events: Vec<Event>,
+    ) -> Result<(), StoreError> {
+        let keep = MAX_SESSIONS_PER_USER;
         match self {
-            Store::Sled { db, .. } => db.insert_session(session, MAX_SESSIONS_PER_USER).await,
-            Store::Postgres { db, .. } => db.insert_session(session, MAX_SESSIONS_PER_USER).await,
-        }
+            Store::Sled { db, .. } => db.insert_session(session, keep, events.clone()).await,
+            Store::Postgres { db, .. } => db.insert_session(session, keep, events.clone()).await,
+        }?;
+        log_events(&events);
+        Ok(())
     }
 
     /// The session `id` with its user, alive or not (the caller decides with
@@ -290,13 +305,18 @@ impl Store {
     /// presentations of one token, on any number of instances, exactly one
     /// rotates, and the others find it spent within the window), answers
     /// the current token again within `policy.reuse_secs` of its
-    /// rotation, and ends the session on reuse after that.
+    /// rotation, and ends the session on reuse after that. A rotation is
+    /// recorded as `refresh` (the user as actor), a reuse as
+    /// `refresh_token_reused` (no actor: the thief or the victim), each from
+    /// `origin`; an answer within the window changes nothing and records
+    /// nothing.
     pub async fn refresh(
         &self,
         presented: &PresentedToken,
         keys: &RefreshKeys,
         policy: &SessionPolicy,
         now: u64,
+        origin: &Origin,
     ) -> Result<Refresh, StoreError> {
         for _ in 0..ROTATION_ATTEMPTS {
             let Some((session, user)) = self.session_and_user(&presented.session_id).await? else {
@@ -313,7 +333,17 @@ impl Store {
                 Presentation::Current => {
                     let (next, refresh_token) =
                         session.rotated(keys, policy, now).map_err(corrupt)?;
-                    if self.replace_session(&session, next.clone()).await? {
+                    let event = Event::new(
+                        Action::Refresh,
+                        Some(&session.user_id),
+                        &origin.by(&session.user_id),
+                        now,
+                    )
+                    .with("session_id", session.id.as_str());
+                    if self
+                        .replace_session(&session, next.clone(), vec![event])
+                        .await?
+                    {
                         return Ok(Refresh::Granted {
                             session: next,
                             user,
@@ -331,7 +361,14 @@ impl Store {
                     });
                 }
                 Presentation::Reused => {
-                    let ended = self.end_session(&session.id).await?;
+                    let event = Event::new(
+                        Action::RefreshTokenReused,
+                        Some(&session.user_id),
+                        origin,
+                        now,
+                    )
+                    .with("session_id", session.id.as_str());
+                    let ended = self.end_session(&session.id, vec![event]).await?;
                     return Ok(Refresh::Reused {
                         session: ended.unwrap_or_else(|| Session::clone(&session)),
                     });
@@ -344,32 +381,57 @@ impl Store {
         ))
     }
 
-    async fn replace_session(&self, current: &Session, next: Session) -> Result<bool, StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.replace_session(current, next).await,
-            Store::Postgres { db, .. } => db.replace_session(current, next).await,
+    async fn replace_session(
+        &self,
+        current: &Session,
+        next: Session,
+        events: Vec<Event>,
+    ) -> Result<bool, StoreError> {
+        let replaced = match self {
+            Store::Sled { db, .. } => db.replace_session(current, next, events.clone()).await,
+            Store::Postgres { db, .. } => db.replace_session(current, next, events.clone()).await,
+        }?;
+        if replaced {
+            log_events(&events);
         }
+        Ok(replaced)
     }
 
-    /// Ends the session `id`; returns it if it was stored.
-    pub async fn end_session(&self, id: &str) -> Result<Option<Session>, StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.end_session(id).await,
-            Store::Postgres { db, .. } => db.end_session(id).await,
+    /// Ends the session `id`; returns it if it was stored. `events` are
+    /// written only if it was.
+    pub async fn end_session(
+        &self,
+        id: &str,
+        events: Vec<Event>,
+    ) -> Result<Option<Session>, StoreError> {
+        let ended = match self {
+            Store::Sled { db, .. } => db.end_session(id, events.clone()).await,
+            Store::Postgres { db, .. } => db.end_session(id, events.clone()).await,
+        }?;
+        if ended.is_some() {
+            log_events(&events);
         }
+        Ok(ended)
     }
 
     /// Ends every session of `user_id` except `except`; returns those ended
-    /// (alive or not).
+    /// (alive or not). `events` are written only if one was.
     pub async fn end_user_sessions(
         &self,
         user_id: &str,
         except: Option<&str>,
+        events: Vec<Event>,
     ) -> Result<Vec<Session>, StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.end_user_sessions(user_id, except).await,
-            Store::Postgres { db, .. } => db.end_user_sessions(user_id, except).await,
+        let ended = match self {
+            Store::Sled { db, .. } => db.end_user_sessions(user_id, except, events.clone()).await,
+            Store::Postgres { db, .. } => {
+                db.end_user_sessions(user_id, except, events.clone()).await
+            }
+        }?;
+        if !ended.is_empty() {
+            log_events(&events);
         }
+        Ok(ended)
     }
 
     /// Keeps `pending` as the last mail token of `kind` sent to `user_id`,
@@ -377,19 +439,30 @@ impl Store {
     /// `pending.sent_at` (0: always written, a newer token supersedes), or
     /// the user is gone or no longer has `pending.email` (an email change
     /// raced the mail): then `false`, nothing written, no mail to send.
+    /// `events` are written only with the token.
     pub async fn put_mail_token(
         &self,
         user_id: &str,
         kind: MailTokenKind,
         pending: PendingToken,
         resend_secs: u64,
+        events: Vec<Event>,
     ) -> Result<bool, StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.put_mail_token(user_id, kind, pending, resend_secs).await,
-            Store::Postgres { db, .. } => {
-                db.put_mail_token(user_id, kind, pending, resend_secs).await
+        let logged = events.clone();
+        let stored = match self {
+            Store::Sled { db, .. } => {
+                db.put_mail_token(user_id, kind, pending, resend_secs, events)
+                    .await
             }
+            Store::Postgres { db, .. } => {
+                db.put_mail_token(user_id, kind, pending, resend_secs, events)
+                    .await
+            }
+        }?;
+        if stored {
+            log_events(&logged);
         }
+        Ok(stored)
     }
 
     /// Whether `presented` would be accepted now: a read, so that a route
@@ -409,17 +482,24 @@ impl Store {
     /// Spends the mail token `presented`, if its record accepts it for the
     /// user as stored (unused, unexpired, same address, and for a reset the
     /// same password), applying `change` to the user in the same atomic
-    /// write; returns the changed user, or `None` (nothing written).
+    /// write, with `events`; returns the changed user, or `None` (nothing
+    /// written).
     pub async fn use_mail_token(
         &self,
         presented: PresentedMailToken,
         now: u64,
         change: impl Fn(&mut User) + Send + Sync + 'static,
+        events: Vec<Event>,
     ) -> Result<Option<User>, StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.use_mail_token(presented, now, change).await,
-            Store::Postgres { db, .. } => db.use_mail_token(presented, now, change).await,
+        let logged = events.clone();
+        let used = match self {
+            Store::Sled { db, .. } => db.use_mail_token(presented, now, change, events).await,
+            Store::Postgres { db, .. } => db.use_mail_token(presented, now, change, events).await,
+        }?;
+        if used.is_some() {
+            log_events(&logged);
         }
+        Ok(used)
     }
 
     /// Every stored session of `user_id`, alive or not yet purged.
@@ -430,11 +510,87 @@ impl Store {
         }
     }
 
-    /// Records a logged-out token until its expiry.
-    pub async fn revoke(&self, jti: &str, expires_at: u64) -> Result<(), StoreError> {
+    /// Records a logged-out token until its expiry, with `events`.
+    pub async fn revoke(
+        &self,
+        jti: &str,
+        expires_at: u64,
+        events: Vec<Event>,
+    ) -> Result<(), StoreError> {
         match self {
-            Store::Sled { db, .. } => db.revoke(jti, expires_at).await,
-            Store::Postgres { db, .. } => db.revoke(jti, expires_at).await,
+            Store::Sled { db, .. } => db.revoke(jti, expires_at, events.clone()).await,
+            Store::Postgres { db, .. } => db.revoke(jti, expires_at, events.clone()).await,
+        }?;
+        log_events(&events);
+        Ok(())
+    }
+
+    /// Records `event`, which goes with no change (a failed or throttled
+    /// login). An event of a capped action (`Action::is_capped`) is stored
+    /// only within `audit.max_failures_per_minute` of its kind a minute (on
+    /// every instance together, on PostgreSQL); the next one stored after
+    /// some were dropped says how many in `detail.suppressed`. Dropped
+    /// events are not logged either: a flood would fill the log instead.
+    pub async fn record(&self, event: Event, now: u64) -> Result<(), StoreError> {
+        let mut event = event;
+        if !event.action.is_capped() {
+            match self {
+                Store::Sled { db, .. } => db.record(vec![event.clone()]).await,
+                Store::Postgres { db, .. } => db.record(vec![event.clone()]).await,
+            }?;
+            event.log();
+            return Ok(());
+        }
+        let suppressed = match self {
+            Store::Sled { db, budgets, .. } => {
+                let budget = &budgets[usize::from(event.action == Action::LoginThrottled)];
+                let Some(suppressed) = budget.admit(now) else {
+                    return Ok(());
+                };
+                if suppressed > 0 {
+                    event = event.with("suppressed", suppressed);
+                }
+                if let Err(error) = db.record(vec![event.clone()]).await {
+                    budget.restore(suppressed);
+                    return Err(error);
+                }
+                suppressed
+            }
+            Store::Postgres {
+                db,
+                failures_per_minute,
+                ..
+            } => match db.record_capped(&event, now, *failures_per_minute).await? {
+                Some(suppressed) => suppressed,
+                None => return Ok(()),
+            },
+        };
+        if suppressed > 0 && !event.detail.contains_key("suppressed") {
+            event = event.with("suppressed", suppressed);
+        }
+        event.log();
+        Ok(())
+    }
+
+    /// A page of the audit log (newest first) and whether more follow.
+    pub async fn audit_events(
+        &self,
+        query: &audit::Query,
+    ) -> Result<(Vec<Event>, bool), StoreError> {
+        match self {
+            Store::Sled { db, .. } => db.audit_events(query).await,
+            Store::Postgres { db, .. } => db.audit_events(query).await,
+        }
+    }
+
+    /// Deletes the audit events older than `retention_days` before `now`.
+    /// Returns how many.
+    pub async fn purge_audit(&self, now: u64, retention_days: u64) -> Result<usize, StoreError> {
+        let cut_off_secs = now.saturating_sub(retention_days.saturating_mul(86_400));
+        let cut_off = audit::first_id_at(cut_off_secs.saturating_mul(1000));
+        match self {
+            Store::Sled { db, .. } => db.purge_audit(cut_off).await,
+            Store::Postgres { db, .. } => db.purge_audit(cut_off).await,
         }
     }
 
@@ -499,7 +655,9 @@ impl Store {
         };
         let verdict = match self {
             Store::Sled { throttle, .. } => throttle.begin(email, client),
-            Store::Postgres { db, limits, keys } => {
+            Store::Postgres {
+                db, limits, keys, ..
+            } => {
                 // The address's counter guards the account's as well: the
                 // account key names the address too.
                 let address = keys.address(client);
@@ -568,7 +726,9 @@ impl Store {
                 PerAddress::Registrations => throttle.count_registration(client),
                 PerAddress::MailRequests => throttle.count_mail_request(client),
             }),
-            Store::Postgres { db, limits, keys } => {
+            Store::Postgres {
+                db, limits, keys, ..
+            } => {
                 let (key, limit) = match budget {
                     PerAddress::Registrations => (keys.registrations(client), limits.registrations),
                     PerAddress::MailRequests => (keys.mail_requests(client), limits.mail_requests),
@@ -596,16 +756,24 @@ impl Store {
     /// Replaces the key set with `keys` if it is still at version
     /// `expected` (`None`: no set yet), atomically, whatever other instances
     /// on the same database write; the new set's version is one more. False
-    /// if another write came first: read again and decide again.
+    /// if another write came first: read again and decide again. `events`
+    /// are written only with the new set.
     pub async fn swap_signing_keys(
         &self,
         expected: Option<u64>,
         keys: Vec<StoredKey>,
+        events: Vec<Event>,
     ) -> Result<bool, StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.swap_signing_keys(expected, keys).await,
-            Store::Postgres { db, .. } => db.swap_signing_keys(expected, keys).await,
+        let swapped = match self {
+            Store::Sled { db, .. } => db.swap_signing_keys(expected, keys, events.clone()).await,
+            Store::Postgres { db, .. } => {
+                db.swap_signing_keys(expected, keys, events.clone()).await
+            }
+        }?;
+        if swapped {
+            log_events(&events);
         }
+        Ok(swapped)
     }
 
     /// Answers if the store can be read and, on sled, no write has failed
@@ -628,6 +796,13 @@ impl Store {
     }
 }
 
+/// Each event written is also one log line, once its write is durable.
+fn log_events(events: &[Event]) {
+    for event in events {
+        event.log();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,14 +821,18 @@ mod tests {
             throttle: Arc::new(LoginThrottle::new(ThrottleLimits::from(
                 &LimitSettings::default(),
             ))),
+            budgets: Arc::new([FailureBudget::new(600), FailureBudget::new(600)]),
         }
     }
 
     async fn session(store: &Store, keys: &RefreshKeys, now: u64) -> (Session, String) {
         let user = User::new("N".into(), "n@x.io".into(), Role::User, "h".into(), now);
-        let user = store.insert_user(user).await.unwrap();
+        let user = store.insert_user(user, Vec::new()).await.unwrap();
         let (session, token) = Session::start(keys, &POLICY, &user.id, 0, Client::default(), now);
-        store.insert_session(session.clone()).await.unwrap();
+        store
+            .insert_session(session.clone(), Vec::new())
+            .await
+            .unwrap();
         (session, token)
     }
 
@@ -671,7 +850,9 @@ mod tests {
         for _ in 0..16 {
             let (store, keys, presented) = (store.clone(), keys.clone(), presented.clone());
             tasks.push(tokio::spawn(async move {
-                store.refresh(&presented, &keys, &POLICY, 101).await
+                store
+                    .refresh(&presented, &keys, &POLICY, 101, &Origin::default())
+                    .await
             }));
         }
         let mut successors = std::collections::BTreeSet::new();
@@ -690,13 +871,16 @@ mod tests {
         assert_eq!(stored.current_token(&keys).unwrap(), successor);
         // After the window, the first token is reuse: the session ends.
         let late = store
-            .refresh(&presented, &keys, &POLICY, 112)
+            .refresh(&presented, &keys, &POLICY, 112, &Origin::default())
             .await
             .unwrap();
         assert!(matches!(late, Refresh::Reused { .. }), "{late:?}");
         assert!(store.session_and_user(&session.id).await.unwrap().is_none());
         let next = keys.parse(&successor).unwrap();
-        let after = store.refresh(&next, &keys, &POLICY, 113).await.unwrap();
+        let after = store
+            .refresh(&next, &keys, &POLICY, 113, &Origin::default())
+            .await
+            .unwrap();
         assert!(matches!(after, Refresh::Refused), "{after:?}");
     }
 }

@@ -34,6 +34,7 @@ use uuid::Uuid;
 use super::{StoreError, UserPatch};
 use std::sync::Arc;
 
+use crate::domain::audit::{self, Action, Event};
 use crate::domain::mail_token::{MailTokenKind, PendingToken, PresentedMailToken};
 use crate::domain::session::Session;
 use crate::domain::signing::{KeySet, StoredKey};
@@ -188,10 +189,80 @@ const MIGRATIONS: &[(i32, &str)] = &[
             PRIMARY KEY (user_id, kind)
         );",
     ),
+    // The audit log (domain::audit). Ids are UUIDv7s: the primary key lists
+    // events in time order, and the retention purge deletes by id. Events
+    // outlive their user (no foreign key). `gatehouse_audit_rows` reads a
+    // JSON array of events (one parameter whatever their number), which the
+    // writes insert in the same statement as their change;
+    // `gatehouse_audit_budget` holds, per capped action, the minute, the
+    // events stored in it and those dropped since the last stored one, for
+    // `gatehouse_record_capped`. (`at` is the event's `time`, a word
+    // PostgreSQL keeps for the type.)
+    (
+        8,
+        "CREATE TABLE IF NOT EXISTS gatehouse_audit (
+            id UUID PRIMARY KEY,
+            at TEXT NOT NULL,
+            action TEXT NOT NULL,
+            user_id TEXT,
+            actor_id TEXT,
+            ip TEXT,
+            user_agent TEXT,
+            detail TEXT NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS gatehouse_audit_user ON gatehouse_audit (user_id, id);
+        CREATE INDEX IF NOT EXISTS gatehouse_audit_action ON gatehouse_audit (action, id);
+        CREATE TABLE IF NOT EXISTS gatehouse_audit_budget (
+            action TEXT PRIMARY KEY,
+            minute BIGINT NOT NULL,
+            stored BIGINT NOT NULL,
+            dropped BIGINT NOT NULL
+        );
+        CREATE OR REPLACE FUNCTION gatehouse_audit_rows(events TEXT)
+        RETURNS TABLE (id UUID, at TEXT, action TEXT, user_id TEXT, actor_id TEXT, ip TEXT,
+                       user_agent TEXT, detail TEXT)
+        LANGUAGE sql IMMUTABLE AS $$
+            SELECT e.id, e.at, e.action, e.user_id, e.actor_id, e.ip, e.user_agent, e.detail
+            FROM jsonb_to_recordset(events::jsonb) AS e(id UUID, at TEXT, action TEXT,
+                user_id TEXT, actor_id TEXT, ip TEXT, user_agent TEXT, detail TEXT)
+        $$;
+        CREATE OR REPLACE FUNCTION gatehouse_record_capped(
+            events TEXT, capped_action TEXT, this_minute BIGINT, per_minute BIGINT
+        ) RETURNS BIGINT LANGUAGE plpgsql AS $$
+        DECLARE
+            budget gatehouse_audit_budget%ROWTYPE;
+            minute_now BIGINT;
+            stored_now BIGINT;
+        BEGIN
+            INSERT INTO gatehouse_audit_budget (action, minute, stored, dropped)
+            VALUES (capped_action, this_minute, 0, 0) ON CONFLICT (action) DO NOTHING;
+            SELECT * INTO budget FROM gatehouse_audit_budget
+            WHERE action = capped_action FOR UPDATE;
+            -- An instance whose clock is behind counts in the newest minute.
+            minute_now := GREATEST(this_minute, budget.minute);
+            stored_now := CASE WHEN minute_now = budget.minute THEN budget.stored ELSE 0 END;
+            IF stored_now >= per_minute THEN
+                UPDATE gatehouse_audit_budget SET minute = minute_now, stored = stored_now,
+                    dropped = budget.dropped + 1
+                WHERE action = capped_action;
+                RETURN -1;
+            END IF;
+            UPDATE gatehouse_audit_budget SET minute = minute_now, stored = stored_now + 1,
+                dropped = 0
+            WHERE action = capped_action;
+            INSERT INTO gatehouse_audit
+            SELECT r.id, r.at, r.action, r.user_id, r.actor_id, r.ip, r.user_agent,
+                CASE WHEN budget.dropped > 0
+                    THEN (r.detail::jsonb || jsonb_build_object('suppressed', budget.dropped))::text
+                    ELSE r.detail END
+            FROM gatehouse_audit_rows(events) AS r;
+            RETURN budget.dropped;
+        END $$;",
+    ),
 ];
 
 /// The version the last migration records.
-const SCHEMA_VERSION: i32 = 7;
+const SCHEMA_VERSION: i32 = 8;
 
 // Every statement's text is a `&'static str` (the column lists are macros so
 // that `concat!` can build them in), prepared once per pooled connection by
@@ -207,6 +278,19 @@ macro_rules! session_columns {
     () => {
         "id, user_id, created_at, last_used_at, expires_at, user_agent, ip,
          password_version, generation, spent_at, refresh_hash"
+    };
+}
+
+/// The audit events (parameter `$n`, a JSON array, see
+/// [`events_param`]) of a change made by the statement's `changed` CTE,
+/// inserted only if it changed a row.
+macro_rules! log_if_changed {
+    ($n:literal) => {
+        concat!(
+            "INSERT INTO gatehouse_audit SELECT * FROM gatehouse_audit_rows($",
+            $n,
+            ") WHERE EXISTS (SELECT 1 FROM changed)"
+        )
     };
 }
 
@@ -231,12 +315,13 @@ const LIST_USERS: &str = concat!(
 // An email change also deletes the user's mail tokens: links sent to the old
 // address die with it, and do not come back if the address does. (The CTE
 // sees the email before the update; a refused update undoes the delete.)
+// Its events ($8) are inserted in the same statement, if a row changed.
 const UPDATE_USER: &str = concat!(
     "WITH forgotten AS (
         DELETE FROM gatehouse_mail_tokens
         WHERE user_id = $1 AND $3::text IS NOT NULL
           AND $3::text <> (SELECT email FROM gatehouse_users WHERE id = $1)
-    )
+    ), changed AS (
     UPDATE gatehouse_users SET
         name = COALESCE($2, name),
         email = COALESCE($3, email),
@@ -248,7 +333,10 @@ const UPDATE_USER: &str = concat!(
         updated_at = $6
      WHERE id = $1
      RETURNING ",
-    user_columns!()
+    user_columns!(),
+    "), logged AS (",
+    log_if_changed!(8),
+    ") SELECT * FROM changed"
 );
 const USER_FOR_UPDATE: &str = concat!(
     "SELECT ",
@@ -258,11 +346,15 @@ const USER_FOR_UPDATE: &str = concat!(
 const SET_USER_AFTER_MAIL_TOKEN: &str = "UPDATE gatehouse_users SET password_hash = $2,
     password_version = $3, email_verified = $4, updated_at = $5 WHERE id = $1";
 const DELETE_USER: &str = concat!(
-    "DELETE FROM gatehouse_users WHERE id = $1 RETURNING ",
-    user_columns!()
+    "WITH changed AS (DELETE FROM gatehouse_users WHERE id = $1 RETURNING ",
+    user_columns!(),
+    "), logged AS (",
+    log_if_changed!(2),
+    ") SELECT * FROM changed"
 );
 const INSERT_SESSION: &str = concat!(
-    "INSERT INTO gatehouse_sessions (",
+    "WITH logged AS (INSERT INTO gatehouse_audit SELECT * FROM gatehouse_audit_rows($12))
+     INSERT INTO gatehouse_sessions (",
     session_columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 );
@@ -274,14 +366,37 @@ const SESSION_AND_USER: &str = "SELECT u.id, u.name, u.email, u.role, u.password
      s.spent_at, s.refresh_hash
      FROM gatehouse_sessions s JOIN gatehouse_users u ON u.id = s.user_id WHERE s.id = $1";
 const END_SESSION: &str = concat!(
-    "DELETE FROM gatehouse_sessions WHERE id = $1 RETURNING ",
-    session_columns!()
+    "WITH changed AS (DELETE FROM gatehouse_sessions WHERE id = $1 RETURNING ",
+    session_columns!(),
+    "), logged AS (",
+    log_if_changed!(2),
+    ") SELECT * FROM changed"
 );
 const END_USER_SESSIONS: &str = concat!(
-    "DELETE FROM gatehouse_sessions WHERE user_id = $1 AND ($2::uuid IS NULL OR id <> $2)
-     RETURNING ",
-    session_columns!()
+    "WITH changed AS (
+        DELETE FROM gatehouse_sessions WHERE user_id = $1 AND ($2::uuid IS NULL OR id <> $2)
+        RETURNING ",
+    session_columns!(),
+    "), logged AS (",
+    log_if_changed!(3),
+    ") SELECT * FROM changed"
 );
+/// Pages of the audit log, newest first, by filter: the primary key, or the
+/// index of the user or of the action (both filters: the user's index).
+macro_rules! audit_page {
+    ($where:literal) => {
+        concat!(
+            "SELECT id, at, action, user_id, actor_id, ip, user_agent, detail
+             FROM gatehouse_audit WHERE ",
+            $where,
+            " ORDER BY id DESC LIMIT $1"
+        )
+    };
+}
+const AUDIT_PAGE: &str = audit_page!("id < $2");
+const AUDIT_PAGE_OF_USER: &str = audit_page!("id < $2 AND user_id = $3");
+const AUDIT_PAGE_OF_ACTION: &str = audit_page!("id < $2 AND action = $3");
+const AUDIT_PAGE_OF_USER_AND_ACTION: &str = audit_page!("id < $2 AND user_id = $3 AND action = $4");
 const SESSIONS_OF: &str = concat!(
     "SELECT ",
     session_columns!(),
@@ -426,15 +541,19 @@ impl PgStore {
         Ok((users, more))
     }
 
-    pub async fn insert_user(&self, user: User) -> Result<User, StoreError> {
+    pub async fn insert_user(&self, user: User, events: Vec<Event>) -> Result<User, StoreError> {
         let id = parse_id(&user.id)?;
         let stored = user.clone();
+        let events = events_param(&events);
         self.run(|client| {
             let user = stored.clone();
+            let events = events.clone();
             async move {
                 let statement = client
                     .prepare_cached(
-                        "INSERT INTO gatehouse_users (id, name, email, role, password_hash,
+                        "WITH logged AS (
+                            INSERT INTO gatehouse_audit SELECT * FROM gatehouse_audit_rows($10))
+                         INSERT INTO gatehouse_users (id, name, email, role, password_hash,
                          password_version, created_at, updated_at, email_verified)
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                     )
@@ -452,6 +571,7 @@ impl PgStore {
                             &to_i64(user.created_at),
                             &to_i64(user.updated_at),
                             &user.email_verified,
+                            &events,
                         ],
                     )
                     .await?;
@@ -467,19 +587,21 @@ impl PgStore {
         id: &str,
         patch: UserPatch,
         now: u64,
+        events: Vec<Event>,
     ) -> Result<User, StoreError> {
         let Some(id) = issued_id(id) else {
             return Err(StoreError::NotFound);
         };
+        let events = events_param(&events);
         // Only a change to `user` can demote; only then are the admins locked.
         let demotes = patch.role == Some(Role::User);
         let outcome = self
             .run(|client| {
-                let patch = patch.clone();
+                let (patch, events) = (patch.clone(), events.clone());
                 async move {
                     let name = patch.name.as_ref().map(|n| n.as_bytes().to_vec());
                     let role = patch.role.map(role_text);
-                    let params: [&(dyn ToSql + Sync); 7] = [
+                    let params: [&(dyn ToSql + Sync); 8] = [
                         &id,
                         &name,
                         &patch.email,
@@ -487,6 +609,7 @@ impl PgStore {
                         &patch.password_hash,
                         &to_i64(now),
                         &patch.email_verified,
+                        &events,
                     ];
                     change_user(client, id, demotes, UPDATE_USER, &params).await
                 }
@@ -495,29 +618,41 @@ impl PgStore {
         user_from_row(&outcome?)
     }
 
-    pub async fn delete_user(&self, id: &str) -> Result<User, StoreError> {
+    pub async fn delete_user(&self, id: &str, events: Vec<Event>) -> Result<User, StoreError> {
         let Some(id) = issued_id(id) else {
             return Err(StoreError::NotFound);
         };
+        let events = events_param(&events);
         let outcome = self
-            .run(|client| async move { change_user(client, id, true, DELETE_USER, &[&id]).await })
+            .run(|client| {
+                let events = events.clone();
+                async move { change_user(client, id, true, DELETE_USER, &[&id, &events]).await }
+            })
             .await?;
         user_from_row(&outcome?)
     }
 
-    pub async fn revoke(&self, jti: &str, expires_at: u64) -> Result<(), StoreError> {
+    pub async fn revoke(
+        &self,
+        jti: &str,
+        expires_at: u64,
+        events: Vec<Event>,
+    ) -> Result<(), StoreError> {
         let jti = jti.replace('\0', "");
+        let events = events_param(&events);
         self.run(|client| {
-            let jti = jti.clone();
+            let (jti, events) = (jti.clone(), events.clone());
             async move {
                 let statement = client
                     .prepare_cached(
-                        "INSERT INTO gatehouse_revoked (jti, expires_at) VALUES ($1, $2)
+                        "WITH logged AS (
+                            INSERT INTO gatehouse_audit SELECT * FROM gatehouse_audit_rows($3))
+                         INSERT INTO gatehouse_revoked (jti, expires_at) VALUES ($1, $2)
                          ON CONFLICT (jti) DO NOTHING",
                     )
                     .await?;
                 client
-                    .execute(&statement, &[&jti, &to_i64(expires_at)])
+                    .execute(&statement, &[&jti, &to_i64(expires_at), &events])
                     .await?;
                 Ok(())
             }
@@ -574,49 +709,188 @@ impl PgStore {
         &self,
         expected: Option<u64>,
         keys: Vec<StoredKey>,
+        events: Vec<Event>,
     ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(&keys).map_err(|e| StoreError::Corrupt {
             key: "gatehouse_signing_keys".into(),
             reason: e.to_string(),
         })?;
+        let events = events_param(&events);
         let written = self
             .run(|client| {
-                let json = json.clone();
+                let (json, events) = (json.clone(), events.clone());
                 async move {
-                    match expected {
+                    let row = match expected {
                         None => {
                             client
-                                .execute(
-                                    "INSERT INTO gatehouse_signing_keys (id, version, keys)
-                                     VALUES (1, 1, $1) ON CONFLICT (id) DO NOTHING",
-                                    &[&json],
+                                .query_one(
+                                    concat!(
+                                        "WITH changed AS (
+                                            INSERT INTO gatehouse_signing_keys (id, version, keys)
+                                            VALUES (1, 1, $1) ON CONFLICT (id) DO NOTHING
+                                            RETURNING 1), logged AS (",
+                                        log_if_changed!(2),
+                                        ") SELECT count(*) FROM changed"
+                                    ),
+                                    &[&json, &events],
                                 )
-                                .await
+                                .await?
                         }
                         Some(version) => {
                             client
-                                .execute(
-                                    "UPDATE gatehouse_signing_keys SET version = $1 + 1, keys = $2
-                                     WHERE id = 1 AND version = $1",
-                                    &[&to_i64(version), &json],
+                                .query_one(
+                                    concat!(
+                                        "WITH changed AS (
+                                            UPDATE gatehouse_signing_keys
+                                            SET version = $1 + 1, keys = $2
+                                            WHERE id = 1 AND version = $1 RETURNING 1),
+                                         logged AS (",
+                                        log_if_changed!(3),
+                                        ") SELECT count(*) FROM changed"
+                                    ),
+                                    &[&to_i64(version), &json, &events],
                                 )
-                                .await
+                                .await?
                         }
-                    }
+                    };
+                    row.try_get::<_, i64>(0)
                 }
             })
             .await?;
         Ok(written == 1)
     }
 
+    /// Writes `events` alone (those that record no change).
+    pub async fn record(&self, events: Vec<Event>) -> Result<(), StoreError> {
+        let events = events_param(&events);
+        self.run(|client| {
+            let events = events.clone();
+            async move {
+                let statement = client
+                    .prepare_cached(
+                        "INSERT INTO gatehouse_audit SELECT * FROM gatehouse_audit_rows($1)",
+                    )
+                    .await?;
+                client.execute(&statement, &[&events]).await?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    /// Writes `event` (of a capped action) if fewer than `per_minute` of its
+    /// action were stored in `event`'s minute, by every instance together:
+    /// `gatehouse_record_capped` (migration 8) locks the action's budget row
+    /// for the moment of one statement. `Some(n)`: stored, with the `n`
+    /// dropped before it in `detail.suppressed`; `None`: dropped (counted).
+    pub async fn record_capped(
+        &self,
+        event: &Event,
+        now: u64,
+        per_minute: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let events = events_param(std::slice::from_ref(event));
+        let action = event.action.as_str();
+        let (minute, per_minute) = (to_i64(now / 60), to_i64(per_minute));
+        let outcome: i64 = self
+            .run(|client| {
+                let events = events.clone();
+                async move {
+                    let statement = client
+                        .prepare_cached("SELECT gatehouse_record_capped($1, $2, $3, $4)")
+                        .await?;
+                    client
+                        .query_one(&statement, &[&events, &action, &minute, &per_minute])
+                        .await?
+                        .try_get(0)
+                }
+            })
+            .await?;
+        Ok(u64::try_from(outcome).ok())
+    }
+
+    /// A page of the audit log, newest first, and whether more follow.
+    pub async fn audit_events(
+        &self,
+        query: &audit::Query,
+    ) -> Result<(Vec<Event>, bool), StoreError> {
+        let limit = i64::try_from(query.limit)
+            .unwrap_or(i64::MAX)
+            .saturating_add(1);
+        let before = query.before.unwrap_or(Uuid::max());
+        let (user_id, action) = (query.user_id.clone(), query.action.map(Action::as_str));
+        let rows = self
+            .run(|client| {
+                let user_id = user_id.clone();
+                async move {
+                    let (sql, user_id, action) = match (user_id, action) {
+                        (None, None) => (AUDIT_PAGE, None, None),
+                        (Some(user_id), None) => (AUDIT_PAGE_OF_USER, Some(user_id), None),
+                        (None, Some(action)) => (AUDIT_PAGE_OF_ACTION, None, Some(action)),
+                        (Some(user_id), Some(action)) => {
+                            (AUDIT_PAGE_OF_USER_AND_ACTION, Some(user_id), Some(action))
+                        }
+                    };
+                    let statement = client.prepare_cached(sql).await?;
+                    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&limit, &before];
+                    if let Some(user_id) = &user_id {
+                        params.push(user_id);
+                    }
+                    if let Some(action) = &action {
+                        params.push(action);
+                    }
+                    client.query(&statement, &params).await
+                }
+            })
+            .await?;
+        let more = rows.len() > query.limit;
+        let events = rows
+            .iter()
+            .take(query.limit)
+            .map(event_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((events, more))
+    }
+
+    /// Deletes the events made before `cut_off` (see `SledStore::purge_audit`),
+    /// a batch at a time so that no statement runs long. Returns how many.
+    pub async fn purge_audit(&self, cut_off: Uuid) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        loop {
+            let deleted = self
+                .run(|client| async move {
+                    let statement = client
+                        .prepare_cached(
+                            "DELETE FROM gatehouse_audit WHERE id IN (
+                                SELECT id FROM gatehouse_audit WHERE id < $1 ORDER BY id LIMIT $2)",
+                        )
+                        .await?;
+                    client
+                        .execute(&statement, &[&cut_off, &AUDIT_PURGE_BATCH])
+                        .await
+                })
+                .await?;
+            removed += usize::try_from(deleted).unwrap_or(usize::MAX);
+            if deleted < AUDIT_PURGE_BATCH as u64 {
+                return Ok(removed);
+            }
+        }
+    }
+
     /// Stores a new session of an existing user (`NotFound` otherwise, by
     /// the foreign key), ending its oldest ones beyond `keep` (the new one
     /// included; ids are UUIDv7s, so id order is creation order).
-    pub async fn insert_session(&self, session: Session, keep: usize) -> Result<(), StoreError> {
+    pub async fn insert_session(
+        &self,
+        session: Session,
+        keep: usize,
+        events: Vec<Event>,
+    ) -> Result<(), StoreError> {
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         let (id, user_id) = (parse_id(&session.id)?, parse_id(&session.user_id)?);
+        let events = events_param(&events);
         self.run(|client| {
-            let s = session.clone();
+            let (s, events) = (session.clone(), events.clone());
             async move {
                 let insert = client.prepare_cached(INSERT_SESSION).await?;
                 client
@@ -634,6 +908,7 @@ impl PgStore {
                             &to_i64(s.generation),
                             &spent_at(&s),
                             &s.refresh_hash.as_slice(),
+                            &events,
                         ],
                     )
                     .await?;
@@ -662,16 +937,18 @@ impl PgStore {
         kind: MailTokenKind,
         pending: PendingToken,
         resend_secs: u64,
+        events: Vec<Event>,
     ) -> Result<bool, StoreError> {
         let Some(id) = issued_id(user_id) else {
             return Err(StoreError::NotFound);
         };
+        let events = events_param(&events);
         self.run(|client| {
-            let pending = pending.clone();
+            let (pending, events) = (pending.clone(), events.clone());
             async move {
                 let statement = client
-                    .prepare_cached(
-                        "INSERT INTO gatehouse_mail_tokens AS t
+                    .prepare_cached(concat!(
+                        "WITH changed AS (INSERT INTO gatehouse_mail_tokens AS t
                             (user_id, kind, email, token_hash, password_version, sent_at, expires_at)
                          SELECT $1::uuid, $2::smallint, $3::text, $4::bytea, $5::bigint,
                                 $6::bigint, $7::bigint
@@ -681,8 +958,10 @@ impl PgStore {
                             password_version = EXCLUDED.password_version,
                             sent_at = EXCLUDED.sent_at, expires_at = EXCLUDED.expires_at
                          WHERE $8::bigint = 0 OR t.sent_at + $8::bigint <= EXCLUDED.sent_at
-                         RETURNING 1",
-                    )
+                         RETURNING 1), logged AS (",
+                        log_if_changed!(9),
+                        ") SELECT 1 FROM changed"
+                    ))
                     .await?;
                 let hash = pending.token_hash.map(|h| h.to_vec());
                 let written = client
@@ -697,6 +976,7 @@ impl PgStore {
                             &to_i64(pending.sent_at),
                             &to_i64(pending.expires_at),
                             &to_i64(resend_secs),
+                            &events,
                         ],
                     )
                     .await?;
@@ -715,14 +995,17 @@ impl PgStore {
         presented: PresentedMailToken,
         now: u64,
         change: impl Fn(&mut User) + Send + Sync + 'static,
+        events: Vec<Event>,
     ) -> Result<Option<User>, StoreError> {
         let Some(id) = issued_id(&presented.user_id) else {
             return Ok(None);
         };
         let change = Arc::new(change);
+        let events = events_param(&events);
         let outcome = self
             .run(|mut client| {
                 let (presented, change) = (presented.clone(), Arc::clone(&change));
+                let events = events.clone();
                 async move {
                     let transaction = client.transaction().await?;
                     let lock = transaction.prepare_cached(USER_FOR_UPDATE).await?;
@@ -781,6 +1064,12 @@ impl PgStore {
                         transaction.rollback().await?;
                         return Ok(Ok(None));
                     }
+                    let log = transaction
+                        .prepare_cached(
+                            "INSERT INTO gatehouse_audit SELECT * FROM gatehouse_audit_rows($1)",
+                        )
+                        .await?;
+                    transaction.execute(&log, &[&events]).await?;
                     transaction.commit().await?;
                     Ok(Ok(Some(user)))
                 }
@@ -846,22 +1135,28 @@ impl PgStore {
         &self,
         current: &Session,
         next: Session,
+        events: Vec<Event>,
     ) -> Result<bool, StoreError> {
         let id = parse_id(&next.id)?;
         let (generation, hash) = (to_i64(current.generation), current.refresh_hash);
-        let updated = self
+        let events = events_param(&events);
+        let updated: i64 = self
             .run(|client| {
-                let next = next.clone();
+                let (next, events) = (next.clone(), events.clone());
                 async move {
                     let statement = client
-                        .prepare_cached(
-                            "UPDATE gatehouse_sessions SET generation = $2, spent_at = $3,
-                                last_used_at = $4, refresh_hash = $5
-                             WHERE id = $1 AND generation = $6 AND refresh_hash = $7",
-                        )
+                        .prepare_cached(concat!(
+                            "WITH changed AS (
+                                UPDATE gatehouse_sessions SET generation = $2, spent_at = $3,
+                                    last_used_at = $4, refresh_hash = $5
+                                WHERE id = $1 AND generation = $6 AND refresh_hash = $7
+                                RETURNING 1), logged AS (",
+                            log_if_changed!(8),
+                            ") SELECT count(*) FROM changed"
+                        ))
                         .await?;
                     client
-                        .execute(
+                        .query_one(
                             &statement,
                             &[
                                 &id,
@@ -871,9 +1166,11 @@ impl PgStore {
                                 &next.refresh_hash.as_slice(),
                                 &generation,
                                 &hash.as_slice(),
+                                &events,
                             ],
                         )
-                        .await
+                        .await?
+                        .try_get(0)
                 }
             })
             .await?;
@@ -881,14 +1178,22 @@ impl PgStore {
     }
 
     /// Ends (deletes) the session `id`; returns it if it was there.
-    pub async fn end_session(&self, id: &str) -> Result<Option<Session>, StoreError> {
+    pub async fn end_session(
+        &self,
+        id: &str,
+        events: Vec<Event>,
+    ) -> Result<Option<Session>, StoreError> {
         let Some(id) = issued_id(id) else {
             return Ok(None);
         };
+        let events = events_param(&events);
         let row = self
-            .run(|client| async move {
-                let statement = client.prepare_cached(END_SESSION).await?;
-                client.query_opt(&statement, &[&id]).await
+            .run(|client| {
+                let events = events.clone();
+                async move {
+                    let statement = client.prepare_cached(END_SESSION).await?;
+                    client.query_opt(&statement, &[&id, &events]).await
+                }
             })
             .await?;
         row.map(|row| session_from_row(&row, 0)).transpose()
@@ -899,15 +1204,22 @@ impl PgStore {
         &self,
         user_id: &str,
         except: Option<&str>,
+        events: Vec<Event>,
     ) -> Result<Vec<Session>, StoreError> {
         let Some(user_id) = issued_id(user_id) else {
             return Ok(Vec::new());
         };
         let except = except.and_then(issued_id);
+        let events = events_param(&events);
         let rows = self
-            .run(|client| async move {
-                let statement = client.prepare_cached(END_USER_SESSIONS).await?;
-                client.query(&statement, &[&user_id, &except]).await
+            .run(|client| {
+                let events = events.clone();
+                async move {
+                    let statement = client.prepare_cached(END_USER_SESSIONS).await?;
+                    client
+                        .query(&statement, &[&user_id, &except, &events])
+                        .await
+                }
             })
             .await?;
         rows.iter().map(|row| session_from_row(row, 0)).collect()
@@ -1341,6 +1653,64 @@ fn session_from_row(row: &Row, at: usize) -> Result<Session, StoreError> {
 
 fn spent_at(session: &Session) -> Vec<i64> {
     session.spent_at.iter().map(|&t| to_i64(t)).collect()
+}
+
+/// Events removed per statement by the retention purge.
+const AUDIT_PURGE_BATCH: i64 = 10_000;
+
+/// `events` as the one parameter `gatehouse_audit_rows` reads: a JSON array
+/// of objects with the event's columns, the detail as JSON text.
+fn events_param(events: &[Event]) -> String {
+    #[derive(serde::Serialize)]
+    struct Columns<'e> {
+        id: &'e Uuid,
+        at: &'e str,
+        action: &'static str,
+        user_id: Option<&'e str>,
+        actor_id: Option<&'e str>,
+        ip: Option<&'e str>,
+        user_agent: Option<&'e str>,
+        detail: String,
+    }
+    let rows: Vec<Columns> = events
+        .iter()
+        .map(|e| Columns {
+            id: &e.id,
+            at: &e.time,
+            action: e.action.as_str(),
+            user_id: e.user_id.as_deref(),
+            actor_id: e.actor_id.as_deref(),
+            ip: e.ip.as_deref(),
+            user_agent: e.user_agent.as_deref(),
+            detail: serde_json::Value::Object(e.detail.clone()).to_string(),
+        })
+        .collect();
+    // Strings and a UUID: nothing here can fail to serialize.
+    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
+}
+
+fn event_from_row(row: &Row) -> Result<Event, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: "gatehouse_audit".into(),
+        reason,
+    };
+    let get = |i: usize| -> Result<Option<String>, StoreError> {
+        row.try_get(i).map_err(|e| corrupt(e.to_string()))
+    };
+    let id: Uuid = row.try_get(0).map_err(|e| corrupt(e.to_string()))?;
+    let action = get(2)?.unwrap_or_default();
+    let detail = get(7)?.unwrap_or_default();
+    Ok(Event {
+        id,
+        time: get(1)?.unwrap_or_default(),
+        action: Action::parse(&action)
+            .ok_or_else(|| corrupt(format!("unknown action {action:?}")))?,
+        user_id: get(3)?,
+        actor_id: get(4)?,
+        ip: get(5)?,
+        user_agent: get(6)?,
+        detail: serde_json::from_str(&detail).map_err(|e| corrupt(e.to_string()))?,
+    })
 }
 
 fn role_text(role: Role) -> &'static str {

@@ -22,6 +22,12 @@
 //!   cannot scan) and atomically; `signing_keys` → the asymmetric
 //!   [`KeySet`] as JSON (private keys included: the data dir is private),
 //!   replaced by compare-and-swap.
+//! - tree `audit`: the audit log (`domain::audit`), three kinds of key:
+//!   `e` + event id (16 bytes) → the event's JSON; `u` + user id + NUL +
+//!   event id → nothing (the index of `?user_id=`); `a` + action + NUL +
+//!   event id → nothing (`?action=`). Event ids are UUIDv7s, so each key
+//!   space lists its events oldest first. An event is written in the same
+//!   transaction as the change it records.
 //!
 //! Invariants: the email index and the user records change together, in one
 //! sled transaction, so an email maps to at most one user and every user's
@@ -64,6 +70,7 @@ use sled::Transactional;
 use super::filter::{MaybeSet, COUNTERS};
 use super::record;
 use super::{StoreError, UserPatch};
+use crate::domain::audit::{self, Event};
 use crate::domain::mail_token::{MailTokenKind, PendingToken, PresentedMailToken};
 use crate::domain::session::Session;
 use crate::domain::signing::{KeySet, StoredKey};
@@ -106,6 +113,8 @@ pub struct SledStore {
     /// `user id / kind code` → the last mail token of that kind
     /// (`domain::mail_token::PendingToken`, JSON).
     mail_tokens: sled::Tree,
+    /// The audit log and its two indexes (see the module doc).
+    audit: sled::Tree,
     cache: Arc<RecordCache<User>>,
     sessions_cache: Arc<RecordCache<Session>>,
     /// Every id in `revoked` is in here: added before it is written, removed
@@ -165,6 +174,7 @@ impl SledStore {
             sessions: db.open_tree("sessions")?,
             user_sessions: db.open_tree("user_sessions")?,
             mail_tokens: db.open_tree("mail_tokens")?,
+            audit: db.open_tree("audit")?,
             db,
             cache: Arc::new(RecordCache::new(CACHED_USERS)),
             sessions_cache: Arc::new(RecordCache::new(CACHED_SESSIONS)),
@@ -228,12 +238,13 @@ impl SledStore {
 
     /// Adds a user and its email index entry; `EmailTaken` if the email is in
     /// use, whatever other requests race for it.
-    pub async fn insert_user(&self, user: User) -> Result<User, StoreError> {
+    pub async fn insert_user(&self, user: User, events: Vec<Event>) -> Result<User, StoreError> {
         let store = self.clone();
         self.write(move || {
             let record = encode_user(&user);
-            (&store.users, &store.emails, &store.meta)
-                .transaction(|(users, emails, meta)| {
+            let entries = audit_entries(&events);
+            (&store.users, &store.emails, &store.meta, &store.audit)
+                .transaction(|(users, emails, meta, audit)| {
                     if emails.get(user.email.as_bytes())?.is_some() {
                         return abort(StoreError::EmailTaken);
                     }
@@ -242,7 +253,7 @@ impl SledStore {
                     if user.is_admin() {
                         add_admins(meta, 1)?;
                     }
-                    Ok(())
+                    put_events(audit, &entries)
                 })
                 .map_err(tx_error)?;
             Ok(user)
@@ -256,12 +267,15 @@ impl SledStore {
         id: &str,
         patch: UserPatch,
         now: u64,
+        events: Vec<Event>,
     ) -> Result<User, StoreError> {
         let store = self.clone();
         let id = id.to_string();
         self.write(move || {
-            let updated = (&store.users, &store.emails, &store.meta, &store.mail_tokens)
-                .transaction(|(users, emails, meta, mail_tokens)| {
+            let entries = audit_entries(&events);
+            let trees = (&store.users, &store.emails, &store.meta);
+            let updated = (trees.0, trees.1, trees.2, &store.mail_tokens, &store.audit)
+                .transaction(|(users, emails, meta, mail_tokens, audit)| {
                     let mut user = load(users, &id)?;
                     let old_email = user.email.clone();
                     let was_admin = user.is_admin();
@@ -284,6 +298,7 @@ impl SledStore {
                         }
                     }
                     users.insert(user.id.as_bytes(), encode_user(&user))?;
+                    put_events(audit, &entries)?;
                     Ok(user)
                 })
                 .map_err(tx_error);
@@ -297,10 +312,11 @@ impl SledStore {
 
     /// Removes the user, frees its email and ends its sessions; returns the
     /// removed user.
-    pub async fn delete_user(&self, id: &str) -> Result<User, StoreError> {
+    pub async fn delete_user(&self, id: &str, events: Vec<Event>) -> Result<User, StoreError> {
         let store = self.clone();
         let id = id.to_string();
         self.write(move || {
+            let entries = audit_entries(&events);
             // A session started after this scan fails its own transaction's
             // check that the user exists, or is refused (no user) and purged.
             let sessions = store.session_ids_of(&id)?;
@@ -312,22 +328,26 @@ impl SledStore {
                 &store.sessions,
                 &store.user_sessions,
                 &store.mail_tokens,
+                &store.audit,
             )
-                .transaction(|(users, emails, meta, sessions_tree, index, mail_tokens)| {
-                    let user = load(users, &id)?;
-                    if user.is_admin() {
-                        add_admins(meta, -1)?;
-                    }
-                    users.remove(user.id.as_bytes())?;
-                    emails.remove(user.email.as_bytes())?;
-                    for kind in [MailTokenKind::Reset, MailTokenKind::Verify] {
-                        mail_tokens.remove(mail_token_key(&id, kind))?;
-                    }
-                    for sid in &sessions {
-                        remove_session(sessions_tree, index, &id, sid)?;
-                    }
-                    Ok(user)
-                })
+                .transaction(
+                    |(users, emails, meta, sessions_tree, index, mail_tokens, audit)| {
+                        let user = load(users, &id)?;
+                        if user.is_admin() {
+                            add_admins(meta, -1)?;
+                        }
+                        users.remove(user.id.as_bytes())?;
+                        emails.remove(user.email.as_bytes())?;
+                        for kind in [MailTokenKind::Reset, MailTokenKind::Verify] {
+                            mail_tokens.remove(mail_token_key(&id, kind))?;
+                        }
+                        for sid in &sessions {
+                            remove_session(sessions_tree, index, &id, sid)?;
+                        }
+                        put_events(audit, &entries)?;
+                        Ok(user)
+                    },
+                )
                 .map_err(tx_error);
             store.cache.forget(&id);
             for sid in &sessions {
@@ -346,14 +366,16 @@ impl SledStore {
         kind: MailTokenKind,
         pending: PendingToken,
         resend_secs: u64,
+        events: Vec<Event>,
     ) -> Result<bool, StoreError> {
         let store = self.clone();
         let user_id = user_id.to_string();
         self.write(move || {
             let key = mail_token_key(&user_id, kind);
             let value = encode_mail_token(&pending);
-            (&store.users, &store.mail_tokens)
-                .transaction(|(users, mail_tokens)| {
+            let entries = audit_entries(&events);
+            (&store.users, &store.mail_tokens, &store.audit)
+                .transaction(|(users, mail_tokens, audit)| {
                     // Issued for an address the account no longer has (an
                     // email change raced the mail): not stored, not sent.
                     if load(users, &user_id)?.email != pending.email {
@@ -366,6 +388,7 @@ impl SledStore {
                         }
                     }
                     mail_tokens.insert(key.as_slice(), value.as_slice())?;
+                    put_events(audit, &entries)?;
                     Ok(true)
                 })
                 .map_err(tx_error)
@@ -382,12 +405,14 @@ impl SledStore {
         presented: PresentedMailToken,
         now: u64,
         change: impl Fn(&mut User) + Send + 'static,
+        events: Vec<Event>,
     ) -> Result<Option<User>, StoreError> {
         let store = self.clone();
         self.write(move || {
             let key = mail_token_key(&presented.user_id, presented.kind);
-            let used = (&store.users, &store.mail_tokens)
-                .transaction(|(users, mail_tokens)| {
+            let entries = audit_entries(&events);
+            let used = (&store.users, &store.mail_tokens, &store.audit)
+                .transaction(|(users, mail_tokens, audit)| {
                     let Some(bytes) = users.get(presented.user_id.as_bytes())? else {
                         return Ok(None);
                     };
@@ -404,6 +429,7 @@ impl SledStore {
                     user.updated_at = now;
                     users.insert(user.id.as_bytes(), encode_user(&user))?;
                     mail_tokens.insert(key.as_slice(), encode_mail_token(&record.used()))?;
+                    put_events(audit, &entries)?;
                     Ok(Some(user))
                 })
                 .map_err(tx_error);
@@ -435,17 +461,28 @@ impl SledStore {
 
     /// Stores a new session of an existing user (`NotFound` otherwise),
     /// ending its oldest ones beyond `keep` (the new one included).
-    pub async fn insert_session(&self, session: Session, keep: usize) -> Result<(), StoreError> {
+    pub async fn insert_session(
+        &self,
+        session: Session,
+        keep: usize,
+        events: Vec<Event>,
+    ) -> Result<(), StoreError> {
         let store = self.clone();
         self.write(move || {
             let record = record::encode_session(&session);
+            let entries = audit_entries(&events);
             // Ids are UUIDv7s, so the index lists a user's sessions oldest
             // first. (Read before the transaction, which cannot scan: a
             // racing sign-in may leave one more until the next.)
             let existing = store.session_ids_of(&session.user_id)?;
             let evicted = &existing[..existing.len().saturating_sub(keep.saturating_sub(1))];
-            (&store.users, &store.sessions, &store.user_sessions)
-                .transaction(|(users, sessions, index)| {
+            (
+                &store.users,
+                &store.sessions,
+                &store.user_sessions,
+                &store.audit,
+            )
+                .transaction(|(users, sessions, index, audit)| {
                     if users.get(session.user_id.as_bytes())?.is_none() {
                         return abort(StoreError::NotFound);
                     }
@@ -454,7 +491,7 @@ impl SledStore {
                     }
                     sessions.insert(session.id.as_bytes(), record.as_slice())?;
                     index.insert(index_key(&session.user_id, &session.id), &[])?;
-                    Ok(())
+                    put_events(audit, &entries)
                 })
                 .map_err(tx_error)?;
             for sid in evicted {
@@ -496,15 +533,16 @@ impl SledStore {
         &self,
         current: &Session,
         next: Session,
+        events: Vec<Event>,
     ) -> Result<bool, StoreError> {
         let store = self.clone();
         let (generation, hash) = (current.generation, current.refresh_hash);
         self.write(move || {
             let record = record::encode_session(&next);
             let key = next.id.as_bytes();
-            let replaced = store
-                .sessions
-                .transaction(|sessions| {
+            let entries = audit_entries(&events);
+            let replaced = (&store.sessions, &store.audit)
+                .transaction(|(sessions, audit)| {
                     let Some(bytes) = sessions.get(key)? else {
                         return Ok(false);
                     };
@@ -513,6 +551,7 @@ impl SledStore {
                         return Ok(false);
                     }
                     sessions.insert(key, record.as_slice())?;
+                    put_events(audit, &entries)?;
                     Ok(true)
                 })
                 .map_err(tx_error)?;
@@ -523,17 +562,23 @@ impl SledStore {
     }
 
     /// Ends (deletes) the session `id`; returns it if it was there.
-    pub async fn end_session(&self, id: &str) -> Result<Option<Session>, StoreError> {
+    pub async fn end_session(
+        &self,
+        id: &str,
+        events: Vec<Event>,
+    ) -> Result<Option<Session>, StoreError> {
         let store = self.clone();
         let id = id.to_string();
         self.write(move || {
-            let ended = (&store.sessions, &store.user_sessions)
-                .transaction(|(sessions, index)| {
+            let entries = audit_entries(&events);
+            let ended = (&store.sessions, &store.user_sessions, &store.audit)
+                .transaction(|(sessions, index, audit)| {
                     let Some(bytes) = sessions.remove(id.as_bytes())? else {
                         return Ok(None);
                     };
                     let session = decode_session(id.as_bytes(), &bytes).map_err(abort_with)?;
                     index.remove(index_key(&session.user_id, &id))?;
+                    put_events(audit, &entries)?;
                     Ok(Some(session))
                 })
                 .map_err(tx_error);
@@ -548,23 +593,28 @@ impl SledStore {
         &self,
         user_id: &str,
         except: Option<&str>,
+        events: Vec<Event>,
     ) -> Result<Vec<Session>, StoreError> {
         let store = self.clone();
         let user_id = user_id.to_string();
         let except = except.map(str::to_string);
         self.write(move || {
+            let entries = audit_entries(&events);
             let ids: Vec<String> = store
                 .session_ids_of(&user_id)?
                 .into_iter()
                 .filter(|sid| Some(sid) != except.as_ref())
                 .collect();
-            let ended = (&store.sessions, &store.user_sessions)
-                .transaction(|(sessions, index)| {
+            let ended = (&store.sessions, &store.user_sessions, &store.audit)
+                .transaction(|(sessions, index, audit)| {
                     let mut ended = Vec::with_capacity(ids.len());
                     for sid in &ids {
                         if let Some(bytes) = remove_session(sessions, index, &user_id, sid)? {
                             ended.push(decode_session(sid.as_bytes(), &bytes).map_err(abort_with)?);
                         }
+                    }
+                    if !ended.is_empty() {
+                        put_events(audit, &entries)?;
                     }
                     Ok(ended)
                 })
@@ -637,15 +687,23 @@ impl SledStore {
     }
 
     /// Records a logged-out token until its expiry.
-    pub async fn revoke(&self, jti: &str, expires_at: u64) -> Result<(), StoreError> {
+    pub async fn revoke(
+        &self,
+        jti: &str,
+        expires_at: u64,
+        events: Vec<Event>,
+    ) -> Result<(), StoreError> {
         let store = self.clone();
         let jti = jti.to_string();
         self.write(move || {
             store.maybe_revoked.add(&jti);
-            store
-                .revoked
-                .insert(jti.as_bytes(), &expires_at.to_be_bytes())?;
-            Ok(())
+            let entries = audit_entries(&events);
+            (&store.revoked, &store.audit)
+                .transaction(|(revoked, audit)| {
+                    revoked.insert(jti.as_bytes(), &expires_at.to_be_bytes())?;
+                    put_events(audit, &entries)
+                })
+                .map_err(tx_error)
         })
         .await
     }
@@ -694,17 +752,10 @@ impl SledStore {
         &self,
         expected: Option<u64>,
         keys: Vec<StoredKey>,
+        events: Vec<Event>,
     ) -> Result<bool, StoreError> {
         let store = self.clone();
         self.write(move || {
-            let old = store.meta.get(SIGNING_KEYS_KEY)?;
-            let version = match &old {
-                Some(bytes) => Some(decode_key_set(bytes)?.version),
-                None => None,
-            };
-            if version != expected {
-                return Ok(false);
-            }
             let set = KeySet {
                 version: expected.unwrap_or(0) + 1,
                 keys,
@@ -713,10 +764,134 @@ impl SledStore {
                 key: "meta/signing_keys".into(),
                 reason: e.to_string(),
             })?;
-            Ok(store
-                .meta
-                .compare_and_swap(SIGNING_KEYS_KEY, old, Some(new))?
-                .is_ok())
+            let entries = audit_entries(&events);
+            // A transaction rather than `compare_and_swap`, so that the event
+            // of an admin's rotation is written with the set.
+            (&store.meta, &store.audit)
+                .transaction(|(meta, audit)| {
+                    let version = match meta.get(SIGNING_KEYS_KEY)? {
+                        Some(bytes) => Some(decode_key_set(&bytes).map_err(abort_with)?.version),
+                        None => None,
+                    };
+                    if version != expected {
+                        return Ok(false);
+                    }
+                    meta.insert(SIGNING_KEYS_KEY, new.as_slice())?;
+                    put_events(audit, &entries)?;
+                    Ok(true)
+                })
+                .map_err(tx_error)
+        })
+        .await
+    }
+
+    /// Writes `events` alone (those that record no change: a failed or
+    /// throttled login).
+    pub async fn record(&self, events: Vec<Event>) -> Result<(), StoreError> {
+        let store = self.clone();
+        self.write(move || {
+            let entries = audit_entries(&events);
+            store
+                .audit
+                .transaction(|audit| put_events(audit, &entries))
+                .map_err(tx_error)
+        })
+        .await
+    }
+
+    /// A page of the audit log, newest first: events older than
+    /// `query.before`, of `query.user_id` and `query.action` when given; and
+    /// whether more follow.
+    pub async fn audit_events(
+        &self,
+        query: &audit::Query,
+    ) -> Result<(Vec<Event>, bool), StoreError> {
+        let (prefix, filter_action) = match (&query.user_id, query.action) {
+            (Some(user_id), action) => (audit_index_key(b'u', user_id.as_bytes(), None), action),
+            (None, Some(action)) => (
+                audit_index_key(b'a', action.as_str().as_bytes(), None),
+                None,
+            ),
+            (None, None) => (vec![b'e'], None),
+        };
+        let mut end = prefix.clone();
+        match query.before {
+            Some(before) => end.extend_from_slice(before.as_bytes()),
+            // Just past every key under the prefix (its last byte is `e`
+            // or NUL, never 0xff).
+            None => {
+                if let Some(last) = end.last_mut() {
+                    *last += 1;
+                }
+            }
+        }
+        let mut events = Vec::with_capacity(query.limit.min(1000) + 1);
+        for entry in self.audit.range(prefix.clone()..end).rev() {
+            let (key, value) = entry?;
+            let id = &key[prefix.len()..];
+            let bytes = if prefix == [b'e'] {
+                value
+            } else {
+                let mut event_key = Vec::with_capacity(17);
+                event_key.push(b'e');
+                event_key.extend_from_slice(id);
+                match self.audit.get(&event_key)? {
+                    Some(bytes) => bytes,
+                    None => continue, // purged between the two reads
+                }
+            };
+            let event = decode_event(id, &bytes)?;
+            if filter_action.is_some_and(|action| event.action != action) {
+                continue;
+            }
+            if events.len() == query.limit {
+                return Ok((events, true));
+            }
+            events.push(event);
+        }
+        Ok((events, false))
+    }
+
+    /// Deletes the events made before `cut_off` (a UUIDv7 of the retention's
+    /// first millisecond), with their index entries, a batch at a time.
+    /// Returns how many.
+    pub async fn purge_audit(&self, cut_off: uuid::Uuid) -> Result<usize, StoreError> {
+        let store = self.clone();
+        self.write(move || {
+            let mut end = vec![b'e'];
+            end.extend_from_slice(cut_off.as_bytes());
+            let mut removed = 0;
+            loop {
+                let mut batch = sled::Batch::default();
+                let mut in_batch = 0;
+                for entry in store
+                    .audit
+                    .range(vec![b'e']..end.clone())
+                    .take(AUDIT_PURGE_BATCH)
+                {
+                    let (key, value) = entry?;
+                    let id = &key[1..];
+                    // An unreadable event still goes (its index entries, if
+                    // any, are only unreachable).
+                    if let Ok(event) = decode_event(id, &value) {
+                        if let Some(user_id) = &event.user_id {
+                            batch.remove(audit_index_key(b'u', user_id.as_bytes(), Some(id)));
+                        }
+                        batch.remove(audit_index_key(
+                            b'a',
+                            event.action.as_str().as_bytes(),
+                            Some(id),
+                        ));
+                    }
+                    batch.remove(key);
+                    in_batch += 1;
+                }
+                if in_batch == 0 {
+                    return Ok(removed);
+                }
+                store.audit.apply_batch(batch)?;
+                removed += in_batch;
+            }
         })
         .await
     }
@@ -1012,6 +1187,61 @@ fn decode_mail_token(key: &[u8], bytes: &[u8]) -> Result<PendingToken, StoreErro
     })
 }
 
+/// Events removed per batch by the retention purge.
+const AUDIT_PURGE_BATCH: usize = 1000;
+
+/// An index key of the `audit` tree: `kind` (`u` or `a`), the user id or
+/// action, NUL, and the event id (none: the prefix of them all).
+fn audit_index_key(kind: u8, value: &[u8], id: Option<&[u8]>) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + value.len() + 16);
+    key.push(kind);
+    key.extend_from_slice(value);
+    key.push(0);
+    key.extend_from_slice(id.unwrap_or_default());
+    key
+}
+
+/// The `audit` tree's entries of `events`: the event under `e`, and its
+/// index entries (see the module doc).
+fn audit_entries(events: &[Event]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut entries = Vec::with_capacity(events.len() * 3);
+    for event in events {
+        let id = event.id.as_bytes();
+        let mut key = Vec::with_capacity(17);
+        key.push(b'e');
+        key.extend_from_slice(id);
+        entries.push((key, event.to_json()));
+        if let Some(user_id) = &event.user_id {
+            entries.push((
+                audit_index_key(b'u', user_id.as_bytes(), Some(id)),
+                Vec::new(),
+            ));
+        }
+        let action = event.action.as_str().as_bytes();
+        entries.push((audit_index_key(b'a', action, Some(id)), Vec::new()));
+    }
+    entries
+}
+
+fn put_events(audit: &TransactionalTree, entries: &[(Vec<u8>, Vec<u8>)]) -> TxResult<()> {
+    for (key, value) in entries {
+        audit.insert(key.as_slice(), value.as_slice())?;
+    }
+    Ok(())
+}
+
+fn decode_event(id: &[u8], bytes: &[u8]) -> Result<Event, StoreError> {
+    Event::from_json(bytes).map_err(|e| StoreError::Corrupt {
+        key: format!(
+            "audit/{}",
+            uuid::Uuid::from_slice(id)
+                .map(|u| u.to_string())
+                .unwrap_or_default()
+        ),
+        reason: e.to_string(),
+    })
+}
+
 fn encode_user(user: &User) -> Vec<u8> {
     record::encode(user)
 }
@@ -1028,6 +1258,22 @@ fn decode_user(key: &[u8], bytes: &[u8]) -> Result<User, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Opens the store in `dir` again after dropping it. sled lets go of its
+    /// lock once the dropped store's flusher thread has stopped, which can
+    /// lag the drop on a busy machine: poll, with a deadline.
+    async fn reopen(dir: &Path) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStore::open(dir) {
+                Ok(store) => return store,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(error) => panic!("reopening: {error}"),
+            }
+        }
+    }
     use crate::domain::user::Role;
 
     fn user(email: &str) -> User {
@@ -1039,12 +1285,16 @@ mod tests {
         use crate::domain::mail_token::{issue, MailTokenKind};
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        let a = store.insert_user(user("a@x.io")).await.unwrap();
+        let a = store.insert_user(user("a@x.io"), Vec::new()).await.unwrap();
         let put = |user: &User, kind| {
             let (_, pending) = issue(kind, user, 10, 60).unwrap();
             let id = user.id.clone();
             let store = store.clone();
-            async move { store.put_mail_token(&id, kind, pending, 0).await }
+            async move {
+                store
+                    .put_mail_token(&id, kind, pending, 0, Vec::new())
+                    .await
+            }
         };
         assert!(put(&a, MailTokenKind::Reset).await.unwrap());
         assert!(put(&a, MailTokenKind::Verify).await.unwrap());
@@ -1053,12 +1303,15 @@ mod tests {
             email: Some("b@x.io".into()),
             ..UserPatch::default()
         };
-        let b = store.update_user(&a.id, moved, 2).await.unwrap();
+        let b = store
+            .update_user(&a.id, moved, 2, Vec::new())
+            .await
+            .unwrap();
         assert_eq!(store.mail_tokens.len(), 0, "an email change deletes them");
         // A token for the old address is not stored any more.
         assert!(!put(&a, MailTokenKind::Reset).await.unwrap());
         assert!(put(&b, MailTokenKind::Reset).await.unwrap());
-        store.delete_user(&b.id).await.unwrap();
+        store.delete_user(&b.id, Vec::new()).await.unwrap();
         assert_eq!(store.mail_tokens.len(), 0, "deleting the user deletes them");
     }
 
@@ -1066,18 +1319,18 @@ mod tests {
     async fn the_email_index_follows_inserts_updates_and_deletes() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        let a = store.insert_user(user("a@x.io")).await.unwrap();
+        let a = store.insert_user(user("a@x.io"), Vec::new()).await.unwrap();
         assert!(matches!(
-            store.insert_user(user("a@x.io")).await,
+            store.insert_user(user("a@x.io"), Vec::new()).await,
             Err(StoreError::EmailTaken)
         ));
-        let b = store.insert_user(user("b@x.io")).await.unwrap();
+        let b = store.insert_user(user("b@x.io"), Vec::new()).await.unwrap();
         let taken = UserPatch {
             email: Some("b@x.io".into()),
             ..UserPatch::default()
         };
         assert!(matches!(
-            store.update_user(&a.id, taken, 2).await,
+            store.update_user(&a.id, taken, 2, Vec::new()).await,
             Err(StoreError::EmailTaken)
         ));
         let moved = UserPatch {
@@ -1085,20 +1338,23 @@ mod tests {
             password_hash: Some("hash2".into()),
             ..UserPatch::default()
         };
-        let a2 = store.update_user(&a.id, moved, 2).await.unwrap();
+        let a2 = store
+            .update_user(&a.id, moved, 2, Vec::new())
+            .await
+            .unwrap();
         assert_eq!(a2.password_version, 1);
         assert!(store.user_by_email("a@x.io").await.unwrap().is_none());
         assert_eq!(
             store.user_by_email("c@x.io").await.unwrap().unwrap().id,
             a.id
         );
-        store.delete_user(&b.id).await.unwrap();
+        store.delete_user(&b.id, Vec::new()).await.unwrap();
         assert!(store.user_by_email("b@x.io").await.unwrap().is_none());
         assert!(matches!(
-            store.delete_user(&b.id).await,
+            store.delete_user(&b.id, Vec::new()).await,
             Err(StoreError::NotFound)
         ));
-        store.insert_user(user("b@x.io")).await.unwrap();
+        store.insert_user(user("b@x.io"), Vec::new()).await.unwrap();
     }
 
     #[tokio::test]
@@ -1113,7 +1369,7 @@ mod tests {
             Err(StoreError::Unavailable(_))
         ));
         assert!(matches!(
-            store.insert_user(user("a@x.io")).await,
+            store.insert_user(user("a@x.io"), Vec::new()).await,
             Err(StoreError::Unavailable(_))
         ));
         assert!(store.user_by_email("a@x.io").await.unwrap().is_none());
@@ -1124,25 +1380,13 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let dir = parent.path().join("db");
         let store = SledStore::open(&dir).unwrap();
-        store.insert_user(user("a@x.io")).await.unwrap();
+        store.insert_user(user("a@x.io"), Vec::new()).await.unwrap();
         drop(store);
         // As an earlier version (or a looser umask) left it.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let conf = dir.join("conf");
         std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
-        // sled lets go of its lock once the dropped store's flusher thread
-        // has stopped, which can lag the drop on a busy machine: poll.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let store = loop {
-            match SledStore::open(&dir) {
-                Ok(store) => break store,
-                Err(error) if std::time::Instant::now() < deadline => {
-                    let _ = error;
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                Err(error) => panic!("reopening: {error}"),
-            }
-        };
+        let store = reopen(&dir).await;
         let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
         for entry in std::fs::read_dir(&dir).unwrap() {
@@ -1157,19 +1401,22 @@ mod tests {
     async fn cached_users_follow_updates_and_deletes() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        let a = store.insert_user(user("a@x.io")).await.unwrap();
+        let a = store.insert_user(user("a@x.io"), Vec::new()).await.unwrap();
         assert_eq!(store.user_by_id(&a.id).await.unwrap().unwrap().name, "N");
         assert!(store.cache.get(&a.id).is_ok(), "the read was cached");
         let rename = UserPatch {
             name: Some("Renamed".into()),
             ..UserPatch::default()
         };
-        store.update_user(&a.id, rename, 2).await.unwrap();
+        store
+            .update_user(&a.id, rename, 2, Vec::new())
+            .await
+            .unwrap();
         assert_eq!(
             store.user_by_id(&a.id).await.unwrap().unwrap().name,
             "Renamed"
         );
-        store.delete_user(&a.id).await.unwrap();
+        store.delete_user(&a.id, Vec::new()).await.unwrap();
         assert!(store.user_by_id(&a.id).await.unwrap().is_none());
     }
 
@@ -1192,7 +1439,10 @@ mod tests {
             name: Some("New".into()),
             ..UserPatch::default()
         };
-        store.update_user(&old.id, rename, 2).await.unwrap();
+        store
+            .update_user(&old.id, rename, 2, Vec::new())
+            .await
+            .unwrap();
         let stored = store.users.get(old.id.as_bytes()).unwrap().unwrap();
         assert_eq!(stored[0], 0x02, "rewritten in the current format");
         assert_eq!(
@@ -1224,7 +1474,7 @@ mod tests {
         for i in 0..5 {
             ids.push(
                 store
-                    .insert_user(user(&format!("{i}@x.io")))
+                    .insert_user(user(&format!("{i}@x.io")), Vec::new())
                     .await
                     .unwrap()
                     .id,
@@ -1247,8 +1497,8 @@ mod tests {
     async fn revocations_are_purged_after_expiry() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        store.revoke("old", 100).await.unwrap();
-        store.revoke("new", 300).await.unwrap();
+        store.revoke("old", 100, Vec::new()).await.unwrap();
+        store.revoke("new", 300, Vec::new()).await.unwrap();
         assert_eq!(store.purge_revoked(200).await.unwrap(), 1);
         assert!(!store.is_revoked("old").await.unwrap());
         assert!(store.is_revoked("new").await.unwrap());
@@ -1259,7 +1509,7 @@ mod tests {
         assert!(!store.is_revoked("never").await.unwrap());
         drop(store);
         // Reopened, the filter is rebuilt from the tree.
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).await;
         assert!(store.is_revoked("new").await.unwrap());
         assert!(store.maybe_revoked.may_contain("new"));
     }

@@ -504,7 +504,7 @@ async fn accounts_stored_before_email_normalization_still_log_in() {
         bcrypt::hash(PASSWORD, 4).unwrap(),
         gatehouse::domain::unix_now(),
     );
-    server.app.store.insert_user(legacy).await.unwrap();
+    server.app.store.insert_user(legacy, Vec::new()).await.unwrap();
     let login = |email: &'static str| {
         server
             .post("/api/auth/login")

@@ -521,7 +521,7 @@ async fn an_account_stored_before_normalization_gets_its_link() {
         bcrypt::hash(PASSWORD, 4).unwrap(),
         gatehouse::domain::unix_now(),
     );
-    server.app.store.insert_user(legacy).await.unwrap();
+    server.app.store.insert_user(legacy, Vec::new()).await.unwrap();
     forgot(&server, "A@XN--BCHER-KVA.DE").await.assert_ok(202);
     let token = sink.nth_with("a@xn--bcher-kva.de", RESET, 1).await.token();
     reset(&server, &token, NEW_PASSWORD).await.assert_ok(200);

@@ -27,6 +27,7 @@ macro_rules! store_test {
 
 mod support;
 
+mod audit;
 mod auth;
 mod binary;
 mod bodies;
