@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::api::sessions::{start_session, token_pair};
 use crate::api::users::{confirm_password, find_by_email, record_failed_login, NewUser};
-use crate::domain::audit::{self, Action, Event};
+use crate::domain::audit::{Action, Event};
 use crate::domain::unix_now;
 use crate::domain::user::{normalize_email, valid_password, Role};
 use crate::http::auth::{check_token, presented_token, AuthUser};
@@ -290,10 +290,9 @@ pub async fn change_password(
         ..UserPatch::default()
     };
     let (now, origin) = (unix_now(), ctx.origin(Some(&caller.user().id)));
-    let events = audit::user_changes(caller.user(), &patch, &origin, now);
     let user = app
         .store
-        .update_user(&caller.user().id, patch, now, events)
+        .update_user(&caller.user().id, patch, now, &origin)
         .await?;
     // The new password version already refuses every earlier session and
     // token; deleting the sessions keeps the store from holding them until

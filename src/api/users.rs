@@ -206,8 +206,10 @@ pub async fn update(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
         })?;
         confirm_password(&ctx, caller.user(), current).await?;
     }
-    // The user as it is now, for the events and the mails (the caller's own
-    // record was read by the token check just now).
+    // The user as it is now, for the mails of an email change and for an
+    // empty change's answer (the caller's own record was read by the token
+    // check just now). The events are decided by the store, from the user
+    // as its write finds it.
     let before = if own {
         caller.shared_user()
     } else {
@@ -229,8 +231,7 @@ pub async fn update(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
         Arc::clone(&before)
     } else {
         let (now, origin) = (unix_now(), ctx.origin(Some(&caller.user().id)));
-        let events = audit::user_changes(&before, &patch, &origin, now);
-        Arc::new(app.store.update_user(id, patch, now, events).await?)
+        Arc::new(app.store.update_user(id, patch, now, &origin).await?)
     };
     if new_password {
         // The new password version already refuses every earlier session
@@ -319,8 +320,6 @@ pub async fn delete(ctx: RequestContext, caller: AuthUser) -> Result<HttpRespons
     Ok(json(StatusCode::OK, &json!({ "message": message })))
 }
 
-/// Whether `text` could be an `_id` this server issued: 1 to 64 ASCII
-/// letters, digits and hyphens.
 /// A listing's `?limit=`: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] when absent.
 pub fn page_limit(query: &mut Fields) -> Result<usize, ApiError> {
     match query.optional("limit")? {
@@ -335,6 +334,8 @@ pub fn page_limit(query: &mut Fields) -> Result<usize, ApiError> {
     }
 }
 
+/// Whether `text` could be an `_id` this server issued: 1 to 64 ASCII
+/// letters, digits and hyphens.
 pub fn plausible_id(text: &str) -> bool {
     (1..=MAX_ID_BYTES).contains(&text.len())
         && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')

@@ -113,6 +113,8 @@ pub struct Origin {
     pub actor_id: Option<String>,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// Where a request from outside HTTP came from (`detail.via`).
+    pub via: Option<&'static str>,
 }
 
 impl Origin {
@@ -131,6 +133,7 @@ impl Origin {
             actor_id: actor_id.map(str::to_string),
             ip,
             user_agent,
+            via: None,
         }
     }
 
@@ -145,7 +148,10 @@ impl Origin {
     /// A command run on the server (`gatehouse admin create`): no actor, no
     /// address; the detail says where it came from.
     pub fn console() -> Origin {
-        Origin::default()
+        Origin {
+            via: Some("command line"),
+            ..Origin::default()
+        }
     }
 }
 
@@ -169,6 +175,10 @@ pub struct Event {
 
 impl Event {
     pub fn new(action: Action, user_id: Option<&str>, origin: &Origin, now: u64) -> Event {
+        let mut detail = Map::new();
+        if let Some(via) = origin.via {
+            detail.insert("via".into(), via.into());
+        }
         Event {
             id: Uuid::now_v7(),
             time: Rfc3339::from_unix(now).as_str().to_string(),
@@ -177,7 +187,7 @@ impl Event {
             actor_id: origin.actor_id.clone(),
             ip: origin.ip.clone(),
             user_agent: origin.user_agent.clone(),
-            detail: Map::new(),
+            detail,
         }
     }
 
@@ -245,46 +255,69 @@ pub fn failed_login(
     }
 }
 
-/// The events of a change to `before` (as read by the handler): one per
-/// kind of change, `from`/`to` where the old value says something. Empty
-/// when the change changes nothing.
-pub fn user_changes(before: &User, patch: &UserPatch, origin: &Origin, now: u64) -> Vec<Event> {
-    let id = Some(before.id.as_str());
-    let (name, email, role) = (patch.name.as_deref(), patch.email.as_deref(), patch.role);
-    let email_verified = patch.email_verified;
+/// The events of `patch` applied to the user `user_id`: one per kind of
+/// change. `before` is the user as the write found it (read under its lock),
+/// needed only for an email, role or `email_verified` change: with it, a
+/// value set to what it already was is no event, and `from` says what it
+/// was. A name given is recorded whatever it was (the write happens).
+pub fn user_changes(
+    user_id: &str,
+    before: Option<&User>,
+    patch: &UserPatch,
+    origin: &Origin,
+    now: u64,
+) -> Vec<Event> {
+    let id = Some(user_id);
     let mut events = Vec::new();
     if patch.password_hash.is_some() {
         events.push(Event::new(Action::PasswordChanged, id, origin, now));
     }
-    if let Some(email) = email.filter(|e| *e != before.email) {
-        events.push(
-            Event::new(Action::EmailChanged, id, origin, now)
-                .with("from", before.email.as_str())
-                .with("to", email),
-        );
+    if let Some(email) = patch.email.as_deref() {
+        match before {
+            Some(before) if before.email == email => {}
+            Some(before) => events.push(
+                Event::new(Action::EmailChanged, id, origin, now)
+                    .with("from", before.email.as_str())
+                    .with("to", email),
+            ),
+            None => {
+                events.push(Event::new(Action::EmailChanged, id, origin, now).with("to", email))
+            }
+        }
     }
-    if let Some(role) = role.filter(|r| *r != before.role) {
-        events.push(
-            Event::new(Action::RoleChanged, id, origin, now)
-                .with("from", before.role.as_str())
-                .with("to", role.as_str()),
-        );
+    if let Some(role) = patch.role {
+        match before {
+            Some(before) if before.role == role => {}
+            Some(before) => events.push(
+                Event::new(Action::RoleChanged, id, origin, now)
+                    .with("from", before.role.as_str())
+                    .with("to", role.as_str()),
+            ),
+            None => events
+                .push(Event::new(Action::RoleChanged, id, origin, now).with("to", role.as_str())),
+        }
     }
+    let mut event = Event::new(Action::UserUpdated, id, origin, now);
     let mut fields = Vec::new();
-    if name.is_some_and(|n| n != before.name) {
+    if patch.name.is_some() {
         fields.push("name");
     }
-    if email_verified.is_some_and(|v| v != before.email_verified) {
-        fields.push("email_verified");
-    }
-    if !fields.is_empty() {
-        let mut event = Event::new(Action::UserUpdated, id, origin, now).with("fields", fields);
-        if let Some(verified) = email_verified {
+    if let Some(verified) = patch.email_verified {
+        if before.is_none_or(|b| b.email_verified != verified) {
+            fields.push("email_verified");
             event = event.with("email_verified", verified);
         }
-        events.push(event);
+    }
+    if !fields.is_empty() {
+        events.push(event.with("fields", fields));
     }
     events
+}
+
+/// Whether the events of `patch` depend on the user as it was (see
+/// [`user_changes`]): then the write reads it under its lock first.
+pub fn needs_before(patch: &UserPatch) -> bool {
+    patch.email.is_some() || patch.role.is_some() || patch.email_verified.is_some()
 }
 
 /// The per-minute budget of stored events of one capped action, in this
@@ -319,7 +352,9 @@ impl FailureBudget {
         let mut current = self.minute_and_stored.load(Ordering::Relaxed);
         loop {
             let (at, stored) = (current >> STORED_BITS, current & ((1 << STORED_BITS) - 1));
-            let next = if at < minute {
+            // Any other minute is a new one: a clock stepped back starts
+            // counting again rather than waiting for the old minute.
+            let next = if at != minute {
                 (minute << STORED_BITS) | 1
             } else if stored < self.per_minute {
                 current + 1
@@ -343,6 +378,44 @@ impl FailureBudget {
     /// count goes back for the next one.
     pub fn restore(&self, suppressed: u64) {
         self.dropped.fetch_add(suppressed, Ordering::Relaxed);
+    }
+}
+
+/// What one instance knows of the shared per-minute budget (PostgreSQL):
+/// the minute it last found full, and the events it dropped since without
+/// asking the database, whose count goes with its next request there. So a
+/// flood costs the shared budget row one statement per instance and minute
+/// once the minute is full, not one per failed login.
+#[derive(Debug, Default)]
+pub struct FullMinute {
+    /// The full minute plus one (0: none known).
+    full: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl FullMinute {
+    /// True (and the event counted as dropped) if `minute` is known full.
+    pub fn drop_if_full(&self, minute: u64) -> bool {
+        if self.full.load(Ordering::Relaxed) == minute + 1 {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn mark_full(&self, minute: u64) {
+        self.full.store(minute + 1, Ordering::Relaxed);
+    }
+
+    /// The events dropped here since the last call, to hand to the database.
+    pub fn take_dropped(&self) -> u64 {
+        self.dropped.swap(0, Ordering::Relaxed)
+    }
+
+    /// Taken, but the database did not get them: kept for the next time.
+    pub fn restore(&self, dropped: u64) {
+        self.dropped.fetch_add(dropped, Ordering::Relaxed);
     }
 }
 
@@ -487,7 +560,7 @@ mod tests {
             password_hash: Some("$2b$04$new".into()),
             email_verified: None,
         };
-        let events = user_changes(&before, &patch, &origin, 1);
+        let events = user_changes(&before.id, Some(&before), &patch, &origin, 1);
         let actions: Vec<Action> = events.iter().map(|e| e.action).collect();
         assert_eq!(
             actions,
@@ -502,15 +575,16 @@ mod tests {
         assert_eq!(events[1].detail["to"], "new@example.com");
         assert_eq!(events[2].detail["to"], "admin");
         assert_eq!(events[3].detail["fields"], serde_json::json!(["name"]));
-        // The same values again change nothing: no event.
+        // The same values again change nothing: no event (but for a name
+        // given: the write happens).
         let patch = UserPatch {
-            name: Some("Ann".into()),
+            name: None,
             email: Some("ann@example.com".into()),
             role: Some(Role::User),
             password_hash: None,
             email_verified: Some(false),
         };
-        let same = user_changes(&before, &patch, &origin, 1);
+        let same = user_changes(&before.id, Some(&before), &patch, &origin, 1);
         assert!(!String::from_utf8(events[0].to_json())
             .unwrap()
             .contains("$2b$"));
@@ -532,6 +606,21 @@ mod tests {
         budget.restore(5);
         assert_eq!(budget.admit(minute + 62), Some(5));
         assert_eq!(budget.admit(minute + 62), None);
+        // A clock stepped back is a new minute, not one to wait for.
+        assert_eq!(budget.admit(minute), Some(1));
+    }
+
+    #[test]
+    fn a_full_minute_drops_locally_until_the_next() {
+        let full = FullMinute::default();
+        assert!(!full.drop_if_full(10));
+        full.mark_full(10);
+        assert!(full.drop_if_full(10) && full.drop_if_full(10));
+        assert!(!full.drop_if_full(11));
+        assert_eq!(full.take_dropped(), 2);
+        full.restore(2);
+        assert_eq!(full.take_dropped(), 2);
+        assert_eq!(full.take_dropped(), 0);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::config::Settings;
-use crate::domain::audit::{self, Action, Event, FailureBudget, Origin};
+use crate::domain::audit::{self, Action, Event, FailureBudget, FullMinute, Origin};
 use crate::domain::mail_token::{MailTokenKind, PendingToken, PresentedMailToken};
 use crate::domain::session::{Presentation, PresentedToken, RefreshKeys, Session, SessionPolicy};
 use crate::domain::signing::{KeySet, StoredKey};
@@ -111,6 +111,9 @@ pub enum Store {
         keys: SharedKeys,
         /// `audit.max_failures_per_minute`, counted in the database.
         failures_per_minute: u64,
+        /// What this instance knows of the shared budgets of
+        /// `login_failed` and `login_throttled`.
+        full_minutes: Arc<[FullMinute; 2]>,
     },
 }
 
@@ -132,6 +135,7 @@ impl Store {
                     limits,
                     keys: SharedKeys::new(secret.expose().as_bytes()),
                     failures_per_minute,
+                    full_minutes: Arc::default(),
                 })
             }
             None => Ok(Store::Sled {
@@ -195,18 +199,19 @@ impl Store {
     /// Applies `patch` to the user `id` and returns the result; a new
     /// password hash bumps the password version. `NotFound`, `EmailTaken`,
     /// `LastAdmin` when it demotes the only admin (decided atomically: two
-    /// admins demoting each other at once leave one). `events` (see
-    /// `audit::user_changes`) are written with the change.
+    /// admins demoting each other at once leave one). The change's events
+    /// (`audit::user_changes`, by `origin`) are decided from the user as the
+    /// write finds it, and written with it.
     pub async fn update_user(
         &self,
         id: &str,
         patch: UserPatch,
         now: u64,
-        events: Vec<Event>,
+        origin: &Origin,
     ) -> Result<User, StoreError> {
-        let updated = match self {
-            Store::Sled { db, .. } => db.update_user(id, patch, now, events.clone()).await,
-            Store::Postgres { db, .. } => db.update_user(id, patch, now, events.clone()).await,
+        let (updated, events) = match self {
+            Store::Sled { db, .. } => db.update_user(id, patch, now, origin.clone()).await,
+            Store::Postgres { db, .. } => db.update_user(id, patch, now, origin).await,
         }?;
         log_events(&events);
         Ok(updated)
@@ -245,11 +250,7 @@ impl Store {
                     email_verified: Some(true),
                     ..UserPatch::default()
                 };
-                let events = audit::user_changes(&existing, &patch, &origin, now)
-                    .into_iter()
-                    .map(|e| e.with("via", "command line"))
-                    .collect();
-                let user = self.update_user(&existing.id, patch, now, events).await?;
+                let user = self.update_user(&existing.id, patch, now, &origin).await?;
                 Ok((user, false))
             }
             None => {
@@ -257,8 +258,7 @@ impl Store {
                 user.email_verified = true;
                 let event = Event::new(Action::UserCreated, Some(&user.id), &origin, now)
                     .with("email", user.email.as_str())
-                    .with("role", "admin")
-                    .with("via", "command line");
+                    .with("role", "admin");
                 Ok((self.insert_user(user, vec![event]).await?, true))
             }
         }
@@ -559,11 +559,30 @@ impl Store {
             Store::Postgres {
                 db,
                 failures_per_minute,
+                full_minutes,
                 ..
-            } => match db.record_capped(&event, now, *failures_per_minute).await? {
-                Some(suppressed) => suppressed,
-                None => return Ok(()),
-            },
+            } => {
+                let full = &full_minutes[usize::from(event.action == Action::LoginThrottled)];
+                let minute = now / 60;
+                if full.drop_if_full(minute) {
+                    return Ok(());
+                }
+                let dropped_here = full.take_dropped();
+                match db
+                    .record_capped(&event, minute, *failures_per_minute, dropped_here)
+                    .await
+                {
+                    Ok(Some(suppressed)) => suppressed,
+                    Ok(None) => {
+                        full.mark_full(minute);
+                        return Ok(());
+                    }
+                    Err(error) => {
+                        full.restore(dropped_here);
+                        return Err(error);
+                    }
+                }
+            }
         };
         if suppressed > 0 && !event.detail.contains_key("suppressed") {
             event = event.with("suppressed", suppressed);

@@ -34,7 +34,7 @@ use uuid::Uuid;
 use super::{StoreError, UserPatch};
 use std::sync::Arc;
 
-use crate::domain::audit::{self, Action, Event};
+use crate::domain::audit::{self, Action, Event, Origin};
 use crate::domain::mail_token::{MailTokenKind, PendingToken, PresentedMailToken};
 use crate::domain::session::Session;
 use crate::domain::signing::{KeySet, StoredKey};
@@ -212,6 +212,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
         );
         CREATE INDEX IF NOT EXISTS gatehouse_audit_user ON gatehouse_audit (user_id, id);
         CREATE INDEX IF NOT EXISTS gatehouse_audit_action ON gatehouse_audit (action, id);
+        CREATE INDEX IF NOT EXISTS gatehouse_audit_user_action
+            ON gatehouse_audit (user_id, action, id);
         CREATE TABLE IF NOT EXISTS gatehouse_audit_budget (
             action TEXT PRIMARY KEY,
             minute BIGINT NOT NULL,
@@ -221,42 +223,46 @@ const MIGRATIONS: &[(i32, &str)] = &[
         CREATE OR REPLACE FUNCTION gatehouse_audit_rows(events TEXT)
         RETURNS TABLE (id UUID, at TEXT, action TEXT, user_id TEXT, actor_id TEXT, ip TEXT,
                        user_agent TEXT, detail TEXT)
-        LANGUAGE sql IMMUTABLE AS $$
+        LANGUAGE sql STABLE AS $$
             SELECT e.id, e.at, e.action, e.user_id, e.actor_id, e.ip, e.user_agent, e.detail
             FROM jsonb_to_recordset(events::jsonb) AS e(id UUID, at TEXT, action TEXT,
                 user_id TEXT, actor_id TEXT, ip TEXT, user_agent TEXT, detail TEXT)
         $$;
+        -- `dropped_elsewhere`: events the calling instance dropped without
+        -- asking (it knew the minute full). Another minute than the row's
+        -- starts a new count, whichever way the clocks differ: a clock
+        -- ahead never freezes the budget.
         CREATE OR REPLACE FUNCTION gatehouse_record_capped(
-            events TEXT, capped_action TEXT, this_minute BIGINT, per_minute BIGINT
+            events TEXT, capped_action TEXT, this_minute BIGINT, per_minute BIGINT,
+            dropped_elsewhere BIGINT
         ) RETURNS BIGINT LANGUAGE plpgsql AS $$
         DECLARE
             budget gatehouse_audit_budget%ROWTYPE;
-            minute_now BIGINT;
             stored_now BIGINT;
+            dropped_now BIGINT;
         BEGIN
             INSERT INTO gatehouse_audit_budget (action, minute, stored, dropped)
             VALUES (capped_action, this_minute, 0, 0) ON CONFLICT (action) DO NOTHING;
             SELECT * INTO budget FROM gatehouse_audit_budget
             WHERE action = capped_action FOR UPDATE;
-            -- An instance whose clock is behind counts in the newest minute.
-            minute_now := GREATEST(this_minute, budget.minute);
-            stored_now := CASE WHEN minute_now = budget.minute THEN budget.stored ELSE 0 END;
+            stored_now := CASE WHEN this_minute = budget.minute THEN budget.stored ELSE 0 END;
+            dropped_now := budget.dropped + dropped_elsewhere;
             IF stored_now >= per_minute THEN
-                UPDATE gatehouse_audit_budget SET minute = minute_now, stored = stored_now,
-                    dropped = budget.dropped + 1
+                UPDATE gatehouse_audit_budget SET minute = this_minute, stored = stored_now,
+                    dropped = dropped_now + 1
                 WHERE action = capped_action;
                 RETURN -1;
             END IF;
-            UPDATE gatehouse_audit_budget SET minute = minute_now, stored = stored_now + 1,
+            UPDATE gatehouse_audit_budget SET minute = this_minute, stored = stored_now + 1,
                 dropped = 0
             WHERE action = capped_action;
             INSERT INTO gatehouse_audit
             SELECT r.id, r.at, r.action, r.user_id, r.actor_id, r.ip, r.user_agent,
-                CASE WHEN budget.dropped > 0
-                    THEN (r.detail::jsonb || jsonb_build_object('suppressed', budget.dropped))::text
+                CASE WHEN dropped_now > 0
+                    THEN (r.detail::jsonb || jsonb_build_object('suppressed', dropped_now))::text
                     ELSE r.detail END
             FROM gatehouse_audit_rows(events) AS r;
-            RETURN budget.dropped;
+            RETURN dropped_now;
         END $$;",
     ),
 ];
@@ -587,35 +593,77 @@ impl PgStore {
         id: &str,
         patch: UserPatch,
         now: u64,
-        events: Vec<Event>,
-    ) -> Result<User, StoreError> {
-        let Some(id) = issued_id(id) else {
+        origin: &Origin,
+    ) -> Result<(User, Vec<Event>), StoreError> {
+        let Some(uuid) = issued_id(id) else {
             return Err(StoreError::NotFound);
         };
-        let events = events_param(&events);
         // Only a change to `user` can demote; only then are the admins locked.
         let demotes = patch.role == Some(Role::User);
+        // A change of name or password makes the same events whatever the
+        // user was: one statement, as before the audit log (the common
+        // PATCH). Email, role and email_verified events say what changed
+        // from what: the row is read under its lock first.
+        let read_first = audit::needs_before(&patch);
         let outcome = self
-            .run(|client| {
-                let (patch, events) = (patch.clone(), events.clone());
+            .run(|mut client| {
+                let patch = patch.clone();
                 async move {
                     let name = patch.name.as_ref().map(|n| n.as_bytes().to_vec());
                     let role = patch.role.map(role_text);
-                    let params: [&(dyn ToSql + Sync); 8] = [
-                        &id,
-                        &name,
-                        &patch.email,
-                        &role,
-                        &patch.password_hash,
-                        &to_i64(now),
-                        &patch.email_verified,
-                        &events,
-                    ];
-                    change_user(client, id, demotes, UPDATE_USER, &params).await
+                    if !read_first {
+                        let events = audit::user_changes(id, None, &patch, origin, now);
+                        let param = events_param(&events);
+                        let params: [&(dyn ToSql + Sync); 8] = [
+                            &uuid,
+                            &name,
+                            &patch.email,
+                            &role,
+                            &patch.password_hash,
+                            &to_i64(now),
+                            &patch.email_verified,
+                            &param,
+                        ];
+                        let row = change_user(client, uuid, demotes, UPDATE_USER, &params).await?;
+                        return Ok(row.map(|row| (row, events)));
+                    }
+                    let transaction = client.transaction().await?;
+                    if demotes && !others_stay_admin(&transaction, uuid).await? {
+                        return Ok(Err(StoreError::LastAdmin));
+                    }
+                    let lock = transaction.prepare_cached(USER_FOR_UPDATE).await?;
+                    let Some(row) = transaction.query_opt(&lock, &[&uuid]).await? else {
+                        return Ok(Err(StoreError::NotFound));
+                    };
+                    let before = match user_from_row(&row) {
+                        Ok(before) => before,
+                        Err(corrupt) => return Ok(Err(corrupt)),
+                    };
+                    let events = audit::user_changes(id, Some(&before), &patch, origin, now);
+                    let param = events_param(&events);
+                    let statement = transaction.prepare_cached(UPDATE_USER).await?;
+                    let row = transaction
+                        .query_opt(
+                            &statement,
+                            &[
+                                &uuid,
+                                &name,
+                                &patch.email,
+                                &role,
+                                &patch.password_hash,
+                                &to_i64(now),
+                                &patch.email_verified,
+                                &param,
+                            ],
+                        )
+                        .await?;
+                    transaction.commit().await?;
+                    Ok(row.ok_or(StoreError::NotFound).map(|row| (row, events)))
                 }
             })
             .await?;
-        user_from_row(&outcome?)
+        let (row, events) = outcome?;
+        Ok((user_from_row(&row)?, events))
     }
 
     pub async fn delete_user(&self, id: &str, events: Vec<Event>) -> Result<User, StoreError> {
@@ -779,28 +827,35 @@ impl PgStore {
     }
 
     /// Writes `event` (of a capped action) if fewer than `per_minute` of its
-    /// action were stored in `event`'s minute, by every instance together:
+    /// action were stored in `minute`, by every instance together:
     /// `gatehouse_record_capped` (migration 8) locks the action's budget row
-    /// for the moment of one statement. `Some(n)`: stored, with the `n`
-    /// dropped before it in `detail.suppressed`; `None`: dropped (counted).
+    /// for the moment of one statement. `dropped_here`: events this instance
+    /// dropped without asking, added to the count. `Some(n)`: stored, with
+    /// the `n` dropped before it in `detail.suppressed`; `None`: dropped
+    /// (counted).
     pub async fn record_capped(
         &self,
         event: &Event,
-        now: u64,
+        minute: u64,
         per_minute: u64,
+        dropped_here: u64,
     ) -> Result<Option<u64>, StoreError> {
         let events = events_param(std::slice::from_ref(event));
         let action = event.action.as_str();
-        let (minute, per_minute) = (to_i64(now / 60), to_i64(per_minute));
+        let (minute, per_minute) = (to_i64(minute), to_i64(per_minute));
+        let dropped_here = to_i64(dropped_here);
         let outcome: i64 = self
             .run(|client| {
                 let events = events.clone();
                 async move {
                     let statement = client
-                        .prepare_cached("SELECT gatehouse_record_capped($1, $2, $3, $4)")
+                        .prepare_cached("SELECT gatehouse_record_capped($1, $2, $3, $4, $5)")
                         .await?;
                     client
-                        .query_one(&statement, &[&events, &action, &minute, &per_minute])
+                        .query_one(
+                            &statement,
+                            &[&events, &action, &minute, &per_minute, &dropped_here],
+                        )
                         .await?
                         .try_get(0)
                 }

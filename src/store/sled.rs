@@ -25,8 +25,9 @@
 //! - tree `audit`: the audit log (`domain::audit`), three kinds of key:
 //!   `e` + event id (16 bytes) → the event's JSON; `u` + user id + NUL +
 //!   event id → nothing (the index of `?user_id=`); `a` + action + NUL +
-//!   event id → nothing (`?action=`). Event ids are UUIDv7s, so each key
-//!   space lists its events oldest first. An event is written in the same
+//!   event id → nothing (`?action=`); `b` + user id + NUL + action + NUL +
+//!   event id → nothing (both filters). Event ids are UUIDv7s, so each key
+//!   space lists its events oldest first, and every filter is one range. An event is written in the same
 //!   transaction as the change it records.
 //!
 //! Invariants: the email index and the user records change together, in one
@@ -70,7 +71,7 @@ use sled::Transactional;
 use super::filter::{MaybeSet, COUNTERS};
 use super::record;
 use super::{StoreError, UserPatch};
-use crate::domain::audit::{self, Event};
+use crate::domain::audit::{self, Event, Origin};
 use crate::domain::mail_token::{MailTokenKind, PendingToken, PresentedMailToken};
 use crate::domain::session::Session;
 use crate::domain::signing::{KeySet, StoredKey};
@@ -267,16 +268,16 @@ impl SledStore {
         id: &str,
         patch: UserPatch,
         now: u64,
-        events: Vec<Event>,
-    ) -> Result<User, StoreError> {
+        origin: Origin,
+    ) -> Result<(User, Vec<Event>), StoreError> {
         let store = self.clone();
         let id = id.to_string();
         self.write(move || {
-            let entries = audit_entries(&events);
             let trees = (&store.users, &store.emails, &store.meta);
             let updated = (trees.0, trees.1, trees.2, &store.mail_tokens, &store.audit)
                 .transaction(|(users, emails, meta, mail_tokens, audit)| {
                     let mut user = load(users, &id)?;
+                    let events = audit::user_changes(&id, Some(&user), &patch, &origin, now);
                     let old_email = user.email.clone();
                     let was_admin = user.is_admin();
                     apply(&mut user, &patch, now);
@@ -298,8 +299,8 @@ impl SledStore {
                         }
                     }
                     users.insert(user.id.as_bytes(), encode_user(&user))?;
-                    put_events(audit, &entries)?;
-                    Ok(user)
+                    put_events(audit, &audit_entries(&events))?;
+                    Ok((user, events))
                 })
                 .map_err(tx_error);
             // Here, in the blocking task, rather than after the await: the
@@ -806,13 +807,13 @@ impl SledStore {
         &self,
         query: &audit::Query,
     ) -> Result<(Vec<Event>, bool), StoreError> {
-        let (prefix, filter_action) = match (&query.user_id, query.action) {
-            (Some(user_id), action) => (audit_index_key(b'u', user_id.as_bytes(), None), action),
-            (None, Some(action)) => (
-                audit_index_key(b'a', action.as_str().as_bytes(), None),
-                None,
-            ),
-            (None, None) => (vec![b'e'], None),
+        let prefix = match (&query.user_id, query.action) {
+            (Some(user_id), Some(action)) => {
+                audit_index_key(b'b', &user_and_action(user_id, action), None)
+            }
+            (Some(user_id), None) => audit_index_key(b'u', user_id.as_bytes(), None),
+            (None, Some(action)) => audit_index_key(b'a', action.as_str().as_bytes(), None),
+            (None, None) => vec![b'e'],
         };
         let mut end = prefix.clone();
         match query.before {
@@ -841,9 +842,6 @@ impl SledStore {
                 }
             };
             let event = decode_event(id, &bytes)?;
-            if filter_action.is_some_and(|action| event.action != action) {
-                continue;
-            }
             if events.len() == query.limit {
                 return Ok((events, true));
             }
@@ -876,6 +874,8 @@ impl SledStore {
                     if let Ok(event) = decode_event(id, &value) {
                         if let Some(user_id) = &event.user_id {
                             batch.remove(audit_index_key(b'u', user_id.as_bytes(), Some(id)));
+                            let both = user_and_action(user_id, event.action);
+                            batch.remove(audit_index_key(b'b', &both, Some(id)));
                         }
                         batch.remove(audit_index_key(
                             b'a',
@@ -1190,8 +1190,8 @@ fn decode_mail_token(key: &[u8], bytes: &[u8]) -> Result<PendingToken, StoreErro
 /// Events removed per batch by the retention purge.
 const AUDIT_PURGE_BATCH: usize = 1000;
 
-/// An index key of the `audit` tree: `kind` (`u` or `a`), the user id or
-/// action, NUL, and the event id (none: the prefix of them all).
+/// An index key of the `audit` tree: `kind` (`u`, `a` or `b`), the user id,
+/// action or both, NUL, and the event id (none: the prefix of them all).
 fn audit_index_key(kind: u8, value: &[u8], id: Option<&[u8]>) -> Vec<u8> {
     let mut key = Vec::with_capacity(2 + value.len() + 16);
     key.push(kind);
@@ -1216,11 +1216,22 @@ fn audit_entries(events: &[Event]) -> Vec<(Vec<u8>, Vec<u8>)> {
                 audit_index_key(b'u', user_id.as_bytes(), Some(id)),
                 Vec::new(),
             ));
+            let both = user_and_action(user_id, event.action);
+            entries.push((audit_index_key(b'b', &both, Some(id)), Vec::new()));
         }
         let action = event.action.as_str().as_bytes();
         entries.push((audit_index_key(b'a', action, Some(id)), Vec::new()));
     }
     entries
+}
+
+/// The `b` index's value: user id, NUL, action.
+fn user_and_action(user_id: &str, action: audit::Action) -> Vec<u8> {
+    let mut value = Vec::with_capacity(user_id.len() + 1 + 24);
+    value.extend_from_slice(user_id.as_bytes());
+    value.push(0);
+    value.extend_from_slice(action.as_str().as_bytes());
+    value
 }
 
 fn put_events(audit: &TransactionalTree, entries: &[(Vec<u8>, Vec<u8>)]) -> TxResult<()> {
@@ -1304,9 +1315,10 @@ mod tests {
             ..UserPatch::default()
         };
         let b = store
-            .update_user(&a.id, moved, 2, Vec::new())
+            .update_user(&a.id, moved, 2, Origin::default())
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(store.mail_tokens.len(), 0, "an email change deletes them");
         // A token for the old address is not stored any more.
         assert!(!put(&a, MailTokenKind::Reset).await.unwrap());
@@ -1330,7 +1342,7 @@ mod tests {
             ..UserPatch::default()
         };
         assert!(matches!(
-            store.update_user(&a.id, taken, 2, Vec::new()).await,
+            store.update_user(&a.id, taken, 2, Origin::default()).await,
             Err(StoreError::EmailTaken)
         ));
         let moved = UserPatch {
@@ -1339,9 +1351,10 @@ mod tests {
             ..UserPatch::default()
         };
         let a2 = store
-            .update_user(&a.id, moved, 2, Vec::new())
+            .update_user(&a.id, moved, 2, Origin::default())
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(a2.password_version, 1);
         assert!(store.user_by_email("a@x.io").await.unwrap().is_none());
         assert_eq!(
@@ -1409,7 +1422,7 @@ mod tests {
             ..UserPatch::default()
         };
         store
-            .update_user(&a.id, rename, 2, Vec::new())
+            .update_user(&a.id, rename, 2, Origin::default())
             .await
             .unwrap();
         assert_eq!(
@@ -1440,7 +1453,7 @@ mod tests {
             ..UserPatch::default()
         };
         store
-            .update_user(&old.id, rename, 2, Vec::new())
+            .update_user(&old.id, rename, 2, Origin::default())
             .await
             .unwrap();
         let stored = store.users.get(old.id.as_bytes()).unwrap().unwrap();
