@@ -8,7 +8,7 @@
 //! open the store or generate secrets: that is `app`'s job.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail};
@@ -36,6 +36,17 @@ pub struct Settings {
     pub store: StoreSettings,
     pub mail: MailSettings,
     pub cors: CorsSettings,
+    pub metrics: MetricsSettings,
+}
+
+/// The Prometheus metrics listener (`metrics`, `server::metrics_listener`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Where `GET /metrics` is served, on a listener of its own, e.g.
+    /// `127.0.0.1:9464` (port 0 picks a free port, logged). Unset (the
+    /// default): no metrics are recorded or served.
+    pub listen: Option<SocketAddr>,
 }
 
 /// CORS for browser apps on other origins (`http::cors`).
@@ -193,6 +204,7 @@ impl Default for Settings {
             store: StoreSettings::default(),
             mail: MailSettings::default(),
             cors: CorsSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -272,7 +284,7 @@ pub struct Overrides {
 /// variables (say, a test suite's own) are not configuration and are ignored;
 /// an unknown key *inside* a section is still refused.
 const ENV_SECTIONS: &[&str] = &[
-    "server", "auth", "limits", "data_dir", "store", "mail", "cors",
+    "server", "auth", "limits", "data_dir", "store", "mail", "cors", "metrics",
 ];
 
 impl Settings {
@@ -508,6 +520,15 @@ impl Settings {
             "cors.max_age_secs",
             "must be between 0 and 86400",
         )?;
+        if let Some(listen) = self.metrics.listen {
+            // The API's port must not serve the metrics, nor the two fight
+            // over one address (port 0 picks a free port each).
+            check(
+                listen.port() == 0 || listen != SocketAddr::new(s.host, s.port),
+                "metrics.listen",
+                "must differ from server.host and server.port",
+            )?;
+        }
         self.validate_mail()
     }
 
@@ -637,6 +658,7 @@ mod tests {
             assert_eq!(s.mail.verify_url, "{public_url}/verify-email#token={token}");
             assert_eq!(s.mail.resend_secs, 60);
             assert_eq!(s.limits.mail_requests_per_address, 20);
+            assert_eq!(s.metrics.listen, None, "metrics are off by default");
             Ok(())
         });
     }
@@ -726,6 +748,12 @@ mod tests {
                 "cors.allowed_origins",
             ),
             ("GATEHOUSE_CORS__MAX_AGE_SECS", "86401", "cors.max_age_secs"),
+            ("GATEHOUSE_METRICS__LISTEN", "localhost", "metrics.listen"),
+            (
+                "GATEHOUSE_METRICS__LISTEN",
+                "127.0.0.1:3000",
+                "metrics.listen",
+            ),
             (
                 "GATEHOUSE_LIMITS__MAIL_REQUESTS_PER_ADDRESS",
                 "0",
@@ -797,7 +825,12 @@ mod tests {
             jail.set_env("GATEHOUSE_DATA_DIR", "/from/env");
             jail.set_env("GATEHOUSE_STORE__URL", "postgres://u@localhost/x");
             jail.set_env("GATEHOUSE_AUTH__SECRET", "x".repeat(40));
+            jail.set_env("GATEHOUSE_METRICS__LISTEN", "127.0.0.1:9464");
             let s = load_in(jail, Overrides::default()).unwrap();
+            assert_eq!(
+                s.metrics.listen,
+                Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+            );
             assert_eq!(s.server.idle_timeout_secs, 7);
             assert_eq!(s.auth.issuer, "from-env");
             assert_eq!(s.limits.registrations_per_address, 3);
