@@ -11,7 +11,7 @@ use hyper::{Method, StatusCode};
 use serde_json::json;
 
 use crate::api::sessions::{start_session, token_pair};
-use crate::api::users::{confirm_password, find_by_email, NewUser};
+use crate::api::users::{confirm_password, find_by_email, login_outcome, NewUser};
 use crate::domain::unix_now;
 use crate::domain::user::{normalize_email, valid_password, Role};
 use crate::http::auth::{check_token, presented_token, AuthUser};
@@ -19,6 +19,7 @@ use crate::http::body::parse_query;
 use crate::http::context::RequestContext;
 use crate::http::error::ApiError;
 use crate::http::{json, json_bytes, HttpResponse};
+use crate::metrics::{RefreshOutcome, SessionEnd};
 use crate::store::{Refresh, UserPatch};
 
 /// `POST /api/auth/register {name, email, password}`: a new `user`, and a
@@ -36,6 +37,7 @@ pub async fn register(mut ctx: RequestContext) -> Result<HttpResponse, ApiError>
     let user = NewUser::from_fields(&mut fields)?
         .insert(app, Role::User, false)
         .await?;
+    app.metrics.registration();
     tracing::info!(user = %user.id, "registered");
     crate::api::recovery::after_creation(&ctx.app, &user);
     if app.settings.auth.require_verified_email {
@@ -54,7 +56,16 @@ pub async fn register(mut ctx: RequestContext) -> Result<HttpResponse, ApiError>
 }
 
 /// `POST /api/auth/login {email, password}`.
-pub async fn login(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
+pub async fn login(ctx: RequestContext) -> Result<HttpResponse, ApiError> {
+    let metrics = ctx.app.metrics.clone();
+    let answer = sign_in(ctx).await;
+    if let Some(outcome) = login_outcome(&answer) {
+        metrics.login(outcome);
+    }
+    answer
+}
+
+async fn sign_in(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
     let mut fields = ctx.read_body().await?;
     let app = &ctx.app;
     let client = ctx.client_ip();
@@ -100,18 +111,19 @@ pub async fn logout(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
             Ok(caller) => {
                 let claims = caller.claims();
                 let own = claims.sid.as_deref();
-                match (scope, own) {
+                let ended = match (scope, own) {
                     (LogoutScope::Local, Some(sid)) => {
-                        app.store.end_session(sid).await?;
+                        usize::from(app.store.end_session(sid).await?.is_some())
                     }
-                    (LogoutScope::Local, None) => {}
+                    (LogoutScope::Local, None) => 0,
                     (LogoutScope::Global, _) => {
-                        app.store.end_user_sessions(&claims.sub, None).await?;
+                        app.store.end_user_sessions(&claims.sub, None).await?.len()
                     }
                     (LogoutScope::Others, _) => {
-                        app.store.end_user_sessions(&claims.sub, own).await?;
+                        app.store.end_user_sessions(&claims.sub, own).await?.len()
                     }
-                }
+                };
+                app.metrics.sessions_ended(SessionEnd::Logout, ended);
                 if own.is_none() && scope != LogoutScope::Others {
                     app.store.revoke(&claims.jti, claims.exp).await?;
                 }
@@ -121,7 +133,9 @@ pub async fn logout(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
         }
     }
     if let Some(presented) = refresh_token.and_then(|t| app.refresh_keys.parse(&t).ok()) {
-        app.store.end_session(&presented.session_id).await?;
+        let ended = app.store.end_session(&presented.session_id).await?;
+        app.metrics
+            .sessions_ended(SessionEnd::Logout, usize::from(ended.is_some()));
     }
     Ok(json(StatusCode::OK, &json!({"auth": false, "token": null})))
 }
@@ -180,19 +194,22 @@ pub async fn refresh(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> 
     }
     let app = &ctx.app;
     let Ok(presented) = app.refresh_keys.parse(&text) else {
+        app.metrics.refresh(RefreshOutcome::Refused);
         return Err(ApiError::InvalidRefreshToken);
     };
-    match app
+    let refreshed = app
         .store
         .refresh(&presented, &app.refresh_keys, &app.sessions, unix_now())
-        .await?
-    {
+        .await?;
+    app.metrics.refresh(refresh_outcome(&refreshed));
+    match refreshed {
         Refresh::Granted {
             session,
             user,
             refresh_token,
         } => token_pair(app, &user, &session.id, refresh_token),
         Refresh::Reused { session } => {
+            app.metrics.sessions_ended(SessionEnd::Reuse, 1);
             tracing::warn!(
                 user = %session.user_id,
                 session = %session.id,
@@ -201,6 +218,15 @@ pub async fn refresh(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> 
             Err(ApiError::InvalidRefreshToken)
         }
         Refresh::Refused => Err(ApiError::InvalidRefreshToken),
+    }
+}
+
+/// What presenting a refresh token counts as in `gatehouse_refreshes_total`.
+fn refresh_outcome(refreshed: &Refresh) -> RefreshOutcome {
+    match refreshed {
+        Refresh::Granted { .. } => RefreshOutcome::Granted,
+        Refresh::Reused { .. } => RefreshOutcome::Reused,
+        Refresh::Refused => RefreshOutcome::Refused,
     }
 }
 
@@ -230,7 +256,9 @@ pub async fn change_password(
     // The new password version already refuses every earlier session and
     // token; deleting the sessions keeps the store from holding them until
     // the purge.
-    app.store.end_user_sessions(&user.id, None).await?;
+    let ended = app.store.end_user_sessions(&user.id, None).await?;
+    app.metrics
+        .sessions_ended(SessionEnd::PasswordChange, ended.len());
     tracing::info!(user = %user.id, "password changed");
     start_session(&ctx, &user).await
 }

@@ -27,6 +27,7 @@ use crate::http::context::RequestContext;
 use crate::http::error::ApiError;
 use crate::http::{json, json_bytes, HttpResponse};
 use crate::mail::{MailKind, Mailer, Outgoing};
+use crate::metrics::SessionEnd;
 
 /// The one answer of `forgot` and of `verify/request` by address, whatever
 /// the address.
@@ -89,7 +90,8 @@ pub async fn reset(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
         .ok_or(ApiError::InvalidResetToken)?;
     // Already refused by the new password version; deleting them keeps the
     // store from holding them until the purge.
-    app.store.end_user_sessions(&user.id, None).await?;
+    let ended = app.store.end_user_sessions(&user.id, None).await?;
+    app.metrics.sessions_ended(SessionEnd::Reset, ended.len());
     tracing::info!(user = %user.id, "password reset by mail");
     start_session(&ctx, &user).await
 }

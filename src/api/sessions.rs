@@ -18,6 +18,7 @@ use crate::http::auth::AuthUser;
 use crate::http::context::RequestContext;
 use crate::http::error::ApiError;
 use crate::http::{json, HttpResponse};
+use crate::metrics::SessionEnd;
 use crate::store::StoreError;
 
 /// Starts a session of `user` for the request's client (its `User-Agent`
@@ -96,7 +97,9 @@ pub async fn end_own(ctx: RequestContext, caller: AuthUser) -> Result<HttpRespon
     if !owned {
         return Err(ApiError::NotFound);
     }
-    app.store.end_session(id).await?;
+    let ended = app.store.end_session(id).await?;
+    app.metrics
+        .sessions_ended(SessionEnd::Revoked, usize::from(ended.is_some()));
     Ok(json(
         StatusCode::OK,
         &json!({"message": "Session revoked."}),
@@ -117,6 +120,7 @@ pub async fn end_user(ctx: RequestContext, caller: AuthUser) -> Result<HttpRespo
     let app = &ctx.app;
     let now = unix_now();
     let ended = app.store.end_user_sessions(&user.id, None).await?;
+    app.metrics.sessions_ended(SessionEnd::Revoked, ended.len());
     let revoked = ended
         .iter()
         .filter(|s| s.is_alive(&app.sessions, user.password_version, now))
