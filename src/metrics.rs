@@ -6,15 +6,15 @@
 //!
 //! This module owns the series: their names, labels, buckets and how each is
 //! recorded. It must not slow or serialize request handling: every series is
-//! built at start-up, so a recording is one or two atomic additions on a
-//! slot found by index, never a lock, a hash or an allocation (the label
+//! built at start-up, so a recording is a few relaxed atomic additions on
+//! slots found by index, never a lock, a hash or an allocation (the label
 //! sets that vary per request, route × method × status, are flat arrays of
-//! atomics read by [`RequestSeries`]'s collector at scrape time). With
-//! metrics off (no `metrics.listen`) [`Metrics`] is empty and a recording is
-//! one branch. It serves nothing (`server::metrics_listener` answers
-//! `/metrics`) and knows neither hyper, the route table nor the store:
-//! callers hand it the route patterns once, then indexes, methods, statuses
-//! and durations.
+//! atomics that a collector reads at scrape time). With metrics off (no
+//! `metrics.listen`) [`Metrics`] is empty and a recording is one branch. It
+//! serves nothing (`server::metrics_listener` listens, `http::metrics_page`
+//! answers) and knows neither hyper, the route table nor the store: callers
+//! hand it the route patterns once, then indexes, methods, statuses and
+//! durations.
 
 use std::fmt;
 use std::future::Future;

@@ -646,6 +646,66 @@ async fn the_listener_is_bounded_and_stops_with_the_server() {
     );
 }
 
+/// The listener answers `/metrics` alone: `HEAD` (headers only, the
+/// connection still usable), 405 for other methods, 404 for other paths.
+#[tokio::test]
+async fn the_listener_answers_only_its_page() {
+    let (_server, metrics) = start_with(|_| {}).await;
+    let client = reqwest::Client::new();
+    let post = client
+        .post(format!("{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405);
+    assert_eq!(post.headers()["allow"], "GET, HEAD");
+    for path in ["/", "/api/auth/me", "/metrics/x"] {
+        let other = client.get(format!("{metrics}{path}")).send().await.unwrap();
+        assert_eq!(other.status(), 404, "{path}");
+        let body: Value = other.json().await.unwrap();
+        assert_eq!(body["error"], "not_found");
+    }
+    let address = metrics.trim_start_matches("http://");
+    let mut connection = TcpStream::connect(address).await.unwrap();
+    connection
+        .write_all(b"HEAD /metrics HTTP/1.1\r\nHost: m\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut connection).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    connection
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\n\r\n")
+        .await
+        .unwrap();
+    // Had the HEAD answer carried a body, this would read it instead.
+    let page = read_response(&mut connection).await;
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(page.contains("\ngatehouse_build_info{"), "{page}");
+}
+
+/// Reads one answer's head (to its blank line), with a deadline.
+async fn read_head(stream: &mut TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + DEADLINE;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut byte)).await {
+            Ok(Ok(1)) => head.push(byte[0]),
+            other => panic!(
+                "the head ended early ({other:?}): {}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    String::from_utf8(head).expect("an ASCII head")
+}
+
 /// The binary logs the metrics address after the API's (so the first
 /// "listening" line names the API), serves it, and stops cleanly.
 #[tokio::test]
