@@ -46,7 +46,17 @@
 #   4b. for each auth.algorithm (HS256, EdDSA, ES256, RS256): gatehouse on a
 #      fresh data dir signing with it, BENCH_ROUNDS rounds of /me alternating
 #      with the baseline (as in 2), then POST /api/auth/login (16
-#      connections); then stops the baseline;
+#      connections);
+#   4c. metrics off and on in the same run: two gatehouses on fresh data
+#      dirs, one without metrics.listen (the default), one with
+#      GATEHOUSE_METRICS__LISTEN=127.0.0.1:0; BENCH_ROUNDS rounds of the
+#      baseline, then the "off" server, then the "on" server (each paused
+#      while another runs), each server taking /me (64 connections) then
+#      login (16 connections) for ROUND_DURATION each; during the "on"
+#      rounds a scraper (curl on CLIENT_CPU) reads /metrics every second, as
+#      Prometheus would. /me ÷ baseline and login ÷ the bcrypt ceiling are
+#      reported for both, as medians of the rounds; then stops the
+#      baseline;
 #   5. measures one core's bcrypt verify rate at the benchmark's cost
 #      (examples/bcrypt_ceiling.rs on CPU 0): the ceiling for login/register;
 #   6. seeds a second data dir with BENCH_USERS users (examples/seed.rs, server
@@ -185,11 +195,14 @@ forget_pid() {
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
-# Polls LOG for "listening address=IP:PORT" until DEADLINE_S; prints the address.
+# Polls LOG for "WHAT listening address=IP:PORT" (WHAT: gatehouse, baseline
+# or metrics; default any but metrics) until DEADLINE_S; prints the address.
 wait_for_address() {
-  local log=$1 pid=$2 deadline=$((SECONDS + ${3:-60})) address
+  local log=$1 pid=$2 deadline=$((SECONDS + ${3:-60})) what=${4:-'gatehouse\|baseline'} address
   while :; do
-    address=$(sed -n 's/.*listening address=\([0-9.]*:[0-9]*\).*/\1/p' "$log" | head -n 1)
+    # (The log file may not exist yet: the server's shell creates it.)
+    address=$(sed -n "s/.*\($what\) listening address=\([0-9.]*:[0-9]*\).*/\2/p" "$log" 2>/dev/null |
+      head -n 1)
     if [[ -n $address ]]; then
       echo "$address"
       return 0
@@ -198,7 +211,7 @@ wait_for_address() {
       tail -n 20 "$log" >&2
       die "the server (pid $pid) exited before listening"
     fi
-    ((SECONDS < deadline)) || die "no 'listening address=' line in $log in time"
+    ((SECONDS < deadline)) || die "no '$what listening address=' line in $log in time"
     sleep 0.005
   done
 }
@@ -213,8 +226,8 @@ wait_for_health() {
 }
 
 # Starts gatehouse on DATA_DIR (and on the PostgreSQL database STORE_URL if
-# given; signing with GH_ALGORITHM if set) pinned to SERVER_CPU; sets GH_PID
-# and GH_LOG.
+# given; signing with GH_ALGORITHM if set; serving metrics at GH_METRICS if
+# set) pinned to SERVER_CPU; sets GH_PID and GH_LOG.
 start_gatehouse() { # DATA_DIR NAME [STORE_URL]
   local data_dir=$1 name=$2 store_url=${3:-}
   GH_LOG=$WORK/$name.log
@@ -227,6 +240,7 @@ start_gatehouse() { # DATA_DIR NAME [STORE_URL]
     unset RUST_LOG
     [[ -z $store_url ]] || export GATEHOUSE_STORE__URL=$store_url
     [[ -z ${GH_ALGORITHM:-} ]] || export GATEHOUSE_AUTH__ALGORITHM=$GH_ALGORITHM
+    [[ -z ${GH_METRICS:-} ]] || export GATEHOUSE_METRICS__LISTEN=$GH_METRICS
     exec taskset -c "$SERVER_CPU" "$BIN_DIR/gatehouse" --port 0 --data-dir "$data_dir"
   ) 2>"$GH_LOG" >/dev/null &
   GH_PID=$!
@@ -651,6 +665,95 @@ for alg in "${ALGORITHMS[@]}"; do
   collect "login_$alg"
   stop_server "$GH_PID"
 done
+
+# --- 4c. metrics off and on, in alternating rounds --------------------------------
+# Two servers on fresh data dirs, the second with metrics.listen; each round
+# runs the baseline, then the off server, then the on server (the others
+# paused), /me then login on each. During the on server's turn a scraper
+# reads /metrics every second, as a Prometheus with a 1 s interval would.
+log "metrics off and on: /me vs the baseline and login, $ROUNDS rounds of $ROUND_DURATION each; /metrics scraped every second while on"
+start_gatehouse "$WORK/data-metrics-off" metrics-off
+METRICS_OFF_PID=$GH_PID
+METRICS_OFF_ADDRESS=$(wait_for_address "$GH_LOG" "$GH_PID")
+wait_for_health "$METRICS_OFF_ADDRESS"
+GH_METRICS=127.0.0.1:0 start_gatehouse "$WORK/data-metrics-on" metrics-on
+METRICS_ON_PID=$GH_PID
+METRICS_ON_ADDRESS=$(wait_for_address "$GH_LOG" "$GH_PID")
+METRICS_PAGE=http://$(wait_for_address "$GH_LOG" "$GH_PID" 60 metrics)/metrics
+wait_for_health "$METRICS_ON_ADDRESS"
+declare -A METRICS_TOKEN METRICS_LOGIN_EMAIL
+for mode in off on; do
+  address_ref=METRICS_${mode^^}_ADDRESS
+  METRICS_TOKEN[$mode]=$(register "${!address_ref}" "bench-metrics-$mode-me-$RUN_ID@bench.example")
+  METRICS_LOGIN_EMAIL[$mode]=bench-metrics-$mode-login-$RUN_ID@bench.example
+  register "${!address_ref}" "${METRICS_LOGIN_EMAIL[$mode]}" >/dev/null
+done
+SCRAPES=$WORK/scrapes.txt
+: >"$SCRAPES"
+# scraper PAGE: reads PAGE every second (on CLIENT_CPU), a line in SCRAPES
+# per page read; runs until killed.
+scraper() {
+  while :; do
+    if curl -sf -o /dev/null --max-time 5 "$1"; then echo ok >>"$SCRAPES"; fi
+    sleep 1
+  done
+}
+kill -STOP "$METRICS_OFF_PID" "$METRICS_ON_PID"
+METRICS_ROUND_RATIOS=()
+for ((round = 1; round <= ROUNDS; round++)); do
+  kill -CONT "$BASELINE_PID"
+  WRK_DURATION=$ROUND_DURATION wrk_command "metrics_baseline_$round" me.lua 64 \
+    "http://$BASELINE_ADDRESS/api/auth/me"
+  BENCH_TOKEN=${METRICS_TOKEN[off]} "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+  kill -STOP "$BASELINE_PID"
+  for mode in off on; do
+    pid_ref=METRICS_${mode^^}_PID
+    address_ref=METRICS_${mode^^}_ADDRESS
+    kill -CONT "${!pid_ref}"
+    SCRAPER_PID=
+    if [[ $mode == on ]]; then
+      taskset -c "$CLIENT_CPU" bash -c "$(declare -f scraper); SCRAPES=$SCRAPES scraper $METRICS_PAGE" &
+      SCRAPER_PID=$!
+      PIDS+=("$SCRAPER_PID")
+    fi
+    WRK_DURATION=$ROUND_DURATION wrk_command "me_metrics_${mode}_$round" me.lua 64 \
+      "http://${!address_ref}/api/auth/me"
+    BENCH_TOKEN=${METRICS_TOKEN[$mode]} "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+    WRK_DURATION=$ROUND_DURATION wrk_command "login_metrics_${mode}_$round" login.lua 16 \
+      "http://${!address_ref}/api/auth/login"
+    BENCH_EMAIL=${METRICS_LOGIN_EMAIL[$mode]} "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+    if [[ -n $SCRAPER_PID ]]; then
+      stop_pid "$SCRAPER_PID"
+      forget_pid "$SCRAPER_PID"
+    fi
+    kill -STOP "${!pid_ref}"
+  done
+  collect "metrics_baseline_$round"
+  for key in me_metrics_off me_metrics_on login_metrics_off login_metrics_on; do
+    collect "${key}_$round"
+  done
+  METRICS_ROUND_RATIOS+=("$(ratio_of "${RPS[me_metrics_off_$round]}" "${RPS[metrics_baseline_$round]}")/$(ratio_of "${RPS[me_metrics_on_$round]}" "${RPS[metrics_baseline_$round]}")")
+done
+for key in metrics_baseline me_metrics_off me_metrics_on login_metrics_off login_metrics_on; do
+  aggregate "$key"
+done
+# Per round: /me ÷ baseline off and on, then their medians.
+ME_OFF_RATIOS=() ME_ON_RATIOS=()
+for pair in "${METRICS_ROUND_RATIOS[@]}"; do
+  ME_OFF_RATIOS+=("${pair%/*}") ME_ON_RATIOS+=("${pair#*/}")
+done
+ME_OFF_RATIO=$(median "${ME_OFF_RATIOS[@]}")
+ME_ON_RATIO=$(median "${ME_ON_RATIOS[@]}")
+log "/me ÷ baseline per round, metrics off: ${ME_OFF_RATIOS[*]}; on: ${ME_ON_RATIOS[*]}"
+# The on server recorded what it served: its page counts the /me requests.
+kill -CONT "$METRICS_ON_PID"
+METRICS_SCRAPES=$(wc -l <"$SCRAPES")
+METRICS_ME_COUNTED=$(curl -s --max-time 10 "$METRICS_PAGE" |
+  sed -n 's|^gatehouse_http_requests_total{route="/api/auth/me",method="GET",status="200"} \([0-9]*\)$|\1|p')
+log "metrics page: $METRICS_SCRAPES scrapes during the on rounds; /me 200s counted: ${METRICS_ME_COUNTED:-none}"
+kill -CONT "$METRICS_OFF_PID"
+stop_server "$METRICS_OFF_PID"
+stop_server "$METRICS_ON_PID"
 stop_server "$BASELINE_PID"
 
 # --- 5. one core's bcrypt verify rate ---------------------------------------------
@@ -780,6 +883,14 @@ RESULTS=$OUT_DIR/results.md
     row "login_$alg" "POST /api/auth/login, auth.algorithm $alg (c16)" \
       "$(ratio "${RPS[login_$alg]}" "$CEILING") × bcrypt ceiling"
   done
+  row me_metrics_off "GET /api/auth/me, metrics off (c64; median of $ROUNDS rounds)" \
+    "$ME_OFF_RATIO × baseline (median of the rounds' ratios; baseline $(printf '%.0f' "${RPS[metrics_baseline]}")/s)"
+  row me_metrics_on "GET /api/auth/me, metrics on, /metrics scraped every second (c64; median of $ROUNDS rounds)" \
+    "$ME_ON_RATIO × baseline (median of the rounds' ratios); $(ratio "${RPS[me_metrics_on]}" "${RPS[me_metrics_off]}") × metrics off"
+  row login_metrics_off "POST /api/auth/login, metrics off (c16; median of $ROUNDS rounds)" \
+    "$(ratio "${RPS[login_metrics_off]}" "$CEILING") × bcrypt ceiling"
+  row login_metrics_on "POST /api/auth/login, metrics on, scraped every second (c16; median of $ROUNDS rounds)" \
+    "$(ratio "${RPS[login_metrics_on]}" "$CEILING") × bcrypt ceiling; $(ratio "${RPS[login_metrics_on]}" "${RPS[login_metrics_off]}") × metrics off"
   row seeded_me "/me with $USERS users stored (c64)" "$(ratio "${RPS[seeded_me]}" "${RPS[me]}") × /me on a fresh store"
   row sessions_me "/me with $USERS users × $SESSIONS sessions stored (c64)" "$(ratio "${RPS[sessions_me]}" "${RPS[me]}") × /me on a fresh store"
   echo
@@ -805,6 +916,8 @@ RESULTS=$OUT_DIR/results.md
   for alg in "${ALGORITHMS[@]}"; do
     echo "/me ÷ baseline in each round under $alg: ${ALG_RATIOS[$alg]}"
   done
+  echo
+  echo "/me ÷ baseline in each round with metrics off: ${ME_OFF_RATIOS[*]}; on: ${ME_ON_RATIOS[*]} ($METRICS_SCRAPES scrapes of /metrics during the on rounds)"
   if [[ -n ${PG_RATIO[me_pg]:-} ]]; then
     echo
     echo "PostgreSQL /me ÷ pgbench -S in each round: ${PG_RATIOS[me_pg]}; PATCH ÷ one-row UPDATE: ${PG_RATIOS[patch_pg]}"
@@ -821,6 +934,7 @@ CHECKED=(me solo flood_me flood_login login register patch refresh baseline seed
 [[ -z ${RPS[refresh_pg]:-} ]] || CHECKED+=(refresh_pg)
 [[ -z ${PG_RATIO[me_pg]:-} ]] || CHECKED+=(me_pg patch_pg)
 for alg in "${ALGORITHMS[@]}"; do CHECKED+=("me_$alg" "baseline_$alg" "login_$alg"); done
+CHECKED+=(metrics_baseline me_metrics_off me_metrics_on login_metrics_off login_metrics_on)
 for key in "${CHECKED[@]}"; do
   # refresh.lua counts every answer but a 200 with a refresh token; the
   # other scripts, statuses of 400 and more.
@@ -836,6 +950,9 @@ for key in "${CHECKED[@]}"; do
   ((P99[$key] > 0)) || FAILED+=("$key: no latency recorded")
 done
 awk -v c="$CEILING" 'BEGIN { exit !(c > 0) }' || FAILED+=("bcrypt ceiling: no rate")
+((METRICS_SCRAPES > 0)) || FAILED+=("metrics on: /metrics was never scraped")
+[[ ${METRICS_ME_COUNTED:-0} =~ ^[0-9]+$ ]] && ((METRICS_ME_COUNTED >= REQ[me_metrics_on])) ||
+  FAILED+=("metrics on: the page counts ${METRICS_ME_COUNTED:-no} /me requests, wrk completed ${REQ[me_metrics_on]}")
 for measure in RSS_IDLE RSS_COLD RSS_USERS DISK_KIB COLD_START_MS RSS_SESSIONS_COLD RSS_SESSIONS \
   DISK_SESSIONS_KIB SESSIONS_COLD_START_MS; do
   [[ ${!measure} =~ ^[0-9]+$ ]] && ((${!measure} > 0)) || FAILED+=("$measure: no number")

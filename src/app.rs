@@ -1,9 +1,9 @@
 //! [`App`]: the one piece of shared state: validated settings, the store (which
 //! also keeps the login and registration throttles), the token keys (with
 //! the stored asymmetric key set loaded, see `keyring`) and refresh-token
-//! keys, the session policy, the password hasher and the request log. It is built once at start-up and
-//! passed explicitly (as `Arc<App>`) to whatever needs it; there is no global
-//! state.
+//! keys, the session policy, the password hasher, the metrics and the request
+//! log. It is built once at start-up and passed explicitly (as `Arc<App>`)
+//! to whatever needs it; there is no global state.
 //!
 //! This module also owns the data dir (created 0700; one the operator made
 //! keeps its mode, with a warning if others may enter it) and the generated
@@ -25,6 +25,7 @@ use crate::http::cors::CorsPolicy;
 use crate::keyring;
 use crate::log::RequestLog;
 use crate::mail::Mailer;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 pub struct App {
@@ -42,6 +43,9 @@ pub struct App {
     pub mailer: Option<Mailer>,
     /// The allowed origins; `None` when CORS is off (the default).
     pub cors: Option<CorsPolicy>,
+    /// Where the Prometheus series are recorded; records nothing without
+    /// `metrics.listen` (the default).
+    pub metrics: Metrics,
     /// Where the server writes its per-request lines (`log::init` makes the
     /// fast one; the default goes through `tracing`).
     pub request_log: RequestLog,
@@ -51,15 +55,18 @@ impl App {
     /// Opens the data dir, the store and the signing key. Errors name the
     /// file or key at fault.
     pub async fn open(settings: Settings) -> anyhow::Result<App> {
+        // The route table's patterns label the request series.
+        let routes: Vec<&'static str> = crate::api::routes::ROUTES.iter().map(|r| r.path).collect();
+        let metrics = Metrics::new(&settings.metrics, &routes);
         // First: a broken mail template stops start-up before anything is
         // written.
-        let mailer = Mailer::start(&settings)?;
+        let mailer = Mailer::start(&settings, &metrics)?;
         prepare_data_dir(&settings.data_dir)?;
         let secret = match &settings.auth.secret {
             Some(secret) => secret.expose().as_bytes().to_vec(),
             None => load_or_create_key(&settings.secret_file())?,
         };
-        let store = open_store(&settings).await?;
+        let store = open_store(&settings, metrics.clone()).await?;
         let previous: Vec<&[u8]> = settings
             .auth
             .previous_secrets
@@ -83,7 +90,8 @@ impl App {
             key_lookups: keyring::Lookups::default(),
             refresh_keys: RefreshKeys::with_previous(&secret, &previous),
             sessions: SessionPolicy::from(&settings.auth),
-            passwords: PasswordHasher::new(settings.auth.bcrypt_cost),
+            passwords: PasswordHasher::new(settings.auth.bcrypt_cost).with_metrics(metrics.clone()),
+            metrics,
             store,
             tokens,
             settings,
@@ -123,8 +131,8 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Opens the configured store, with an error naming the setting at fault.
-pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    let store = Store::open(settings).await;
+pub async fn open_store(settings: &Settings, metrics: Metrics) -> anyhow::Result<Store> {
+    let store = Store::open(settings, metrics).await;
     if settings.store.url.is_some() {
         store.context("store.url: cannot use the PostgreSQL database")
     } else {

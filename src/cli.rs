@@ -168,7 +168,7 @@ async fn admin_create(
     };
     valid_password(&password, settings.auth.min_password_len)
         .map_err(|e| anyhow::anyhow!("{}", e.0))?;
-    let store = open_store(&settings).await?;
+    let store = open_store(&settings, crate::metrics::Metrics::off()).await?;
     let hash = PasswordHasher::new(settings.auth.bcrypt_cost)
         .hash(password)
         .await?;

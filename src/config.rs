@@ -8,7 +8,7 @@
 //! open the store or generate secrets: that is `app`'s job.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail};
@@ -37,6 +37,7 @@ pub struct Settings {
     pub mail: MailSettings,
     pub cors: CorsSettings,
     pub audit: AuditSettings,
+    pub metrics: MetricsSettings,
 }
 
 /// The audit log (`domain::audit`).
@@ -58,6 +59,16 @@ impl Default for AuditSettings {
             max_failures_per_minute: 600,
         }
     }
+}
+
+/// The Prometheus metrics listener (`metrics`, `server::metrics_listener`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Where `GET /metrics` is served, on a listener of its own, e.g.
+    /// `127.0.0.1:9464` (port 0 picks a free port, logged). Unset (the
+    /// default): no metrics are recorded or served.
+    pub listen: Option<SocketAddr>,
 }
 
 /// CORS for browser apps on other origins (`http::cors`).
@@ -216,6 +227,7 @@ impl Default for Settings {
             mail: MailSettings::default(),
             cors: CorsSettings::default(),
             audit: AuditSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -295,7 +307,7 @@ pub struct Overrides {
 /// variables (say, a test suite's own) are not configuration and are ignored;
 /// an unknown key *inside* a section is still refused.
 const ENV_SECTIONS: &[&str] = &[
-    "server", "auth", "limits", "data_dir", "store", "mail", "cors", "audit",
+    "server", "auth", "limits", "data_dir", "store", "mail", "cors", "audit", "metrics",
 ];
 
 impl Settings {
@@ -541,6 +553,15 @@ impl Settings {
             "audit.max_failures_per_minute",
             "must be between 1 and 1000000",
         )?;
+        if let Some(listen) = self.metrics.listen {
+            // The API's port must not serve the metrics, nor the two fight
+            // over one address (port 0 picks a free port each).
+            check(
+                listen.port() == 0 || listen != SocketAddr::new(s.host, s.port),
+                "metrics.listen",
+                "must differ from server.host and server.port",
+            )?;
+        }
         self.validate_mail()
     }
 
@@ -670,6 +691,7 @@ mod tests {
             assert_eq!(s.mail.verify_url, "{public_url}/verify-email#token={token}");
             assert_eq!(s.mail.resend_secs, 60);
             assert_eq!(s.limits.mail_requests_per_address, 20);
+            assert_eq!(s.metrics.listen, None, "metrics are off by default");
             Ok(())
         });
     }
@@ -759,6 +781,12 @@ mod tests {
                 "cors.allowed_origins",
             ),
             ("GATEHOUSE_CORS__MAX_AGE_SECS", "86401", "cors.max_age_secs"),
+            ("GATEHOUSE_METRICS__LISTEN", "localhost", "metrics.listen"),
+            (
+                "GATEHOUSE_METRICS__LISTEN",
+                "127.0.0.1:3000",
+                "metrics.listen",
+            ),
             (
                 "GATEHOUSE_AUDIT__RETENTION_DAYS",
                 "0",
@@ -840,7 +868,12 @@ mod tests {
             jail.set_env("GATEHOUSE_DATA_DIR", "/from/env");
             jail.set_env("GATEHOUSE_STORE__URL", "postgres://u@localhost/x");
             jail.set_env("GATEHOUSE_AUTH__SECRET", "x".repeat(40));
+            jail.set_env("GATEHOUSE_METRICS__LISTEN", "127.0.0.1:9464");
             let s = load_in(jail, Overrides::default()).unwrap();
+            assert_eq!(
+                s.metrics.listen,
+                Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+            );
             assert_eq!(s.server.idle_timeout_secs, 7);
             assert_eq!(s.auth.issuer, "from-env");
             assert_eq!(s.limits.registrations_per_address, 3);

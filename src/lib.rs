@@ -13,11 +13,14 @@
 //!   into [`config::Settings`] before anything binds or opens.
 //! - [`app`]: [`app::App`], the only shared state: settings, store (with its
 //!   login, registration and mail-request throttles), signing keys, password
-//!   hasher, mailer, CORS policy, request log. Passed explicitly, never global.
+//!   hasher, mailer, CORS policy, metrics, request log. Passed explicitly, never global.
 //! - [`log`]: the log line's format and its background writer.
 //! - [`mail`]: mail over SMTP: templates, links, the background sender.
+//! - [`metrics`]: the Prometheus series (requests by route pattern, logins,
+//!   refreshes, ended sessions, mail, hashing, store timings, `process_*`),
+//!   recorded in atomics built at start-up; off unless `metrics.listen`.
 //! - [`server`]: the IO edge: accept loop, connection cap, timeouts, request log,
-//!   graceful shutdown.
+//!   graceful shutdown; the `/metrics` listener.
 //! - [`http`]: the router (over a route table it is given), `RequestContext`,
 //!   `ApiError` and its JSON bodies, the token check
 //!   ([`http::auth::AuthUser`]), request-body decoding, CORS.
@@ -42,6 +45,7 @@ pub mod http;
 pub mod keyring;
 pub mod log;
 pub mod mail;
+pub mod metrics;
 pub mod server;
 pub mod store;
 

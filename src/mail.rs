@@ -20,6 +20,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::Settings;
+use crate::metrics::{MailOutcome, Metrics};
 
 /// Mails waiting for the worker before new ones are dropped (and logged).
 const QUEUE: usize = 1024;
@@ -209,6 +210,8 @@ fn escape_html(value: &str) -> String {
 /// The mail side of the server: link building and the queue to the worker.
 pub struct Mailer {
     queue: mpsc::Sender<Outgoing>,
+    /// Counts the mails dropped here (the worker counts the others).
+    metrics: Metrics,
     public_url: OnceLock<String>,
     reset_url: String,
     verify_url: String,
@@ -217,8 +220,8 @@ pub struct Mailer {
 impl Mailer {
     /// `None` without `mail.smtp_url`. Starts the worker on the current
     /// tokio runtime. The templates are loaded here: a broken one stops
-    /// start-up.
-    pub fn start(settings: &Settings) -> anyhow::Result<Option<Mailer>> {
+    /// start-up. Each mail's outcome is counted in `metrics`.
+    pub fn start(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Option<Mailer>> {
         let m = &settings.mail;
         let Some(url) = &m.smtp_url else {
             return Ok(None);
@@ -233,13 +236,20 @@ impl Mailer {
             .parse()
             .map_err(|_| anyhow!("invalid configuration: mail.from must be an address"))?;
         let (queue, queued) = mpsc::channel(QUEUE);
-        tokio::spawn(deliver(transport, Arc::new(templates), from, queued));
+        let worker = Worker {
+            transport,
+            templates: Arc::new(templates),
+            from,
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(deliver(worker, queued));
         let public_url = OnceLock::new();
         if let Some(url) = &m.public_url {
             let _ = public_url.set(url.trim_end_matches('/').to_string());
         }
         Ok(Some(Mailer {
             queue,
+            metrics: metrics.clone(),
             public_url,
             reset_url: m.reset_url.clone(),
             verify_url: m.verify_url.clone(),
@@ -277,58 +287,59 @@ impl Mailer {
                     (m.kind.as_str(), m.user_id.clone())
                 }
             };
+            self.metrics.mail(kind, MailOutcome::Dropped);
             tracing::warn!(kind, %user, "mail dropped: the mail queue is full");
         }
     }
 }
 
-async fn deliver(
+/// What the mail worker needs to send: shared by the sends in flight.
+#[derive(Clone)]
+struct Worker {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     templates: Arc<Templates>,
     from: Mailbox,
-    mut queued: mpsc::Receiver<Outgoing>,
-) {
+    metrics: Metrics,
+}
+
+async fn deliver(worker: Worker, mut queued: mpsc::Receiver<Outgoing>) {
     let sends = Arc::new(Semaphore::new(CONCURRENT_SENDS));
     while let Some(mail) = queued.recv().await {
         let Ok(permit) = Arc::clone(&sends).acquire_owned().await else {
             return;
         };
-        let (transport, templates, from) =
-            (transport.clone(), Arc::clone(&templates), from.clone());
+        let worker = worker.clone();
         tokio::spawn(async move {
-            send_with_retries(&transport, &templates, from, &mail).await;
+            let outcome = send_with_retries(&worker, &mail).await;
+            worker.metrics.mail(mail.kind.as_str(), outcome);
             drop(permit);
         });
     }
 }
 
-async fn send_with_retries(
-    transport: &AsyncSmtpTransport<Tokio1Executor>,
-    templates: &Templates,
-    from: Mailbox,
-    mail: &Outgoing,
-) {
+/// Sends `mail`, trying again after a temporary failure; says how it went.
+async fn send_with_retries(worker: &Worker, mail: &Outgoing) -> MailOutcome {
     let kind = mail.kind.as_str();
     let user = &mail.user_id;
-    let message = match build_message(templates, from, mail) {
+    let message = match build_message(&worker.templates, worker.from.clone(), mail) {
         Ok(message) => message,
         Err(error) => {
             tracing::warn!(kind, %user, %error, "mail not sent: it could not be built");
-            return;
+            return MailOutcome::Failed;
         }
     };
     let mut waits = BACKOFF.iter();
     let mut tries = 0;
     loop {
         tries += 1;
-        match transport.send(message.clone()).await {
+        match worker.transport.send(message.clone()).await {
             Ok(_) => {
                 tracing::info!(kind, %user, "mail sent");
-                return;
+                return MailOutcome::Sent;
             }
             Err(error) if error.is_permanent() => {
                 tracing::warn!(kind, %user, %error, tries, "mail refused by the mail server");
-                return;
+                return MailOutcome::Failed;
             }
             Err(error) => match waits.next() {
                 Some(wait) => {
@@ -337,7 +348,7 @@ async fn send_with_retries(
                 }
                 None => {
                     tracing::warn!(kind, %user, %error, tries, "mail not sent");
-                    return;
+                    return MailOutcome::Failed;
                 }
             },
         }
@@ -420,6 +431,12 @@ mod tests {
         std::fs::write(dir.path().join("reset.subject"), [0xff, 0xfe]).unwrap();
         let error = Templates::load(Some(dir.path())).err().unwrap().to_string();
         assert!(error.contains("reset.subject"), "{error}");
+    }
+
+    #[test]
+    fn every_kind_has_its_metrics_label() {
+        let names: Vec<&str> = MailKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names, crate::metrics::MAIL_KINDS);
     }
 
     #[test]

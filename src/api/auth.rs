@@ -11,7 +11,9 @@ use hyper::{Method, StatusCode};
 use serde_json::json;
 
 use crate::api::sessions::{start_session, token_pair};
-use crate::api::users::{confirm_password, find_by_email, record_failed_login, NewUser};
+use crate::api::users::{
+    confirm_password, find_by_email, login_outcome, record_failed_login, NewUser,
+};
 use crate::domain::audit::{Action, Event};
 use crate::domain::unix_now;
 use crate::domain::user::{normalize_email, valid_password, Role};
@@ -20,6 +22,7 @@ use crate::http::body::parse_query;
 use crate::http::context::RequestContext;
 use crate::http::error::ApiError;
 use crate::http::{json, json_bytes, HttpResponse};
+use crate::metrics::{RefreshOutcome, SessionEnd};
 use crate::store::{Refresh, UserPatch};
 
 /// `POST /api/auth/register {name, email, password}`: a new `user`, and a
@@ -37,6 +40,7 @@ pub async fn register(mut ctx: RequestContext) -> Result<HttpResponse, ApiError>
     let user = NewUser::from_fields(&mut fields)?
         .insert(app, Role::User, false, Action::Register, &ctx.origin(None))
         .await?;
+    app.metrics.registration();
     crate::api::recovery::after_creation(&ctx.app, &user);
     if app.settings.auth.require_verified_email {
         // No session until the address is confirmed: the mail's link, then
@@ -56,8 +60,18 @@ pub async fn register(mut ctx: RequestContext) -> Result<HttpResponse, ApiError>
 /// `POST /api/auth/login {email, password}`. A failure, a throttled attempt
 /// and the right password for an unverified address are recorded as
 /// `login_failed` / `login_throttled` (see `record_failed_login`), a
-/// success as `login` with its session.
-pub async fn login(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
+/// success as `login` with its session; and counted in
+/// `gatehouse_logins_total` by outcome.
+pub async fn login(ctx: RequestContext) -> Result<HttpResponse, ApiError> {
+    let metrics = ctx.app.metrics.clone();
+    let answer = sign_in(ctx).await;
+    if let Some(outcome) = login_outcome(&answer) {
+        metrics.login(outcome);
+    }
+    answer
+}
+
+async fn sign_in(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
     let mut fields = ctx.read_body().await?;
     let app = &ctx.app;
     let client = ctx.client_ip();
@@ -128,31 +142,34 @@ pub async fn logout(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
                     now,
                 )
                 .with("scope", scope.as_str());
-                let mut recorded = false;
-                match (scope, own) {
+                let ended = match (scope, own) {
                     (LogoutScope::Local, Some(sid)) => {
                         let event = event.clone().with("session_id", sid);
-                        recorded = app.store.end_session(sid, vec![event]).await?.is_some();
+                        usize::from(app.store.end_session(sid, vec![event]).await?.is_some())
                     }
-                    (LogoutScope::Local, None) => {}
+                    (LogoutScope::Local, None) => 0,
                     (LogoutScope::Global, _) => {
                         let events = vec![event.clone()];
                         let ended = app
                             .store
                             .end_user_sessions(&claims.sub, None, events)
                             .await?;
-                        recorded = !ended.is_empty();
+                        ended.len()
                     }
                     (LogoutScope::Others, _) => {
                         let events = vec![event.clone()];
                         // Never followed by a revocation (below).
                         app.store
                             .end_user_sessions(&claims.sub, own, events)
-                            .await?;
+                            .await?
+                            .len()
                     }
-                }
+                };
+                app.metrics.sessions_ended(SessionEnd::Logout, ended);
                 if own.is_none() && scope != LogoutScope::Others {
-                    let events = if recorded { Vec::new() } else { vec![event] };
+                    // One event per logout: on the revocation when no
+                    // session write recorded it.
+                    let events = if ended > 0 { Vec::new() } else { vec![event] };
                     app.store.revoke(&claims.jti, claims.exp, events).await?;
                 }
             }
@@ -172,7 +189,9 @@ pub async fn logout(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
             )
             .with("scope", "refresh_token")
             .with("session_id", session.id.as_str());
-            app.store.end_session(&session.id, vec![event]).await?;
+            let ended = app.store.end_session(&session.id, vec![event]).await?;
+            app.metrics
+                .sessions_ended(SessionEnd::Logout, usize::from(ended.is_some()));
         }
     }
     Ok(json(StatusCode::OK, &json!({"auth": false, "token": null})))
@@ -240,9 +259,10 @@ pub async fn refresh(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> 
     }
     let app = &ctx.app;
     let Ok(presented) = app.refresh_keys.parse(&text) else {
+        app.metrics.refresh(RefreshOutcome::Refused);
         return Err(ApiError::InvalidRefreshToken);
     };
-    match app
+    let refreshed = app
         .store
         .refresh(
             &presented,
@@ -251,14 +271,16 @@ pub async fn refresh(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> 
             unix_now(),
             &ctx.origin(None),
         )
-        .await?
-    {
+        .await?;
+    app.metrics.refresh(refresh_outcome(&refreshed));
+    match refreshed {
         Refresh::Granted {
             session,
             user,
             refresh_token,
         } => token_pair(app, &user, &session.id, refresh_token),
         Refresh::Reused { session } => {
+            app.metrics.sessions_ended(SessionEnd::Reuse, 1);
             tracing::warn!(
                 user = %session.user_id,
                 session = %session.id,
@@ -267,6 +289,15 @@ pub async fn refresh(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> 
             Err(ApiError::InvalidRefreshToken)
         }
         Refresh::Refused => Err(ApiError::InvalidRefreshToken),
+    }
+}
+
+/// What presenting a refresh token counts as in `gatehouse_refreshes_total`.
+fn refresh_outcome(refreshed: &Refresh) -> RefreshOutcome {
+    match refreshed {
+        Refresh::Granted { .. } => RefreshOutcome::Granted,
+        Refresh::Reused { .. } => RefreshOutcome::Reused,
+        Refresh::Refused => RefreshOutcome::Refused,
     }
 }
 
@@ -297,8 +328,11 @@ pub async fn change_password(
     // The new password version already refuses every earlier session and
     // token; deleting the sessions keeps the store from holding them until
     // the purge. (`password_changed` says why they ended.)
-    app.store
+    let ended = app
+        .store
         .end_user_sessions(&user.id, None, Vec::new())
         .await?;
+    app.metrics
+        .sessions_ended(SessionEnd::PasswordChange, ended.len());
     start_session(&ctx, &user, false).await
 }

@@ -25,9 +25,9 @@ use hyper::body::Incoming;
 use hyper::Request;
 
 use crate::app::App;
-use crate::http::{router, HttpResponse};
+use crate::http::router::{self, Routed};
 
 /// Answers one request through [`routes::ROUTES`].
-pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr) -> Routed {
     router::handle(routes::ROUTES, app, request, peer).await
 }

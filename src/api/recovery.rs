@@ -28,6 +28,7 @@ use crate::http::context::RequestContext;
 use crate::http::error::ApiError;
 use crate::http::{json, json_bytes, HttpResponse};
 use crate::mail::{MailKind, Mailer, Outgoing};
+use crate::metrics::SessionEnd;
 
 /// The one answer of `forgot` and of `verify/request` by address, whatever
 /// the address.
@@ -114,9 +115,11 @@ pub async fn reset(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
         .ok_or(ApiError::InvalidResetToken)?;
     // Already refused by the new password version; deleting them keeps the
     // store from holding them until the purge.
-    app.store
+    let ended = app
+        .store
         .end_user_sessions(&user.id, None, Vec::new())
         .await?;
+    app.metrics.sessions_ended(SessionEnd::Reset, ended.len());
     start_session(&ctx, &user, false).await
 }
 

@@ -19,6 +19,7 @@ use crate::http::auth::AuthUser;
 use crate::http::context::RequestContext;
 use crate::http::error::ApiError;
 use crate::http::{json, HttpResponse};
+use crate::metrics::SessionEnd;
 use crate::store::StoreError;
 
 /// Starts a session of `user` for the request's client (its `User-Agent`
@@ -122,7 +123,9 @@ pub async fn end_own(ctx: RequestContext, caller: AuthUser) -> Result<HttpRespon
         unix_now(),
     )
     .with("session_id", id);
-    app.store.end_session(id, vec![event]).await?;
+    let ended = app.store.end_session(id, vec![event]).await?;
+    app.metrics
+        .sessions_ended(SessionEnd::Revoked, usize::from(ended.is_some()));
     Ok(json(
         StatusCode::OK,
         &json!({"message": "Session revoked."}),
@@ -148,6 +151,7 @@ pub async fn end_user(ctx: RequestContext, caller: AuthUser) -> Result<HttpRespo
         .store
         .end_user_sessions(&user.id, None, vec![event])
         .await?;
+    app.metrics.sessions_ended(SessionEnd::Revoked, ended.len());
     let revoked = ended
         .iter()
         .filter(|s| s.is_alive(&app.sessions, user.password_version, now))

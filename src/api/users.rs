@@ -19,6 +19,7 @@ use crate::http::body::{parse_query, Fields};
 use crate::http::context::RequestContext;
 use crate::http::error::ApiError;
 use crate::http::{json, json_bytes, HttpResponse};
+use crate::metrics::{LoginOutcome, SessionEnd};
 use crate::store::{StoreError, UserPatch};
 
 pub const DEFAULT_PAGE: usize = 100;
@@ -237,9 +238,12 @@ pub async fn update(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
         // The new password version already refuses every earlier session
         // and token (the caller's too); deleting the sessions keeps the
         // store from holding them until the purge.
-        app.store
+        let ended = app
+            .store
             .end_user_sessions(&user.id, None, Vec::new())
             .await?;
+        app.metrics
+            .sessions_ended(SessionEnd::PasswordChange, ended.len());
     }
     if before.email != user.email {
         crate::api::recovery::after_email_change(&ctx.app, &before, &user);
@@ -251,8 +255,34 @@ pub async fn update(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
 /// with logins for the same email and address, and a wrong one counted as a
 /// failed login (403 `wrong_password`), so it cannot be guessed faster here.
 /// Recorded (`login_failed` or `login_throttled`, reason
-/// `wrong_current_password`) like a login.
+/// `wrong_current_password`) like a login. The metrics count a refusal as
+/// a login's; a right password is no sign-in.
 pub async fn confirm_password(
+    ctx: &RequestContext,
+    user: &User,
+    password: String,
+) -> Result<(), ApiError> {
+    let checked = check_password(ctx, user, password).await;
+    if let (Err(_), Some(outcome)) = (&checked, login_outcome(&checked)) {
+        ctx.app.metrics.login(outcome);
+    }
+    checked
+}
+
+/// What the answer to a password check (a login, a `current_password`)
+/// counts as in `gatehouse_logins_total`; `None` for a request that checked
+/// no password (a malformed body, a store that did not answer).
+pub fn login_outcome<T>(answer: &Result<T, ApiError>) -> Option<LoginOutcome> {
+    match answer {
+        Ok(_) => Some(LoginOutcome::Success),
+        Err(ApiError::InvalidCredentials | ApiError::WrongPassword) => Some(LoginOutcome::Failure),
+        Err(ApiError::TooManyAttempts { .. }) => Some(LoginOutcome::Throttled),
+        Err(ApiError::EmailNotVerified) => Some(LoginOutcome::Unverified),
+        Err(_) => None,
+    }
+}
+
+async fn check_password(
     ctx: &RequestContext,
     user: &User,
     password: String,

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, OnceCell};
 
 use super::user::MAX_PASSWORD_BYTES;
 use super::yielding_bcrypt;
+use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
@@ -39,6 +40,8 @@ pub struct PasswordHasher {
     /// A hash of a random password at our cost, verified against when the
     /// email is unknown so that such a login takes as long as a wrong password.
     dummy_hash: OnceCell<String>,
+    /// The queue depth and each job's time (`gatehouse_password_hash_*`).
+    metrics: Metrics,
 }
 
 impl PasswordHasher {
@@ -75,7 +78,14 @@ impl PasswordHasher {
             cost,
             jobs,
             dummy_hash: OnceCell::new(),
+            metrics: Metrics::off(),
         }
+    }
+
+    /// Records the queue depth and each hash's time in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> PasswordHasher {
+        self.metrics = metrics;
+        self
     }
 
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
@@ -136,13 +146,16 @@ impl PasswordHasher {
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
         let (done, result) = oneshot::channel();
+        // In the queue depth from now until the job is done, skipped, or
+        // dropped unsent.
+        let queued = self.metrics.hash_job();
         let job: Job = Box::new(move || {
             // The request that asked is gone (its client hung up while the
             // job queued): spend no CPU on an answer nobody will read.
             if done.is_closed() {
                 return;
             }
-            let _ = done.send(work());
+            let _ = done.send(queued.run(work));
         });
         self.jobs.send(job).await.map_err(|_| HashError::Closed)?;
         result.await.map_err(|_| HashError::Closed)

@@ -1,13 +1,14 @@
 //! The HTTP layer between the server's IO edge and the handlers: the route
-//! table and router, [`error::ApiError`] and its bodies, the token check, and
-//! request-body decoding. Only this module and `api` know status codes and
-//! headers.
+//! table and router, [`error::ApiError`] and its bodies, the token check,
+//! request-body decoding, and the metrics listener's answers. Only this
+//! module and `api` know status codes and headers.
 
 pub mod auth;
 pub mod body;
 pub mod context;
 pub mod cors;
 pub mod error;
+pub mod metrics_page;
 pub mod router;
 
 use http_body_util::Full;

@@ -11,6 +11,10 @@
 //! Requests refused before routing: an HTTP/1.1 request without exactly one
 //! `Host` header (RFC 9112 §3.2) is a 400. `HEAD` is answered on every `GET`
 //! route, by the `GET` handler (hyper sends the head only).
+//!
+//! [`handle`] also says which entry of the table answered, by its position
+//! ([`Routed`]): the server labels the request's metrics with that route's
+//! pattern, never with the raw path.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -146,6 +150,18 @@ pub enum Resolution<'p> {
 /// Finds the route for `method` and `path` in `routes`. `HEAD` finds the
 /// `GET` route of its path.
 pub fn resolve<'p>(routes: &'static [Route], method: &Method, path: &'p str) -> Resolution<'p> {
+    resolve_indexed(routes, method, path).0
+}
+
+/// [`resolve`], and the position in `routes` of the route whose pattern the
+/// path matched: the route found, or for a known path with another method
+/// the first route of that path (`None` for an unknown path). The metrics
+/// label a request with that route's pattern.
+fn resolve_indexed<'p>(
+    routes: &'static [Route],
+    method: &Method,
+    path: &'p str,
+) -> (Resolution<'p>, Option<usize>) {
     // Express routes ignore one trailing slash; so do we.
     let path = match path.strip_suffix('/') {
         Some(stripped) if !stripped.is_empty() => stripped,
@@ -157,22 +173,27 @@ pub fn resolve<'p>(routes: &'static [Route], method: &Method, path: &'p str) -> 
         method
     };
     let mut allowed: Vec<&str> = Vec::new();
-    for route in routes {
+    let mut first_match = None;
+    for (index, route) in routes.iter().enumerate() {
         let Some(id) = route.matches(path) else {
             continue;
         };
         if route.method == *wanted {
-            return Resolution::Found(route, id);
+            return (Resolution::Found(route, id), Some(index));
         }
+        first_match.get_or_insert(index);
         allowed.push(route.method.as_str());
         if route.method == Method::GET {
             allowed.push(Method::HEAD.as_str());
         }
     }
     if allowed.is_empty() {
-        Resolution::NotFound
+        (Resolution::NotFound, None)
     } else {
-        Resolution::MethodNotAllowed(allowed.join(", "))
+        (
+            Resolution::MethodNotAllowed(allowed.join(", ")),
+            first_match,
+        )
     }
 }
 
@@ -191,6 +212,15 @@ impl Route {
     }
 }
 
+/// A request's answer, and which route answered it.
+pub struct Routed {
+    pub response: HttpResponse,
+    /// The position in the route table of the route whose pattern the path
+    /// matched (see `resolve_indexed`); `None` for an unknown path or a
+    /// request refused before routing.
+    pub route: Option<usize>,
+}
+
 /// Routes one request through `routes` and turns any error into its
 /// response; every response leaves with its `Cache-Control`.
 pub async fn handle(
@@ -198,7 +228,7 @@ pub async fn handle(
     app: Arc<App>,
     request: Request<Incoming>,
     peer: SocketAddr,
-) -> HttpResponse {
+) -> Routed {
     let (parts, body) = request.into_parts();
     // A CORS request from an allowed origin: its Access-Control-Allow-Origin.
     let cors = app
@@ -206,12 +236,13 @@ pub async fn handle(
         .as_ref()
         .and_then(|cors| cors.allow(&parts.headers));
     if let (Some(allow_origin), true) = (&cors, parts.method == Method::OPTIONS) {
-        if let Some(response) = preflight(routes, &app, &parts, allow_origin.clone()) {
-            return response;
+        if let Some(routed) = preflight(routes, &app, &parts, allow_origin.clone()) {
+            return routed;
         }
     }
     let mut cacheable = false;
-    let mut response = match resolve_request(routes, &parts) {
+    let (resolved, route) = resolve_request(routes, &parts);
+    let mut response = match resolved {
         Ok((route, id)) => {
             cacheable = route.cacheable;
             let context = RequestContext {
@@ -234,7 +265,7 @@ pub async fn handle(
     if let Some(allow_origin) = cors {
         cors::decorate(&mut response, allow_origin);
     }
-    response
+    Routed { response, route }
 }
 
 /// The answer to a CORS preflight (`OPTIONS` from an allowed origin) for a
@@ -245,28 +276,38 @@ fn preflight(
     app: &App,
     parts: &hyper::http::request::Parts,
     allow_origin: HeaderValue,
-) -> Option<HttpResponse> {
+) -> Option<Routed> {
     let policy = app.cors.as_ref()?;
-    match resolve(routes, &Method::OPTIONS, parts.uri.path()) {
-        Resolution::MethodNotAllowed(methods) => Some(policy.preflight(allow_origin, &methods)),
+    match resolve_indexed(routes, &Method::OPTIONS, parts.uri.path()) {
+        (Resolution::MethodNotAllowed(methods), route) => Some(Routed {
+            response: policy.preflight(allow_origin, &methods),
+            route,
+        }),
         _ => None,
     }
 }
 
-/// The route of a request head, or the error that answers it.
+/// A route found for a request, and its `{id}` segment if it has one.
+type Found<'p> = (&'static Route, Option<&'p str>);
+
+/// The route of a request head, or the error that answers it; and the
+/// route whose pattern the path matched (`None` when refused before
+/// routing).
 fn resolve_request<'p>(
     routes: &'static [Route],
     parts: &'p hyper::http::request::Parts,
-) -> Result<(&'static Route, Option<&'p str>), ApiError> {
+) -> (Result<Found<'p>, ApiError>, Option<usize>) {
     if parts.version == Version::HTTP_11 && parts.headers.get_all(HOST).iter().count() != 1 {
-        return Err(ApiError::InvalidInput(
-            "an HTTP/1.1 request must carry exactly one Host header".into(),
-        ));
+        let refused =
+            ApiError::InvalidInput("an HTTP/1.1 request must carry exactly one Host header".into());
+        return (Err(refused), None);
     }
-    match resolve(routes, &parts.method, parts.uri.path()) {
-        Resolution::Found(route, id) => Ok((route, id)),
-        Resolution::MethodNotAllowed(allow) => Err(ApiError::MethodNotAllowed { allow }),
-        Resolution::NotFound => Err(ApiError::NotFound),
+    match resolve_indexed(routes, &parts.method, parts.uri.path()) {
+        (Resolution::Found(route, id), index) => (Ok((route, id)), index),
+        (Resolution::MethodNotAllowed(allow), index) => {
+            (Err(ApiError::MethodNotAllowed { allow }), index)
+        }
+        (Resolution::NotFound, index) => (Err(ApiError::NotFound), index),
     }
 }
 
@@ -322,6 +363,21 @@ mod tests {
             ("/api/users/{id}/sessions", Some("abc"))
         );
         assert_eq!(found(Method::HEAD, "/api"), ("/api", None));
+    }
+
+    #[test]
+    fn the_matched_pattern_is_reported_by_its_position() {
+        let position = |method: Method, path: &str| resolve_indexed(TABLE, &method, path).1;
+        assert_eq!(position(Method::GET, "/api/auth/me"), Some(1));
+        assert_eq!(position(Method::HEAD, "/api/auth/me"), Some(1));
+        assert_eq!(position(Method::PATCH, "/api/users/abc"), Some(4));
+        // A known path with another method: its first route.
+        assert_eq!(position(Method::POST, "/api/users/abc"), Some(3));
+        assert_eq!(
+            position(Method::OPTIONS, "/api/users/abc/sessions"),
+            Some(5)
+        );
+        assert_eq!(position(Method::GET, "/nope"), None);
     }
 
     #[test]

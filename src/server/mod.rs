@@ -11,10 +11,13 @@
 //! not read (`server.write_timeout_secs`), an idle keep-alive connection
 //! (`server.idle_timeout_secs`), a slow head. `answers` gives the answers
 //! hyper writes by itself the contract's JSON body. This module does not
-//! route, and knows no status code but the canned 503's.
+//! route, and knows no status code but the canned 503's. Each answered
+//! request is also recorded in the metrics (route pattern, method, status,
+//! time), which `metrics_listener` serves on an address of their own.
 
 mod answers;
 mod connection;
+mod metrics_listener;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -70,7 +73,14 @@ pub async fn serve(
     if let Some(mailer) = &app.mailer {
         mailer.bound_to(address);
     }
+    // Bound before the API's "listening" line, so that once it is logged
+    // the metrics address answers too; logged after it, so that the first
+    // "listening" line names the API.
+    let metrics_listener = metrics_listener::bind(&app).await?;
     tracing::info!(%address, store = %app.store.kind(), "gatehouse listening");
+    let error_answers = Arc::new(ErrorAnswers::new().await);
+    let metrics_server = metrics_listener
+        .map(|listener| metrics_listener::start(listener, &app, error_answers.clone()));
     let settings = &app.settings.server;
     let mut http = http1::Builder::new();
     // No `header_read_timeout`: `Connection` keeps the header timeout, as
@@ -81,7 +91,6 @@ pub async fn serve(
         idle: Duration::from_secs(settings.idle_timeout_secs),
         write: Duration::from_secs(settings.write_timeout_secs),
     };
-    let error_answers = Arc::new(ErrorAnswers::new().await);
     let connections = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
     let purger = tokio::spawn(purge_expired(app.clone()));
@@ -139,7 +148,12 @@ pub async fn serve(
 
     drop(listener);
     tracing::info!("shutting down: draining in-flight requests");
-    for task in [purger, key_follower, warm_up] {
+    // The metrics listener goes first (its connections with it): the
+    // draining requests' numbers have no reader left.
+    let tasks = [purger, key_follower, warm_up]
+        .into_iter()
+        .chain(metrics_server);
+    for task in tasks {
         task.abort();
         let _ = task.await;
     }
@@ -208,7 +222,8 @@ async fn reject(mut stream: TcpStream, reply: Arc<Vec<u8>>, _permit: OwnedSemaph
 }
 
 /// One request: route it, then log one line (never the query, headers or body,
-/// which may carry tokens or passwords).
+/// which may carry tokens or passwords) and record it in the metrics (by the
+/// pattern of the route that answered, never the path).
 async fn respond(
     app: Arc<App>,
     requests: Arc<Requests>,
@@ -222,15 +237,23 @@ async fn respond(
     // A `Uri` clone shares its bytes: no copy of the path per request.
     let uri = request.uri().clone();
     let log = app.request_log.clone();
-    let response = crate::api::handle(app, request, peer).await;
+    let metrics = app.metrics.clone();
+    let routed = crate::api::handle(app, request, peer).await;
+    let (response, elapsed) = (routed.response, started.elapsed());
     let line = RequestLine {
         method: &method,
         path: uri.path(),
         status: response.status(),
-        micros: started.elapsed().as_micros() as u64,
+        micros: elapsed.as_micros() as u64,
         peer,
     };
     log.write(|out| line.push_to(out));
+    metrics.request(
+        routed.route,
+        method.as_str(),
+        response.status().as_u16(),
+        elapsed,
+    );
     Ok(response)
 }
 

@@ -9,9 +9,12 @@
 //!   shared by every gatehouse instance on that database, login failures and
 //!   registrations included (under keyed hashes, [`SharedKeys`]).
 //!
-//! [`Store`] is an enum over the two rather than a trait object: the set is
-//! closed, dispatch is static, and every method's contract is written once,
-//! here. Every write returns only once it is durable.
+//! [`Store`] holds an enum over the two rather than a trait object: the set
+//! is closed, dispatch is static, and every method's contract is written
+//! once, here; each public method is timed into the metrics
+//! (`gatehouse_store_operation_duration_seconds{op}`). Every write returns
+//! only once it is durable, with the audit events of its change (see
+//! `domain::audit`) in the same write.
 
 pub mod filter;
 pub mod postgres;
@@ -30,6 +33,7 @@ use crate::domain::throttle::{LoginThrottle, RetryAfter, SharedKeys, ThrottleLim
 use crate::domain::token::LEEWAY_SECS;
 pub use crate::domain::user::UserPatch;
 use crate::domain::user::{Role, User};
+use crate::metrics::{Metrics, SessionEnd, StoreOp};
 
 pub use self::postgres::{Counter, PgStore};
 pub use self::sled::SledStore;
@@ -95,8 +99,17 @@ pub struct LoginAttempt {
     id: uuid::Uuid,
 }
 
+/// The store the server uses: one of the two backends, and the metrics its
+/// operations are timed into (`gatehouse_store_operation_duration_seconds`).
 #[derive(Clone)]
-pub enum Store {
+pub struct Store {
+    backend: Backend,
+    metrics: Metrics,
+}
+
+/// The two stores; [`Store`] times each operation around them.
+#[derive(Clone)]
+enum Backend {
     Sled {
         db: SledStore,
         throttle: Arc<LoginThrottle>,
@@ -120,56 +133,66 @@ pub enum Store {
 impl Store {
     /// Opens the store `settings` select: PostgreSQL if `store.url` is set
     /// (connecting and migrating), else sled in `data_dir`.
-    pub async fn open(settings: &Settings) -> Result<Store, StoreError> {
+    /// Its operations are timed into `metrics` (nothing is, when off).
+    pub async fn open(settings: &Settings, metrics: Metrics) -> Result<Store, StoreError> {
         let limits = ThrottleLimits::from(&settings.limits);
         let failures_per_minute = settings.audit.max_failures_per_minute;
-        match &settings.store.url {
+        let backend = match &settings.store.url {
             Some(url) => {
                 // Settings validation requires the secret with store.url.
                 let secret =
                     settings.auth.secret.as_ref().ok_or_else(|| {
                         StoreError::Unavailable("store.url needs auth.secret".into())
                     })?;
-                Ok(Store::Postgres {
+                Backend::Postgres {
                     db: PgStore::connect(url.expose()).await?,
                     limits,
                     keys: SharedKeys::new(secret.expose().as_bytes()),
                     failures_per_minute,
                     full_minutes: Arc::default(),
-                })
+                }
             }
-            None => Ok(Store::Sled {
+            None => Backend::Sled {
                 db: SledStore::open(&settings.database_dir())?,
                 throttle: Arc::new(LoginThrottle::new(limits)),
                 budgets: Arc::new([
                     FailureBudget::new(failures_per_minute),
                     FailureBudget::new(failures_per_minute),
                 ]),
-            }),
-        }
+            },
+        };
+        Ok(Store { backend, metrics })
     }
 
     /// Which store this is, for the start-up log line.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Store::Sled { .. } => "sled",
-            Store::Postgres { .. } => "postgres",
+        match &self.backend {
+            Backend::Sled { .. } => "sled",
+            Backend::Postgres { .. } => "postgres",
         }
     }
 
     /// Shared, as the sled store hands out its cached copy.
     pub async fn user_by_id(&self, id: &str) -> Result<Option<Arc<User>>, StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.user_by_id(id).await,
-            Store::Postgres { db, .. } => Ok(db.user_by_id(id).await?.map(Arc::new)),
-        }
+        self.metrics
+            .time(StoreOp::UserById, async {
+                match &self.backend {
+                    Backend::Sled { db, .. } => db.user_by_id(id).await,
+                    Backend::Postgres { db, .. } => Ok(db.user_by_id(id).await?.map(Arc::new)),
+                }
+            })
+            .await
     }
 
     pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.user_by_email(email).await,
-            Store::Postgres { db, .. } => db.user_by_email(email).await,
-        }
+        self.metrics
+            .time(StoreOp::UserByEmail, async {
+                match &self.backend {
+                    Backend::Sled { db, .. } => db.user_by_email(email).await,
+                    Backend::Postgres { db, .. } => db.user_by_email(email).await,
+                }
+            })
+            .await
     }
 
     /// Up to `limit` users with ids after `after`, in id order, and whether
@@ -179,21 +202,29 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<User>, bool), StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.list_users(after, limit).await,
-            Store::Postgres { db, .. } => db.list_users(after, limit).await,
-        }
+        self.metrics
+            .time(StoreOp::ListUsers, async {
+                match &self.backend {
+                    Backend::Sled { db, .. } => db.list_users(after, limit).await,
+                    Backend::Postgres { db, .. } => db.list_users(after, limit).await,
+                }
+            })
+            .await
     }
 
     /// Adds a user, with `events`; `EmailTaken` if its email is in use,
     /// whatever other requests race for it.
     pub async fn insert_user(&self, user: User, events: Vec<Event>) -> Result<User, StoreError> {
-        let inserted = match self {
-            Store::Sled { db, .. } => db.insert_user(user, events.clone()).await,
-            Store::Postgres { db, .. } => db.insert_user(user, events.clone()).await,
-        }?;
-        log_events(&events);
-        Ok(inserted)
+        self.metrics
+            .time(StoreOp::InsertUser, async {
+                let inserted = match &self.backend {
+                    Backend::Sled { db, .. } => db.insert_user(user, events.clone()).await,
+                    Backend::Postgres { db, .. } => db.insert_user(user, events.clone()).await,
+                }?;
+                log_events(&events);
+                Ok(inserted)
+            })
+            .await
     }
 
     /// Applies `patch` to the user `id` and returns the result; a new
@@ -209,24 +240,36 @@ impl Store {
         now: u64,
         origin: &Origin,
     ) -> Result<User, StoreError> {
-        let (updated, events) = match self {
-            Store::Sled { db, .. } => db.update_user(id, patch, now, origin.clone()).await,
-            Store::Postgres { db, .. } => db.update_user(id, patch, now, origin).await,
-        }?;
-        log_events(&events);
-        Ok(updated)
+        self.metrics
+            .time(StoreOp::UpdateUser, async {
+                let (updated, events) = match &self.backend {
+                    Backend::Sled { db, .. } => {
+                        db.update_user(id, patch, now, origin.clone()).await
+                    }
+                    Backend::Postgres { db, .. } => db.update_user(id, patch, now, origin).await,
+                }?;
+                log_events(&events);
+                Ok(updated)
+            })
+            .await
     }
 
     /// Removes the user and frees its email, with `events`; returns the
     /// removed user. `LastAdmin` if it is the only admin (atomically, as for
     /// updates).
     pub async fn delete_user(&self, id: &str, events: Vec<Event>) -> Result<User, StoreError> {
-        let deleted = match self {
-            Store::Sled { db, .. } => db.delete_user(id, events.clone()).await,
-            Store::Postgres { db, .. } => db.delete_user(id, events.clone()).await,
-        }?;
-        log_events(&events);
-        Ok(deleted)
+        self.metrics
+            .time(StoreOp::DeleteUser, async {
+                let (deleted, sessions) = match &self.backend {
+                    Backend::Sled { db, .. } => db.delete_user(id, events.clone()).await,
+                    Backend::Postgres { db, .. } => db.delete_user(id, events.clone()).await,
+                }?;
+                log_events(&events);
+                self.metrics
+                    .sessions_ended(SessionEnd::UserDeleted, sessions);
+                Ok(deleted)
+            })
+            .await
     }
 
     /// Creates an admin, or makes the user with this email an admin with this
@@ -240,28 +283,32 @@ impl Store {
         password_hash: String,
         now: u64,
     ) -> Result<(User, bool), StoreError> {
-        let origin = Origin::console();
-        match self.user_by_email(&email).await? {
-            Some(existing) => {
-                let patch = UserPatch {
-                    role: Some(Role::Admin),
-                    password_hash: Some(password_hash),
-                    // The operator typed the address at the console.
-                    email_verified: Some(true),
-                    ..UserPatch::default()
-                };
-                let user = self.update_user(&existing.id, patch, now, &origin).await?;
-                Ok((user, false))
-            }
-            None => {
-                let mut user = User::new(name, email, Role::Admin, password_hash, now);
-                user.email_verified = true;
-                let event = Event::new(Action::UserCreated, Some(&user.id), &origin, now)
-                    .with("email", user.email.as_str())
-                    .with("role", "admin");
-                Ok((self.insert_user(user, vec![event]).await?, true))
-            }
-        }
+        self.metrics
+            .time(StoreOp::UpsertAdmin, async {
+                let origin = Origin::console();
+                match self.user_by_email(&email).await? {
+                    Some(existing) => {
+                        let patch = UserPatch {
+                            role: Some(Role::Admin),
+                            password_hash: Some(password_hash),
+                            // The operator typed the address at the console.
+                            email_verified: Some(true),
+                            ..UserPatch::default()
+                        };
+                        let user = self.update_user(&existing.id, patch, now, &origin).await?;
+                        Ok((user, false))
+                    }
+                    None => {
+                        let mut user = User::new(name, email, Role::Admin, password_hash, now);
+                        user.email_verified = true;
+                        let event = Event::new(Action::UserCreated, Some(&user.id), &origin, now)
+                            .with("email", user.email.as_str())
+                            .with("role", "admin");
+                        Ok((self.insert_user(user, vec![event]).await?, true))
+                    }
+                }
+            })
+            .await
     }
 
     /// Stores a new session; `NotFound` if its user is gone. A user keeps
@@ -274,13 +321,21 @@ impl Store {
         session: Session,
         events: Vec<Event>,
     ) -> Result<(), StoreError> {
-        let keep = MAX_SESSIONS_PER_USER;
-        match self {
-            Store::Sled { db, .. } => db.insert_session(session, keep, events.clone()).await,
-            Store::Postgres { db, .. } => db.insert_session(session, keep, events.clone()).await,
-        }?;
-        log_events(&events);
-        Ok(())
+        self.metrics
+            .time(StoreOp::InsertSession, async {
+                let keep = MAX_SESSIONS_PER_USER;
+                match &self.backend {
+                    Backend::Sled { db, .. } => {
+                        db.insert_session(session, keep, events.clone()).await
+                    }
+                    Backend::Postgres { db, .. } => {
+                        db.insert_session(session, keep, events.clone()).await
+                    }
+                }?;
+                log_events(&events);
+                Ok(())
+            })
+            .await
     }
 
     /// The session `id` with its user, alive or not (the caller decides with
@@ -291,13 +346,17 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<(Arc<Session>, Arc<User>)>, StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.session_and_user(id).await,
-            Store::Postgres { db, .. } => Ok(db
-                .session_and_user(id)
-                .await?
-                .map(|(session, user)| (Arc::new(session), Arc::new(user)))),
-        }
+        self.metrics
+            .time(StoreOp::SessionAndUser, async {
+                match &self.backend {
+                    Backend::Sled { db, .. } => db.session_and_user(id).await,
+                    Backend::Postgres { db, .. } => Ok(db
+                        .session_and_user(id)
+                        .await?
+                        .map(|(session, user)| (Arc::new(session), Arc::new(user)))),
+                }
+            })
+            .await
     }
 
     /// Presents a refresh token (already parsed: its tag verified):
@@ -318,67 +377,73 @@ impl Store {
         now: u64,
         origin: &Origin,
     ) -> Result<Refresh, StoreError> {
-        for _ in 0..ROTATION_ATTEMPTS {
-            let Some((session, user)) = self.session_and_user(&presented.session_id).await? else {
-                return Ok(Refresh::Refused);
-            };
-            if !session.is_alive(policy, user.password_version, now) {
-                return Ok(Refresh::Refused);
-            }
-            let corrupt = |_| StoreError::Corrupt {
-                key: session.id.clone(),
-                reason: "the session id is not a UUID".into(),
-            };
-            match session.classify(presented, policy, now) {
-                Presentation::Current => {
-                    let (next, refresh_token) =
-                        session.rotated(keys, policy, now).map_err(corrupt)?;
-                    let event = Event::new(
-                        Action::Refresh,
-                        Some(&session.user_id),
-                        &origin.by(&session.user_id),
-                        now,
-                    )
-                    .with("session_id", session.id.as_str());
-                    if self
-                        .replace_session(&session, next.clone(), vec![event])
-                        .await?
-                    {
-                        return Ok(Refresh::Granted {
-                            session: next,
-                            user,
-                            refresh_token,
-                        });
+        self.metrics
+            .time(StoreOp::Refresh, async {
+                for _ in 0..ROTATION_ATTEMPTS {
+                    let Some((session, user)) =
+                        self.session_and_user(&presented.session_id).await?
+                    else {
+                        return Ok(Refresh::Refused);
+                    };
+                    if !session.is_alive(policy, user.password_version, now) {
+                        return Ok(Refresh::Refused);
                     }
-                    // Another presentation rotated first: decide again.
+                    let corrupt = |_| StoreError::Corrupt {
+                        key: session.id.clone(),
+                        reason: "the session id is not a UUID".into(),
+                    };
+                    match session.classify(presented, policy, now) {
+                        Presentation::Current => {
+                            let (next, refresh_token) =
+                                session.rotated(keys, policy, now).map_err(corrupt)?;
+                            let event = Event::new(
+                                Action::Refresh,
+                                Some(&session.user_id),
+                                &origin.by(&session.user_id),
+                                now,
+                            )
+                            .with("session_id", session.id.as_str());
+                            if self
+                                .replace_session(&session, next.clone(), vec![event])
+                                .await?
+                            {
+                                return Ok(Refresh::Granted {
+                                    session: next,
+                                    user,
+                                    refresh_token,
+                                });
+                            }
+                            // Another presentation rotated first: decide again.
+                        }
+                        Presentation::JustSpent => {
+                            let refresh_token = session.current_token(keys).map_err(corrupt)?;
+                            return Ok(Refresh::Granted {
+                                session: Session::clone(&session),
+                                user,
+                                refresh_token,
+                            });
+                        }
+                        Presentation::Reused => {
+                            let event = Event::new(
+                                Action::RefreshTokenReused,
+                                Some(&session.user_id),
+                                origin,
+                                now,
+                            )
+                            .with("session_id", session.id.as_str());
+                            let ended = self.end_session(&session.id, vec![event]).await?;
+                            return Ok(Refresh::Reused {
+                                session: ended.unwrap_or_else(|| Session::clone(&session)),
+                            });
+                        }
+                        Presentation::Unknown => return Ok(Refresh::Refused),
+                    }
                 }
-                Presentation::JustSpent => {
-                    let refresh_token = session.current_token(keys).map_err(corrupt)?;
-                    return Ok(Refresh::Granted {
-                        session: Session::clone(&session),
-                        user,
-                        refresh_token,
-                    });
-                }
-                Presentation::Reused => {
-                    let event = Event::new(
-                        Action::RefreshTokenReused,
-                        Some(&session.user_id),
-                        origin,
-                        now,
-                    )
-                    .with("session_id", session.id.as_str());
-                    let ended = self.end_session(&session.id, vec![event]).await?;
-                    return Ok(Refresh::Reused {
-                        session: ended.unwrap_or_else(|| Session::clone(&session)),
-                    });
-                }
-                Presentation::Unknown => return Ok(Refresh::Refused),
-            }
-        }
-        Err(StoreError::Unavailable(
-            "a session's rotation kept losing races".into(),
-        ))
+                Err(StoreError::Unavailable(
+                    "a session's rotation kept losing races".into(),
+                ))
+            })
+            .await
     }
 
     async fn replace_session(
@@ -387,9 +452,9 @@ impl Store {
         next: Session,
         events: Vec<Event>,
     ) -> Result<bool, StoreError> {
-        let replaced = match self {
-            Store::Sled { db, .. } => db.replace_session(current, next, events.clone()).await,
-            Store::Postgres { db, .. } => db.replace_session(current, next, events.clone()).await,
+        let replaced = match &self.backend {
+            Backend::Sled { db, .. } => db.replace_session(current, next, events.clone()).await,
+            Backend::Postgres { db, .. } => db.replace_session(current, next, events.clone()).await,
         }?;
         if replaced {
             log_events(&events);
@@ -404,14 +469,18 @@ impl Store {
         id: &str,
         events: Vec<Event>,
     ) -> Result<Option<Session>, StoreError> {
-        let ended = match self {
-            Store::Sled { db, .. } => db.end_session(id, events.clone()).await,
-            Store::Postgres { db, .. } => db.end_session(id, events.clone()).await,
-        }?;
-        if ended.is_some() {
-            log_events(&events);
-        }
-        Ok(ended)
+        self.metrics
+            .time(StoreOp::EndSession, async {
+                let ended = match &self.backend {
+                    Backend::Sled { db, .. } => db.end_session(id, events.clone()).await,
+                    Backend::Postgres { db, .. } => db.end_session(id, events.clone()).await,
+                }?;
+                if ended.is_some() {
+                    log_events(&events);
+                }
+                Ok(ended)
+            })
+            .await
     }
 
     /// Ends every session of `user_id` except `except`; returns those ended
@@ -422,16 +491,22 @@ impl Store {
         except: Option<&str>,
         events: Vec<Event>,
     ) -> Result<Vec<Session>, StoreError> {
-        let ended = match self {
-            Store::Sled { db, .. } => db.end_user_sessions(user_id, except, events.clone()).await,
-            Store::Postgres { db, .. } => {
-                db.end_user_sessions(user_id, except, events.clone()).await
-            }
-        }?;
-        if !ended.is_empty() {
-            log_events(&events);
-        }
-        Ok(ended)
+        self.metrics
+            .time(StoreOp::EndUserSessions, async {
+                let ended = match &self.backend {
+                    Backend::Sled { db, .. } => {
+                        db.end_user_sessions(user_id, except, events.clone()).await
+                    }
+                    Backend::Postgres { db, .. } => {
+                        db.end_user_sessions(user_id, except, events.clone()).await
+                    }
+                }?;
+                if !ended.is_empty() {
+                    log_events(&events);
+                }
+                Ok(ended)
+            })
+            .await
     }
 
     /// Keeps `pending` as the last mail token of `kind` sent to `user_id`,
@@ -448,21 +523,25 @@ impl Store {
         resend_secs: u64,
         events: Vec<Event>,
     ) -> Result<bool, StoreError> {
-        let logged = events.clone();
-        let stored = match self {
-            Store::Sled { db, .. } => {
-                db.put_mail_token(user_id, kind, pending, resend_secs, events)
-                    .await
-            }
-            Store::Postgres { db, .. } => {
-                db.put_mail_token(user_id, kind, pending, resend_secs, events)
-                    .await
-            }
-        }?;
-        if stored {
-            log_events(&logged);
-        }
-        Ok(stored)
+        self.metrics
+            .time(StoreOp::PutMailToken, async {
+                let logged = events.clone();
+                let stored = match &self.backend {
+                    Backend::Sled { db, .. } => {
+                        db.put_mail_token(user_id, kind, pending, resend_secs, events)
+                            .await
+                    }
+                    Backend::Postgres { db, .. } => {
+                        db.put_mail_token(user_id, kind, pending, resend_secs, events)
+                            .await
+                    }
+                }?;
+                if stored {
+                    log_events(&logged);
+                }
+                Ok(stored)
+            })
+            .await
     }
 
     /// Whether `presented` would be accepted now: a read, so that a route
@@ -473,10 +552,14 @@ impl Store {
         presented: &PresentedMailToken,
         now: u64,
     ) -> Result<bool, StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.mail_token_is_live(presented, now).await,
-            Store::Postgres { db, .. } => db.mail_token_is_live(presented, now).await,
-        }
+        self.metrics
+            .time(StoreOp::MailTokenIsLive, async {
+                match &self.backend {
+                    Backend::Sled { db, .. } => db.mail_token_is_live(presented, now).await,
+                    Backend::Postgres { db, .. } => db.mail_token_is_live(presented, now).await,
+                }
+            })
+            .await
     }
 
     /// Spends the mail token `presented`, if its record accepts it for the
@@ -491,23 +574,35 @@ impl Store {
         change: impl Fn(&mut User) + Send + Sync + 'static,
         events: Vec<Event>,
     ) -> Result<Option<User>, StoreError> {
-        let logged = events.clone();
-        let used = match self {
-            Store::Sled { db, .. } => db.use_mail_token(presented, now, change, events).await,
-            Store::Postgres { db, .. } => db.use_mail_token(presented, now, change, events).await,
-        }?;
-        if used.is_some() {
-            log_events(&logged);
-        }
-        Ok(used)
+        self.metrics
+            .time(StoreOp::UseMailToken, async {
+                let logged = events.clone();
+                let used = match &self.backend {
+                    Backend::Sled { db, .. } => {
+                        db.use_mail_token(presented, now, change, events).await
+                    }
+                    Backend::Postgres { db, .. } => {
+                        db.use_mail_token(presented, now, change, events).await
+                    }
+                }?;
+                if used.is_some() {
+                    log_events(&logged);
+                }
+                Ok(used)
+            })
+            .await
     }
 
     /// Every stored session of `user_id`, alive or not yet purged.
     pub async fn sessions_of(&self, user_id: &str) -> Result<Vec<Session>, StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.sessions_of(user_id).await,
-            Store::Postgres { db, .. } => db.sessions_of(user_id).await,
-        }
+        self.metrics
+            .time(StoreOp::SessionsOf, async {
+                match &self.backend {
+                    Backend::Sled { db, .. } => db.sessions_of(user_id).await,
+                    Backend::Postgres { db, .. } => db.sessions_of(user_id).await,
+                }
+            })
+            .await
     }
 
     /// Records a logged-out token until its expiry, with `events`.
@@ -517,12 +612,18 @@ impl Store {
         expires_at: u64,
         events: Vec<Event>,
     ) -> Result<(), StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.revoke(jti, expires_at, events.clone()).await,
-            Store::Postgres { db, .. } => db.revoke(jti, expires_at, events.clone()).await,
-        }?;
-        log_events(&events);
-        Ok(())
+        self.metrics
+            .time(StoreOp::Revoke, async {
+                match &self.backend {
+                    Backend::Sled { db, .. } => db.revoke(jti, expires_at, events.clone()).await,
+                    Backend::Postgres { db, .. } => {
+                        db.revoke(jti, expires_at, events.clone()).await
+                    }
+                }?;
+                log_events(&events);
+                Ok(())
+            })
+            .await
     }
 
     /// Records `event`, which goes with no change (a failed or throttled
@@ -532,63 +633,68 @@ impl Store {
     /// some were dropped says how many in `detail.suppressed`. Dropped
     /// events are not logged either: a flood would fill the log instead.
     pub async fn record(&self, event: Event, now: u64) -> Result<(), StoreError> {
-        let mut event = event;
-        if !event.action.is_capped() {
-            match self {
-                Store::Sled { db, .. } => db.record(vec![event.clone()]).await,
-                Store::Postgres { db, .. } => db.record(vec![event.clone()]).await,
-            }?;
-            event.log();
-            return Ok(());
-        }
-        let suppressed = match self {
-            Store::Sled { db, budgets, .. } => {
-                let budget = &budgets[usize::from(event.action == Action::LoginThrottled)];
-                let Some(suppressed) = budget.admit(now) else {
+        self.metrics
+            .time(StoreOp::Record, async {
+                let mut event = event;
+                if !event.action.is_capped() {
+                    match &self.backend {
+                        Backend::Sled { db, .. } => db.record(vec![event.clone()]).await,
+                        Backend::Postgres { db, .. } => db.record(vec![event.clone()]).await,
+                    }?;
+                    event.log();
                     return Ok(());
+                }
+                let suppressed = match &self.backend {
+                    Backend::Sled { db, budgets, .. } => {
+                        let budget = &budgets[usize::from(event.action == Action::LoginThrottled)];
+                        let Some(suppressed) = budget.admit(now) else {
+                            return Ok(());
+                        };
+                        if suppressed > 0 {
+                            event = event.with("suppressed", suppressed);
+                        }
+                        if let Err(error) = db.record(vec![event.clone()]).await {
+                            budget.restore(suppressed);
+                            return Err(error);
+                        }
+                        suppressed
+                    }
+                    Backend::Postgres {
+                        db,
+                        failures_per_minute,
+                        full_minutes,
+                        ..
+                    } => {
+                        let full =
+                            &full_minutes[usize::from(event.action == Action::LoginThrottled)];
+                        let minute = now / 60;
+                        if full.drop_if_full(minute) {
+                            return Ok(());
+                        }
+                        let dropped_here = full.take_dropped();
+                        match db
+                            .record_capped(&event, minute, *failures_per_minute, dropped_here)
+                            .await
+                        {
+                            Ok(Some(suppressed)) => suppressed,
+                            Ok(None) => {
+                                full.mark_full(minute);
+                                return Ok(());
+                            }
+                            Err(error) => {
+                                full.restore(dropped_here);
+                                return Err(error);
+                            }
+                        }
+                    }
                 };
-                if suppressed > 0 {
+                if suppressed > 0 && !event.detail.contains_key("suppressed") {
                     event = event.with("suppressed", suppressed);
                 }
-                if let Err(error) = db.record(vec![event.clone()]).await {
-                    budget.restore(suppressed);
-                    return Err(error);
-                }
-                suppressed
-            }
-            Store::Postgres {
-                db,
-                failures_per_minute,
-                full_minutes,
-                ..
-            } => {
-                let full = &full_minutes[usize::from(event.action == Action::LoginThrottled)];
-                let minute = now / 60;
-                if full.drop_if_full(minute) {
-                    return Ok(());
-                }
-                let dropped_here = full.take_dropped();
-                match db
-                    .record_capped(&event, minute, *failures_per_minute, dropped_here)
-                    .await
-                {
-                    Ok(Some(suppressed)) => suppressed,
-                    Ok(None) => {
-                        full.mark_full(minute);
-                        return Ok(());
-                    }
-                    Err(error) => {
-                        full.restore(dropped_here);
-                        return Err(error);
-                    }
-                }
-            }
-        };
-        if suppressed > 0 && !event.detail.contains_key("suppressed") {
-            event = event.with("suppressed", suppressed);
-        }
-        event.log();
-        Ok(())
+                event.log();
+                Ok(())
+            })
+            .await
     }
 
     /// A page of the audit log (newest first) and whether more follow.
@@ -596,28 +702,40 @@ impl Store {
         &self,
         query: &audit::Query,
     ) -> Result<(Vec<Event>, bool), StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.audit_events(query).await,
-            Store::Postgres { db, .. } => db.audit_events(query).await,
-        }
+        self.metrics
+            .time(StoreOp::AuditEvents, async {
+                match &self.backend {
+                    Backend::Sled { db, .. } => db.audit_events(query).await,
+                    Backend::Postgres { db, .. } => db.audit_events(query).await,
+                }
+            })
+            .await
     }
 
     /// Deletes the audit events older than `retention_days` before `now`.
     /// Returns how many.
     pub async fn purge_audit(&self, now: u64, retention_days: u64) -> Result<usize, StoreError> {
-        let cut_off_secs = now.saturating_sub(retention_days.saturating_mul(86_400));
-        let cut_off = audit::first_id_at(cut_off_secs.saturating_mul(1000));
-        match self {
-            Store::Sled { db, .. } => db.purge_audit(cut_off).await,
-            Store::Postgres { db, .. } => db.purge_audit(cut_off).await,
-        }
+        self.metrics
+            .time(StoreOp::PurgeAudit, async {
+                let cut_off_secs = now.saturating_sub(retention_days.saturating_mul(86_400));
+                let cut_off = audit::first_id_at(cut_off_secs.saturating_mul(1000));
+                match &self.backend {
+                    Backend::Sled { db, .. } => db.purge_audit(cut_off).await,
+                    Backend::Postgres { db, .. } => db.purge_audit(cut_off).await,
+                }
+            })
+            .await
     }
 
     pub async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.is_revoked(jti).await,
-            Store::Postgres { db, .. } => db.is_revoked(jti).await,
-        }
+        self.metrics
+            .time(StoreOp::IsRevoked, async {
+                match &self.backend {
+                    Backend::Sled { db, .. } => db.is_revoked(jti).await,
+                    Backend::Postgres { db, .. } => db.is_revoked(jti).await,
+                }
+            })
+            .await
     }
 
     /// Deletes what has expired: revocations of tokens the verifier refuses
@@ -641,22 +759,29 @@ impl Store {
         now: u64,
         policy: &SessionPolicy,
     ) -> Result<usize, StoreError> {
-        let expired_before = now.saturating_sub(LEEWAY_SECS);
-        match self {
-            Store::Sled { db, .. } => {
-                let policy = *policy;
-                let sessions = db
-                    .purge_sessions(move |session, password_version| {
-                        password_version.is_some_and(|pv| session.is_alive(&policy, pv, now))
-                    })
-                    .await?;
-                Ok(db.purge_revoked(expired_before).await? + sessions)
-            }
-            Store::Postgres { db, limits, .. } => {
-                let sessions = db.purge_sessions(now, policy.idle_secs).await?;
-                Ok(db.purge(expired_before, limits.window_secs).await? + sessions)
-            }
-        }
+        self.metrics
+            .time(StoreOp::PurgeExpired, async {
+                let expired_before = now.saturating_sub(LEEWAY_SECS);
+                match &self.backend {
+                    Backend::Sled { db, .. } => {
+                        let policy = *policy;
+                        let sessions = db
+                            .purge_sessions(move |session, password_version| {
+                                password_version
+                                    .is_some_and(|pv| session.is_alive(&policy, pv, now))
+                            })
+                            .await?;
+                        self.metrics.sessions_ended(SessionEnd::Expired, sessions);
+                        Ok(db.purge_revoked(expired_before).await? + sessions)
+                    }
+                    Backend::Postgres { db, limits, .. } => {
+                        let sessions = db.purge_sessions(now, policy.idle_secs).await?;
+                        self.metrics.sessions_ended(SessionEnd::Expired, sessions);
+                        Ok(db.purge(expired_before, limits.window_secs).await? + sessions)
+                    }
+                }
+            })
+            .await
     }
 
     /// Starts a login attempt for (email, client): refused with the wait when
@@ -667,50 +792,58 @@ impl Store {
         email: &str,
         client: IpAddr,
     ) -> Result<Result<LoginAttempt, RetryAfter>, StoreError> {
-        let attempt = LoginAttempt {
-            email: email.to_string(),
-            client,
-            id: uuid::Uuid::new_v4(),
-        };
-        let verdict = match self {
-            Store::Sled { throttle, .. } => throttle.begin(email, client),
-            Store::Postgres {
-                db, limits, keys, ..
-            } => {
-                // The address's counter guards the account's as well: the
-                // account key names the address too.
-                let address = keys.address(client);
-                let account = keys.account(email, client);
-                db.count_attempt(
-                    &address,
-                    &[
-                        Counter::new(&account, limits.per_account),
-                        Counter::new(&address, limits.per_address),
-                    ],
-                    attempt.id,
-                    crate::domain::unix_now(),
-                    limits.window_secs,
-                )
-                .await?
-            }
-        };
-        Ok(verdict.map(|()| attempt))
+        self.metrics
+            .time(StoreOp::BeginLogin, async {
+                let attempt = LoginAttempt {
+                    email: email.to_string(),
+                    client,
+                    id: uuid::Uuid::new_v4(),
+                };
+                let verdict = match &self.backend {
+                    Backend::Sled { throttle, .. } => throttle.begin(email, client),
+                    Backend::Postgres {
+                        db, limits, keys, ..
+                    } => {
+                        // The address's counter guards the account's as well: the
+                        // account key names the address too.
+                        let address = keys.address(client);
+                        let account = keys.account(email, client);
+                        db.count_attempt(
+                            &address,
+                            &[
+                                Counter::new(&account, limits.per_account),
+                                Counter::new(&address, limits.per_address),
+                            ],
+                            attempt.id,
+                            crate::domain::unix_now(),
+                            limits.window_secs,
+                        )
+                        .await?
+                    }
+                };
+                Ok(verdict.map(|()| attempt))
+            })
+            .await
     }
 
     /// The attempt succeeded: the (email, client) count is reset and the
     /// client is not charged for it.
     pub async fn login_succeeded(&self, attempt: LoginAttempt) -> Result<(), StoreError> {
-        match self {
-            Store::Sled { throttle, .. } => {
-                throttle.succeeded(&attempt.email, attempt.client);
-                Ok(())
-            }
-            Store::Postgres { db, keys, .. } => {
-                let account = keys.account(&attempt.email, attempt.client);
-                db.login_succeeded(&account, &keys.address(attempt.client), attempt.id)
-                    .await
-            }
-        }
+        self.metrics
+            .time(StoreOp::LoginSucceeded, async {
+                match &self.backend {
+                    Backend::Sled { throttle, .. } => {
+                        throttle.succeeded(&attempt.email, attempt.client);
+                        Ok(())
+                    }
+                    Backend::Postgres { db, keys, .. } => {
+                        let account = keys.account(&attempt.email, attempt.client);
+                        db.login_succeeded(&account, &keys.address(attempt.client), attempt.id)
+                            .await
+                    }
+                }
+            })
+            .await
     }
 
     /// Counts a registration request from `client`, whatever its outcome:
@@ -720,7 +853,11 @@ impl Store {
         &self,
         client: IpAddr,
     ) -> Result<Result<(), RetryAfter>, StoreError> {
-        self.count_per_address(client, PerAddress::Registrations)
+        self.metrics
+            .time(StoreOp::BeginRegistration, async {
+                self.count_per_address(client, PerAddress::Registrations)
+                    .await
+            })
             .await
     }
 
@@ -731,7 +868,11 @@ impl Store {
         &self,
         client: IpAddr,
     ) -> Result<Result<(), RetryAfter>, StoreError> {
-        self.count_per_address(client, PerAddress::MailRequests)
+        self.metrics
+            .time(StoreOp::BeginMailRequest, async {
+                self.count_per_address(client, PerAddress::MailRequests)
+                    .await
+            })
             .await
     }
 
@@ -740,12 +881,12 @@ impl Store {
         client: IpAddr,
         budget: PerAddress,
     ) -> Result<Result<(), RetryAfter>, StoreError> {
-        match self {
-            Store::Sled { throttle, .. } => Ok(match budget {
+        match &self.backend {
+            Backend::Sled { throttle, .. } => Ok(match budget {
                 PerAddress::Registrations => throttle.count_registration(client),
                 PerAddress::MailRequests => throttle.count_mail_request(client),
             }),
-            Store::Postgres {
+            Backend::Postgres {
                 db, limits, keys, ..
             } => {
                 let (key, limit) = match budget {
@@ -766,10 +907,14 @@ impl Store {
 
     /// The signing key set (asymmetric algorithms), if one was ever written.
     pub async fn signing_keys(&self) -> Result<Option<KeySet>, StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.signing_keys().await,
-            Store::Postgres { db, .. } => db.signing_keys().await,
-        }
+        self.metrics
+            .time(StoreOp::SigningKeys, async {
+                match &self.backend {
+                    Backend::Sled { db, .. } => db.signing_keys().await,
+                    Backend::Postgres { db, .. } => db.signing_keys().await,
+                }
+            })
+            .await
     }
 
     /// Replaces the key set with `keys` if it is still at version
@@ -783,35 +928,49 @@ impl Store {
         keys: Vec<StoredKey>,
         events: Vec<Event>,
     ) -> Result<bool, StoreError> {
-        let swapped = match self {
-            Store::Sled { db, .. } => db.swap_signing_keys(expected, keys, events.clone()).await,
-            Store::Postgres { db, .. } => {
-                db.swap_signing_keys(expected, keys, events.clone()).await
-            }
-        }?;
-        if swapped {
-            log_events(&events);
-        }
-        Ok(swapped)
+        self.metrics
+            .time(StoreOp::SwapSigningKeys, async {
+                let swapped = match &self.backend {
+                    Backend::Sled { db, .. } => {
+                        db.swap_signing_keys(expected, keys, events.clone()).await
+                    }
+                    Backend::Postgres { db, .. } => {
+                        db.swap_signing_keys(expected, keys, events.clone()).await
+                    }
+                }?;
+                if swapped {
+                    log_events(&events);
+                }
+                Ok(swapped)
+            })
+            .await
     }
 
     /// Answers if the store can be read and, on sled, no write has failed
     /// (a failed write is fatal there: the process is exiting).
     pub async fn health(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.health().await,
-            Store::Postgres { db, .. } => db.health().await,
-        }
+        self.metrics
+            .time(StoreOp::Health, async {
+                match &self.backend {
+                    Backend::Sled { db, .. } => db.health().await,
+                    Backend::Postgres { db, .. } => db.health().await,
+                }
+            })
+            .await
     }
 
     /// Writes everything to disk (sled; PostgreSQL commits are already
     /// durable). Called at shutdown; on sled a failure is fatal, as for any
     /// write.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Sled { db, .. } => db.flush().await,
-            Store::Postgres { .. } => Ok(()),
-        }
+        self.metrics
+            .time(StoreOp::Flush, async {
+                match &self.backend {
+                    Backend::Sled { db, .. } => db.flush().await,
+                    Backend::Postgres { .. } => Ok(()),
+                }
+            })
+            .await
     }
 }
 
@@ -835,12 +994,16 @@ mod tests {
     };
 
     fn sled_store(dir: &std::path::Path) -> Store {
-        Store::Sled {
+        let backend = Backend::Sled {
             db: SledStore::open(dir).unwrap(),
             throttle: Arc::new(LoginThrottle::new(ThrottleLimits::from(
                 &LimitSettings::default(),
             ))),
             budgets: Arc::new([FailureBudget::new(600), FailureBudget::new(600)]),
+        };
+        Store {
+            backend,
+            metrics: Metrics::off(),
         }
     }
 

@@ -351,12 +351,14 @@ const USER_FOR_UPDATE: &str = concat!(
 );
 const SET_USER_AFTER_MAIL_TOKEN: &str = "UPDATE gatehouse_users SET password_hash = $2,
     password_version = $3, email_verified = $4, updated_at = $5 WHERE id = $1";
+// The last column: the sessions its cascade ends (counted in the
+// statement's snapshot, from before the delete).
 const DELETE_USER: &str = concat!(
     "WITH changed AS (DELETE FROM gatehouse_users WHERE id = $1 RETURNING ",
     user_columns!(),
     "), logged AS (",
     log_if_changed!(2),
-    ") SELECT * FROM changed"
+    ") SELECT *, (SELECT count(*) FROM gatehouse_sessions WHERE user_id = $1) FROM changed"
 );
 const INSERT_SESSION: &str = concat!(
     "WITH logged AS (INSERT INTO gatehouse_audit SELECT * FROM gatehouse_audit_rows($12))
@@ -666,7 +668,13 @@ impl PgStore {
         Ok((user_from_row(&row)?, events))
     }
 
-    pub async fn delete_user(&self, id: &str, events: Vec<Event>) -> Result<User, StoreError> {
+    /// Deletes the user (its sessions and mail tokens by the cascade);
+    /// returns it and how many sessions ended with it.
+    pub async fn delete_user(
+        &self,
+        id: &str,
+        events: Vec<Event>,
+    ) -> Result<(User, usize), StoreError> {
         let Some(id) = issued_id(id) else {
             return Err(StoreError::NotFound);
         };
@@ -677,7 +685,12 @@ impl PgStore {
                 async move { change_user(client, id, true, DELETE_USER, &[&id, &events]).await }
             })
             .await?;
-        user_from_row(&outcome?)
+        let row = outcome?;
+        let sessions: i64 = row.try_get(9).map_err(|e| StoreError::Corrupt {
+            key: format!("user {id}"),
+            reason: e.to_string(),
+        })?;
+        Ok((user_from_row(&row)?, usize::try_from(sessions).unwrap_or(0)))
     }
 
     pub async fn revoke(

@@ -313,7 +313,11 @@ impl SledStore {
 
     /// Removes the user, frees its email and ends its sessions; returns the
     /// removed user.
-    pub async fn delete_user(&self, id: &str, events: Vec<Event>) -> Result<User, StoreError> {
+    pub async fn delete_user(
+        &self,
+        id: &str,
+        events: Vec<Event>,
+    ) -> Result<(User, usize), StoreError> {
         let store = self.clone();
         let id = id.to_string();
         self.write(move || {
@@ -354,7 +358,7 @@ impl SledStore {
             for sid in &sessions {
                 store.sessions_cache.forget(sid);
             }
-            deleted
+            deleted.map(|user| (user, sessions.len()))
         })
         .await
     }

@@ -38,6 +38,7 @@ mod instances;
 mod keys;
 mod mail;
 mod mailsink;
+mod metrics;
 mod network;
 mod openapi;
 mod pages;

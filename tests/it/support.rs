@@ -455,16 +455,21 @@ impl Binary {
             base: String::new(),
             lines,
         };
-        let line = binary
-            .wait_for_line("gatehouse listening", Duration::from_secs(20))
-            .expect("the server logs its address");
-        let address = line
-            .split("address=")
+        binary.base = format!("http://{}", binary.wait_for_address("gatehouse listening"));
+        binary
+    }
+
+    /// The `address=IP:PORT` of the first log line containing `needle`
+    /// (waiting for it, with a deadline).
+    pub fn wait_for_address(&mut self, needle: &str) -> String {
+        let line = self
+            .wait_for_line(needle, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("no {needle:?} line with an address in the log"));
+        line.split("address=")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
-            .expect("address in the log line");
-        binary.base = format!("http://{address}");
-        binary
+            .expect("address in the log line")
+            .to_string()
     }
 
     /// A request to this server, on a client of its own (the process may be
