@@ -123,6 +123,9 @@ label_set! {
         UserDeleted = "user_deleted",
         /// Purged once past its time (or its user's password change).
         Expired = "expired",
+        /// The oldest of a user's sessions, ended by a new one beyond
+        /// `store::MAX_SESSIONS_PER_USER`.
+        Evicted = "evicted",
     }
 }
 

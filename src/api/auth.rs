@@ -279,8 +279,10 @@ pub async fn refresh(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> 
             user,
             refresh_token,
         } => token_pair(app, &user, &session.id, refresh_token),
-        Refresh::Reused { session } => {
-            app.metrics.sessions_ended(SessionEnd::Reuse, 1);
+        Refresh::Reused { session, ended } => {
+            // Counted by the presentation that ended it, once.
+            app.metrics
+                .sessions_ended(SessionEnd::Reuse, usize::from(ended));
             tracing::warn!(
                 user = %session.user_id,
                 session = %session.id,

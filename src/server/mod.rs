@@ -79,8 +79,13 @@ pub async fn serve(
     let metrics_listener = metrics_listener::bind(&app).await?;
     tracing::info!(%address, store = %app.store.kind(), "gatehouse listening");
     let error_answers = Arc::new(ErrorAnswers::new().await);
-    let metrics_server = metrics_listener
-        .map(|listener| metrics_listener::start(listener, &app, error_answers.clone()));
+    let metrics_server = metrics_listener.map(|listener| {
+        Background(metrics_listener::start(
+            listener,
+            &app,
+            error_answers.clone(),
+        ))
+    });
     let settings = &app.settings.server;
     let mut http = http1::Builder::new();
     // No `header_read_timeout`: `Connection` keeps the header timeout, as
@@ -93,12 +98,12 @@ pub async fn serve(
     };
     let connections = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
-    let purger = tokio::spawn(purge_expired(app.clone()));
-    let key_follower = tokio::spawn(crate::keyring::follow(app.clone()));
-    let warm_up = tokio::spawn({
+    let purger = Background(tokio::spawn(purge_expired(app.clone())));
+    let key_follower = Background(tokio::spawn(crate::keyring::follow(app.clone())));
+    let warm_up = Background(tokio::spawn({
         let app = app.clone();
         async move { app.passwords.warm_up().await }
-    });
+    }));
     tokio::pin!(shutdown);
 
     let busy_reply = Arc::new(busy_response().await);
@@ -148,14 +153,15 @@ pub async fn serve(
 
     drop(listener);
     tracing::info!("shutting down: draining in-flight requests");
-    // The metrics listener goes first (its connections with it): the
-    // draining requests' numbers have no reader left.
+    // The background tasks end before the drain, the metrics listener (its
+    // connections with it) among them: the draining requests' numbers have
+    // no reader left.
     let tasks = [purger, key_follower, warm_up]
         .into_iter()
         .chain(metrics_server);
-    for task in tasks {
-        task.abort();
-        let _ = task.await;
+    for mut task in tasks {
+        task.0.abort();
+        let _ = (&mut task.0).await;
     }
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
@@ -169,6 +175,17 @@ pub async fn serve(
         .context("final flush of the store")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A background task of [`serve`], ended with it however `serve` ends (its
+/// future dropped included: dropping a `JoinHandle` only detaches the task,
+/// which would keep, say, the metrics port answering).
+struct Background(tokio::task::JoinHandle<()>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Connections over the limit being answered at once; beyond this many, an

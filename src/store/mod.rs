@@ -76,8 +76,10 @@ pub enum Refresh {
         user: Arc<User>,
         refresh_token: String,
     },
-    /// A spent token came back after the window: the session has ended.
-    Reused { session: Session },
+    /// A spent token came back after the window: the session has ended;
+    /// `ended` if by this presentation (a racing one, or a logout, may
+    /// have ended it first).
+    Reused { session: Session, ended: bool },
     /// Not a token of a live session (unknown, ended, expired, its user
     /// deleted or its password changed).
     Refused,
@@ -324,7 +326,7 @@ impl Store {
         self.metrics
             .time(StoreOp::InsertSession, async {
                 let keep = MAX_SESSIONS_PER_USER;
-                match &self.backend {
+                let evicted = match &self.backend {
                     Backend::Sled { db, .. } => {
                         db.insert_session(session, keep, events.clone()).await
                     }
@@ -333,6 +335,7 @@ impl Store {
                     }
                 }?;
                 log_events(&events);
+                self.metrics.sessions_ended(SessionEnd::Evicted, evicted);
                 Ok(())
             })
             .await
@@ -433,6 +436,7 @@ impl Store {
                             .with("session_id", session.id.as_str());
                             let ended = self.end_session(&session.id, vec![event]).await?;
                             return Ok(Refresh::Reused {
+                                ended: ended.is_some(),
                                 session: ended.unwrap_or_else(|| Session::clone(&session)),
                             });
                         }

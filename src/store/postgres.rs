@@ -953,7 +953,7 @@ impl PgStore {
         session: Session,
         keep: usize,
         events: Vec<Event>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         let (id, user_id) = (parse_id(&session.id)?, parse_id(&session.user_id)?);
         let events = events_param(&events);
@@ -989,8 +989,8 @@ impl PgStore {
                             ORDER BY id DESC OFFSET $2)",
                     )
                     .await?;
-                client.execute(&cap, &[&user_id, &keep]).await?;
-                Ok(())
+                let ended = client.execute(&cap, &[&user_id, &keep]).await?;
+                Ok(usize::try_from(ended).unwrap_or(0))
             }
         })
         .await

@@ -471,7 +471,7 @@ impl SledStore {
         session: Session,
         keep: usize,
         events: Vec<Event>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
         let store = self.clone();
         self.write(move || {
             let record = record::encode_session(&session);
@@ -481,7 +481,7 @@ impl SledStore {
             // racing sign-in may leave one more until the next.)
             let existing = store.session_ids_of(&session.user_id)?;
             let evicted = &existing[..existing.len().saturating_sub(keep.saturating_sub(1))];
-            (
+            let ended = (
                 &store.users,
                 &store.sessions,
                 &store.user_sessions,
@@ -491,19 +491,23 @@ impl SledStore {
                     if users.get(session.user_id.as_bytes())?.is_none() {
                         return abort(StoreError::NotFound);
                     }
+                    let mut ended = 0;
                     for sid in evicted {
-                        remove_session(sessions, index, &session.user_id, sid)?;
+                        if remove_session(sessions, index, &session.user_id, sid)?.is_some() {
+                            ended += 1;
+                        }
                     }
                     sessions.insert(session.id.as_bytes(), record.as_slice())?;
                     index.insert(index_key(&session.user_id, &session.id), &[])?;
-                    put_events(audit, &entries)
+                    put_events(audit, &entries)?;
+                    Ok(ended)
                 })
                 .map_err(tx_error)?;
             for sid in evicted {
                 store.sessions_cache.forget(sid);
             }
             store.sessions_cache.forget(&session.id);
-            Ok(())
+            Ok(ended)
         })
         .await
     }

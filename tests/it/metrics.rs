@@ -726,32 +726,57 @@ async fn the_binary_logs_and_serves_its_metrics_address() {
 }
 
 store_test! {
-/// Sessions ended by a user's deletion and by the purge are counted under
-/// their reasons, and the store's operations are timed by name.
+/// Sessions ended by a user's deletion, by the cap on a user's sessions,
+/// by a reused refresh token (once, however many present it) and by the
+/// purge are counted under their reasons, and the store's operations are
+/// timed by name.
 async fn deletions_purges_and_store_operations_are_counted() {
     let (server, metrics) = start_with(|_| {}).await;
     let ann = server.register("Ann", "ann@example.com").await;
-    server.login("ann@example.com", PASSWORD).await;
-    server.login("ann@example.com", PASSWORD).await;
-    // Ann's three sessions end with her account.
+    // 1 + 101 sessions: the two oldest make way (100 a user at most).
+    let mut newest = String::new();
+    for _ in 0..101 {
+        newest = server.login("ann@example.com", PASSWORD).await;
+    }
+    let page = scrape(&metrics).await;
+    assert_eq!(page.value(&ended("evicted")), Some(2.0), "{}", page.0);
+    // Ann's hundred sessions end with her account.
     server
         .delete(&format!("/api/users/{}", ann.id))
-        .token(&ann.token)
+        .token(&newest)
         .send()
         .await
         .assert_ok(200);
     let page = scrape(&metrics).await;
-    assert_eq!(page.value(&ended("user_deleted")), Some(3.0), "{}", page.0);
+    assert_eq!(page.value(&ended("user_deleted")), Some(100.0), "{}", page.0);
     assert_eq!(page.value(&ended("expired")), Some(0.0));
 
-    // Bob's two sessions outlive their absolute end: the purge ends them.
+    // A refresh token 17 rotations old (past the 16 spend times a session
+    // keeps) presented twice at once: one session ended, counted once.
+    server.register("Cat", "cat@example.com").await;
+    let cat = server.login_pair("cat@example.com", PASSWORD).await;
+    let first = cat["refresh_token"].as_str().unwrap().to_string();
+    let mut current = first.clone();
+    for _ in 0..17 {
+        let reply = refresh(&server, &current).await;
+        reply.assert_ok(200);
+        current = reply.body["refresh_token"].as_str().unwrap().to_string();
+    }
+    let (one, two) = tokio::join!(refresh(&server, &first), refresh(&server, &first));
+    one.assert_error(401, "invalid_refresh_token");
+    two.assert_error(401, "invalid_refresh_token");
+    let page = scrape(&metrics).await;
+    assert_eq!(page.value(&ended("reuse")), Some(1.0), "{}", page.0);
+
+    // Sessions outliving their absolute end: the purge ends them.
     let _bob = server.register("Bob", "bob@example.com").await;
     server.login("bob@example.com", PASSWORD).await;
     let policy = server.app.sessions;
     let later = gatehouse::domain::unix_now() + policy.ttl_secs + 1;
     server.app.store.purge_expired(later, &policy).await.unwrap();
     let page = scrape(&metrics).await;
-    assert_eq!(page.value(&ended("expired")), Some(2.0), "{}", page.0);
+    // Bob's two and Cat's first (her second ended by the reuse).
+    assert_eq!(page.value(&ended("expired")), Some(3.0), "{}", page.0);
     for op in ["insert_user", "insert_session", "session_and_user", "delete_user", "purge_expired"] {
         let timed = page
             .value(&format!("gatehouse_store_operation_duration_seconds_count{{op=\"{op}\"}}"))
