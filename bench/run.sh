@@ -49,14 +49,14 @@
 #      connections);
 #   4c. metrics off and on in the same run: two gatehouses on fresh data
 #      dirs, one without metrics.listen (the default), one with
-#      GATEHOUSE_METRICS__LISTEN=127.0.0.1:0; BENCH_ROUNDS rounds of the
-#      baseline, then the "off" server, then the "on" server (each paused
-#      while another runs), each server taking /me (64 connections) then
-#      login (16 connections) for ROUND_DURATION each; during the "on"
-#      rounds a scraper (curl on CLIENT_CPU) reads /metrics every second, as
-#      Prometheus would. /me ÷ baseline and login ÷ the bcrypt ceiling are
-#      reported for both, as medians of the rounds; then stops the
-#      baseline;
+#      GATEHOUSE_METRICS__LISTEN=127.0.0.1:0; BENCH_ROUNDS rounds, each
+#      giving both servers (in alternating order from round to round) a
+#      turn of: the baseline's /me, then that server's /me (64 connections)
+#      and login (16 connections), ROUND_DURATION each (the others paused);
+#      during the "on" turns a scraper (curl on CLIENT_CPU) reads /metrics
+#      every second, as Prometheus would. /me ÷ the baseline run just
+#      before it, and login ÷ the bcrypt ceiling, are reported for both, as
+#      medians of the rounds; then stops the baseline;
 #   5. measures one core's bcrypt verify rate at the benchmark's cost
 #      (examples/bcrypt_ceiling.rs on CPU 0): the ceiling for login/register;
 #   6. seeds a second data dir with BENCH_USERS users (examples/seed.rs, server
@@ -699,16 +699,20 @@ scraper() {
   done
 }
 kill -STOP "$METRICS_OFF_PID" "$METRICS_ON_PID"
-METRICS_ROUND_RATIOS=()
+ME_OFF_RATIOS=() ME_ON_RATIOS=()
 for ((round = 1; round <= ROUNDS; round++)); do
-  kill -CONT "$BASELINE_PID"
-  WRK_DURATION=$ROUND_DURATION wrk_command "metrics_baseline_$round" me.lua 64 \
-    "http://$BASELINE_ADDRESS/api/auth/me"
-  BENCH_TOKEN=${METRICS_TOKEN[off]} "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
-  kill -STOP "$BASELINE_PID"
-  for mode in off on; do
+  # Each /me run is paired with a baseline run just before it (a noisy
+  # machine drifts within seconds), and which server goes first alternates
+  # from round to round.
+  if ((round % 2)); then modes=(off on); else modes=(on off); fi
+  for mode in "${modes[@]}"; do
     pid_ref=METRICS_${mode^^}_PID
     address_ref=METRICS_${mode^^}_ADDRESS
+    kill -CONT "$BASELINE_PID"
+    WRK_DURATION=$ROUND_DURATION wrk_command "metrics_baseline_${mode}_$round" me.lua 64 \
+      "http://$BASELINE_ADDRESS/api/auth/me"
+    BENCH_TOKEN=${METRICS_TOKEN[$mode]} "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+    kill -STOP "$BASELINE_PID"
     kill -CONT "${!pid_ref}"
     SCRAPER_PID=
     if [[ $mode == on ]]; then
@@ -728,19 +732,14 @@ for ((round = 1; round <= ROUNDS; round++)); do
     fi
     kill -STOP "${!pid_ref}"
   done
-  collect "metrics_baseline_$round"
-  for key in me_metrics_off me_metrics_on login_metrics_off login_metrics_on; do
+  for key in metrics_baseline_off metrics_baseline_on me_metrics_off me_metrics_on login_metrics_off login_metrics_on; do
     collect "${key}_$round"
   done
-  METRICS_ROUND_RATIOS+=("$(ratio_of "${RPS[me_metrics_off_$round]}" "${RPS[metrics_baseline_$round]}")/$(ratio_of "${RPS[me_metrics_on_$round]}" "${RPS[metrics_baseline_$round]}")")
+  ME_OFF_RATIOS+=("$(ratio_of "${RPS[me_metrics_off_$round]}" "${RPS[metrics_baseline_off_$round]}")")
+  ME_ON_RATIOS+=("$(ratio_of "${RPS[me_metrics_on_$round]}" "${RPS[metrics_baseline_on_$round]}")")
 done
-for key in metrics_baseline me_metrics_off me_metrics_on login_metrics_off login_metrics_on; do
+for key in metrics_baseline_off metrics_baseline_on me_metrics_off me_metrics_on login_metrics_off login_metrics_on; do
   aggregate "$key"
-done
-# Per round: /me ÷ baseline off and on, then their medians.
-ME_OFF_RATIOS=() ME_ON_RATIOS=()
-for pair in "${METRICS_ROUND_RATIOS[@]}"; do
-  ME_OFF_RATIOS+=("${pair%/*}") ME_ON_RATIOS+=("${pair#*/}")
 done
 ME_OFF_RATIO=$(median "${ME_OFF_RATIOS[@]}")
 ME_ON_RATIO=$(median "${ME_ON_RATIOS[@]}")
@@ -884,9 +883,9 @@ RESULTS=$OUT_DIR/results.md
       "$(ratio "${RPS[login_$alg]}" "$CEILING") × bcrypt ceiling"
   done
   row me_metrics_off "GET /api/auth/me, metrics off (c64; median of $ROUNDS rounds)" \
-    "$ME_OFF_RATIO × baseline (median of the rounds' ratios; baseline $(printf '%.0f' "${RPS[metrics_baseline]}")/s)"
+    "$ME_OFF_RATIO × baseline (median of the rounds' ratios, each to the baseline run just before it; baseline $(printf '%.0f' "${RPS[metrics_baseline_off]}")/s)"
   row me_metrics_on "GET /api/auth/me, metrics on, /metrics scraped every second (c64; median of $ROUNDS rounds)" \
-    "$ME_ON_RATIO × baseline (median of the rounds' ratios); $(ratio "${RPS[me_metrics_on]}" "${RPS[me_metrics_off]}") × metrics off"
+    "$ME_ON_RATIO × baseline (median of the rounds' ratios, each to the baseline run just before it; baseline $(printf '%.0f' "${RPS[metrics_baseline_on]}")/s); $(ratio "${RPS[me_metrics_on]}" "${RPS[me_metrics_off]}") × metrics off"
   row login_metrics_off "POST /api/auth/login, metrics off (c16; median of $ROUNDS rounds)" \
     "$(ratio "${RPS[login_metrics_off]}" "$CEILING") × bcrypt ceiling"
   row login_metrics_on "POST /api/auth/login, metrics on, scraped every second (c16; median of $ROUNDS rounds)" \
@@ -934,7 +933,7 @@ CHECKED=(me solo flood_me flood_login login register patch refresh baseline seed
 [[ -z ${RPS[refresh_pg]:-} ]] || CHECKED+=(refresh_pg)
 [[ -z ${PG_RATIO[me_pg]:-} ]] || CHECKED+=(me_pg patch_pg)
 for alg in "${ALGORITHMS[@]}"; do CHECKED+=("me_$alg" "baseline_$alg" "login_$alg"); done
-CHECKED+=(metrics_baseline me_metrics_off me_metrics_on login_metrics_off login_metrics_on)
+CHECKED+=(metrics_baseline_off metrics_baseline_on me_metrics_off me_metrics_on login_metrics_off login_metrics_on)
 for key in "${CHECKED[@]}"; do
   # refresh.lua counts every answer but a 200 with a refresh token; the
   # other scripts, statuses of 400 and more.
