@@ -175,6 +175,7 @@ label_set! {
         Record = "record",
         AuditEvents = "audit_events",
         PurgeAudit = "purge_audit",
+        UpgradePasswordHash = "upgrade_password_hash",
     }
 }
 

@@ -90,9 +90,17 @@ async fn sign_in(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
     };
     let user = find_by_email(app, &typed, &email).await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
+    // Kept only for a hash below the configured cost (see below).
+    let upgrade = user
+        .as_ref()
+        .filter(|u| app.passwords.needs_upgrade(&u.password_hash))
+        .map(|_| password.clone());
     match (app.passwords.verify(password, hash).await?, user) {
         (true, Some(user)) => {
             app.store.login_succeeded(attempt).await?;
+            if let Some(password) = upgrade {
+                upgrade_hash(app, &user, password).await;
+            }
             // Only after the right password: the 403 tells nothing to
             // someone who does not know it.
             if app.settings.auth.require_verified_email && !user.email_verified {
@@ -108,6 +116,29 @@ async fn sign_in(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
             record_failed_login(app, action, user.as_ref(), &email, &origin, None).await?;
             Err(ApiError::InvalidCredentials)
         }
+    }
+}
+
+/// Stores a hash of `password` at `auth.bcrypt_cost` for `user`, whose hash
+/// was made at a lower one (an imported account, a lowered cost raised
+/// again). A failure only leaves the old hash, which still works: logged,
+/// and the login goes on.
+async fn upgrade_hash(app: &crate::app::App, user: &crate::domain::user::User, password: String) {
+    let upgraded = match app.passwords.hash(password).await {
+        Ok(new) => {
+            app.store
+                .upgrade_password_hash(&user.id, user.password_hash.clone(), new)
+                .await
+        }
+        Err(error) => {
+            tracing::warn!(user = %user.id, %error, "password hash not upgraded");
+            return;
+        }
+    };
+    match upgraded {
+        Ok(true) => tracing::info!(user = %user.id, "password hash upgraded to auth.bcrypt_cost"),
+        Ok(false) => {} // changed meanwhile: the newer hash stands
+        Err(error) => tracing::warn!(user = %user.id, %error, "password hash not upgraded"),
     }
 }
 

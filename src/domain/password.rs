@@ -18,6 +18,18 @@ use super::user::MAX_PASSWORD_BYTES;
 use super::yielding_bcrypt;
 use crate::metrics::Metrics;
 
+/// The cost a bcrypt hash was made with (`$2b$10$…` → 10, any of the
+/// `$2a$`/`$2b$`/`$2x$`/`$2y$` variants); `None` for a string that is not one.
+pub fn cost_of(hash: &str) -> Option<u32> {
+    let rest = hash.strip_prefix("$2")?;
+    let rest = rest.strip_prefix(['a', 'b', 'x', 'y'])?.strip_prefix('$')?;
+    let (cost, rest) = rest.split_at_checked(2)?;
+    if !rest.starts_with('$') || !cost.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    cost.parse().ok()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
     #[error("bcrypt failed: {0}")]
@@ -80,6 +92,14 @@ impl PasswordHasher {
             dummy_hash: OnceCell::new(),
             metrics: Metrics::off(),
         }
+    }
+
+    /// Whether `hash` was made with a lower cost than ours (`auth.bcrypt_cost`),
+    /// so that a login with the right password should store a new one: an
+    /// account imported or made under a lower cost gets the configured cost
+    /// at its next login.
+    pub fn needs_upgrade(&self, hash: &str) -> bool {
+        cost_of(hash).is_some_and(|cost| cost < self.cost)
     }
 
     /// Records the queue depth and each hash's time in `metrics`.
@@ -241,6 +261,25 @@ fn lower_thread_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hashs_cost_is_read_from_any_variant() {
+        let salt_and_hash = "DCq7YPn5Rq63x1Lad4cll.TV4S6ytwfsfvkgY8jIucDrjc8deX1s.";
+        for variant in ["2a", "2b", "2x", "2y"] {
+            assert_eq!(cost_of(&format!("${variant}$06${salt_and_hash}")), Some(6));
+        }
+        assert_eq!(cost_of(&format!("$2b$12${salt_and_hash}")), Some(12));
+        for not_one in [
+            "", "$2b$", "$2b$1$x", "$2c$10$x", "$1$10$x", "$2b$1a$x", "plain",
+        ] {
+            assert_eq!(cost_of(not_one), None, "{not_one}");
+        }
+        let hasher = PasswordHasher::new(10);
+        assert!(hasher.needs_upgrade(&format!("$2a$04${salt_and_hash}")));
+        assert!(!hasher.needs_upgrade(&format!("$2b$10${salt_and_hash}")));
+        assert!(!hasher.needs_upgrade(&format!("$2b$12${salt_and_hash}")));
+        assert!(!hasher.needs_upgrade("not a hash"));
+    }
 
     #[tokio::test]
     async fn hashes_verify_and_failures_are_false() {

@@ -274,6 +274,26 @@ impl Store {
             .await
     }
 
+    /// Replaces the user's password hash `old` with `new`, a hash of the same
+    /// password at a higher cost (see `PasswordHasher::needs_upgrade`),
+    /// unless the hash changed meanwhile (false: nothing written). The
+    /// password version stays: the user's sessions and tokens go on.
+    pub async fn upgrade_password_hash(
+        &self,
+        id: &str,
+        old: String,
+        new: String,
+    ) -> Result<bool, StoreError> {
+        self.metrics
+            .time(StoreOp::UpgradePasswordHash, async {
+                match &self.backend {
+                    Backend::Sled { db, .. } => db.upgrade_password_hash(id, old, new).await,
+                    Backend::Postgres { db, .. } => db.upgrade_password_hash(id, old, new).await,
+                }
+            })
+            .await
+    }
+
     /// Creates an admin, or makes the user with this email an admin with this
     /// password hash (which revokes that user's earlier tokens). True if
     /// created. Either way the address counts as verified: the operator gave

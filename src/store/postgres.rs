@@ -693,6 +693,33 @@ impl PgStore {
         Ok((user_from_row(&row)?, usize::try_from(sessions).unwrap_or(0)))
     }
 
+    /// See `Store::upgrade_password_hash`: one conditional statement.
+    pub async fn upgrade_password_hash(
+        &self,
+        id: &str,
+        old: String,
+        new: String,
+    ) -> Result<bool, StoreError> {
+        let Some(id) = issued_id(id) else {
+            return Ok(false);
+        };
+        let updated = self
+            .run(|client| {
+                let (old, new) = (old.clone(), new.clone());
+                async move {
+                    let statement = client
+                        .prepare_cached(
+                            "UPDATE gatehouse_users SET password_hash = $3
+                             WHERE id = $1 AND password_hash = $2",
+                        )
+                        .await?;
+                    client.execute(&statement, &[&id, &old, &new]).await
+                }
+            })
+            .await?;
+        Ok(updated == 1)
+    }
+
     pub async fn revoke(
         &self,
         jti: &str,

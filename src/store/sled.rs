@@ -363,6 +363,37 @@ impl SledStore {
         .await
     }
 
+    /// See `Store::upgrade_password_hash`.
+    pub async fn upgrade_password_hash(
+        &self,
+        id: &str,
+        old: String,
+        new: String,
+    ) -> Result<bool, StoreError> {
+        let store = self.clone();
+        let id = id.to_string();
+        self.write(move || {
+            let upgraded = store
+                .users
+                .transaction(|users| {
+                    let Some(bytes) = users.get(id.as_bytes())? else {
+                        return Ok(false);
+                    };
+                    let mut user = decode_user(id.as_bytes(), &bytes).map_err(abort_with)?;
+                    if user.password_hash != old {
+                        return Ok(false);
+                    }
+                    user.password_hash = new.clone();
+                    users.insert(id.as_bytes(), encode_user(&user))?;
+                    Ok(true)
+                })
+                .map_err(tx_error);
+            store.cache.forget(&id);
+            upgraded
+        })
+        .await
+    }
+
     /// See `Store::put_mail_token`; one transaction over `users` and
     /// `mail_tokens`.
     pub async fn put_mail_token(

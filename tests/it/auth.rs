@@ -522,3 +522,48 @@ async fn accounts_stored_before_email_normalization_still_log_in() {
     wrong.assert_error(401, "invalid_credentials");
 }
 }
+
+store_test! {
+/// A successful login whose stored hash has a lower cost than
+/// `auth.bcrypt_cost` stores a new hash of the same password at the
+/// configured cost (any of the `$2a$`/`$2b$`/`$2y$` variants, as imported
+/// accounts have them), keeping the password version, so the session goes
+/// on; a failed login changes nothing.
+async fn a_login_upgrades_a_hash_below_the_configured_cost() {
+    use gatehouse::domain::user::{Role, User};
+    let server = TestServer::start_with(|s| s.auth.bcrypt_cost = 5).await;
+    for (email, version) in [
+        ("a@example.com", bcrypt::Version::TwoA),
+        ("b@example.com", bcrypt::Version::TwoB),
+        ("y@example.com", bcrypt::Version::TwoY),
+    ] {
+        let hash = bcrypt::hash_with_result(PASSWORD, 4)
+            .unwrap()
+            .format_for_version(version);
+        let now = gatehouse::domain::unix_now();
+        let user = User::new("Old".into(), email.into(), Role::User, hash.clone(), now);
+        let user = server.app.store.insert_user(user, Vec::new()).await.unwrap();
+        let stored = || async {
+            server.app.store.user_by_id(&user.id).await.unwrap().unwrap()
+        };
+
+        server
+            .post("/api/auth/login")
+            .json(json!({"email": email, "password": "not the password"}))
+            .send()
+            .await
+            .assert_error(401, "invalid_credentials");
+        assert_eq!(stored().await.password_hash, hash, "a failed login upgrades nothing");
+
+        let token = server.login(email, PASSWORD).await;
+        let upgraded = stored().await;
+        assert!(upgraded.password_hash.starts_with("$2b$05$"), "{}", upgraded.password_hash);
+        assert!(bcrypt::verify(PASSWORD, &upgraded.password_hash).unwrap());
+        assert_eq!(upgraded.password_version, user.password_version);
+        server.me(&token).await.assert_ok(200);
+        // Again: already at the cost, nothing to do; the password works.
+        server.login(email, PASSWORD).await;
+        assert_eq!(stored().await.password_hash, upgraded.password_hash);
+    }
+}
+}

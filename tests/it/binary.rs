@@ -834,3 +834,25 @@ async fn the_request_log_has_one_line_per_request_and_no_secrets() {
         assert!(!all.contains(secret), "the log contains {secret:?}:\n{all}");
     }
 }
+
+/// `gatehouse --version` prints the name and the crate's version, and
+/// exits 0 without reading any config or data dir.
+#[test]
+fn version_prints_the_name_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, stdout, stderr) = run_binary(
+        &[
+            "--version",
+            "--data-dir",
+            &dir.path().join("never").display().to_string(),
+        ],
+        &[("GATEHOUSE_SERVER__PORT", "not a port")],
+        "",
+    );
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        format!("gatehouse {}", env!("CARGO_PKG_VERSION"))
+    );
+    assert!(!dir.path().join("never").exists(), "no data dir made");
+}
