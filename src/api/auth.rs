@@ -10,7 +10,7 @@ use hyper::header::CONTENT_TYPE;
 use hyper::{Method, StatusCode};
 use serde_json::json;
 
-use crate::api::sessions::{start_session, token_pair};
+use crate::api::sessions::{end_sessions_after_new_password, start_session, token_pair};
 use crate::api::users::{
     confirm_password, find_by_email, login_outcome, record_failed_login, NewUser,
 };
@@ -358,14 +358,6 @@ pub async fn change_password(
         .store
         .update_user(&caller.user().id, patch, now, &origin)
         .await?;
-    // The new password version already refuses every earlier session and
-    // token; deleting the sessions keeps the store from holding them until
-    // the purge. (`password_changed` says why they ended.)
-    let ended = app
-        .store
-        .end_user_sessions(&user.id, None, Vec::new())
-        .await?;
-    app.metrics
-        .sessions_ended(SessionEnd::PasswordChange, ended.len());
+    end_sessions_after_new_password(app, &user.id, SessionEnd::PasswordChange).await?;
     start_session(&ctx, &user, false).await
 }

@@ -113,13 +113,8 @@ pub async fn reset(mut ctx: RequestContext) -> Result<HttpResponse, ApiError> {
         )
         .await?
         .ok_or(ApiError::InvalidResetToken)?;
-    // Already refused by the new password version; deleting them keeps the
-    // store from holding them until the purge.
-    let ended = app
-        .store
-        .end_user_sessions(&user.id, None, Vec::new())
+    crate::api::sessions::end_sessions_after_new_password(&app, &user.id, SessionEnd::Reset)
         .await?;
-    app.metrics.sessions_ended(SessionEnd::Reset, ended.len());
     start_session(&ctx, &user, false).await
 }
 

@@ -67,6 +67,23 @@ pub async fn start_session(
     }
 }
 
+/// Deletes every session of `user_id` after its password changed (`reason`:
+/// a change or a reset). The new password version already refuses them and
+/// their tokens; deleting them keeps the store from holding them until the
+/// purge. (The change's own event says why they ended.)
+pub async fn end_sessions_after_new_password(
+    app: &App,
+    user_id: &str,
+    reason: SessionEnd,
+) -> Result<(), ApiError> {
+    let ended = app
+        .store
+        .end_user_sessions(user_id, None, Vec::new())
+        .await?;
+    app.metrics.sessions_ended(reason, ended.len());
+    Ok(())
+}
+
 /// The token pair: `{auth, token, refresh_token, token_type, expires_in}`
 /// (tutorial clients read `auth` and `token`).
 pub fn token_pair(

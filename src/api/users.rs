@@ -235,15 +235,13 @@ pub async fn update(mut ctx: RequestContext, caller: AuthUser) -> Result<HttpRes
         Arc::new(app.store.update_user(id, patch, now, &origin).await?)
     };
     if new_password {
-        // The new password version already refuses every earlier session
-        // and token (the caller's too); deleting the sessions keeps the
-        // store from holding them until the purge.
-        let ended = app
-            .store
-            .end_user_sessions(&user.id, None, Vec::new())
-            .await?;
-        app.metrics
-            .sessions_ended(SessionEnd::PasswordChange, ended.len());
+        // The caller's own session too.
+        crate::api::sessions::end_sessions_after_new_password(
+            app,
+            &user.id,
+            SessionEnd::PasswordChange,
+        )
+        .await?;
     }
     if before.email != user.email {
         crate::api::recovery::after_email_change(&ctx.app, &before, &user);
