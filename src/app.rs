@@ -146,6 +146,57 @@ pub async fn open_store(settings: &Settings, metrics: Metrics) -> anyhow::Result
     }
 }
 
+/// The generated HS256 secret, hex-encoded as its file holds it, when the
+/// key is one (no `auth.secret`, no `store.url`) and it exists: what an
+/// export carries. A configured secret is never exported.
+pub fn generated_secret(settings: &Settings) -> anyhow::Result<Option<String>> {
+    if settings.auth.secret.is_some() || settings.store.url.is_some() {
+        return Ok(None);
+    }
+    let path = settings.secret_file();
+    match fs::read_to_string(&path) {
+        Ok(text) if text.trim().is_empty() => Ok(None),
+        Ok(text) => {
+            let hex = text.trim();
+            decode_hex(hex)
+                .with_context(|| format!("{}: not a hex-encoded key", path.display()))?;
+            Ok(Some(hex.to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Makes `hex` (an imported generated secret) the key of `data_dir`,
+/// replacing any, atomically as a new key is stored. Only for a sled store
+/// without `auth.secret`: false (nothing written) otherwise.
+pub fn store_generated_secret(settings: &Settings, hex: &str) -> anyhow::Result<bool> {
+    if settings.auth.secret.is_some() || settings.store.url.is_some() {
+        return Ok(false);
+    }
+    let key = decode_hex(hex).filter(|key| key.len() >= GENERATED_KEY_BYTES);
+    if key.is_none() {
+        bail!(
+            "the imported secret is not a hex-encoded key of {GENERATED_KEY_BYTES} bytes or more"
+        );
+    }
+    prepare_data_dir(&settings.data_dir)?;
+    let path = settings.secret_file();
+    let temporary = temporary_key_path(&path);
+    let stored = write_then_rename(&temporary, &path, hex.as_bytes());
+    if stored.is_err() {
+        let _ = fs::remove_file(&temporary);
+    }
+    stored.with_context(|| format!("{}: cannot store the imported key", path.display()))?;
+    Ok(true)
+}
+
+/// Creates `data_dir` if it is missing (mode 0700), as a server start
+/// would: for the command line's writers.
+pub fn prepare_data_dir_for(settings: &Settings) -> anyhow::Result<()> {
+    prepare_data_dir(&settings.data_dir)
+}
+
 /// Bytes in a generated signing key.
 const GENERATED_KEY_BYTES: usize = 32;
 

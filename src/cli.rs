@@ -1,9 +1,12 @@
 //! The command line: `gatehouse [serve]` runs the server, `gatehouse admin
-//! create` creates or promotes an admin while the server is stopped. This is
-//! the one place where an error becomes an exit code (and one line on stderr).
+//! create` creates or promotes an admin while the server is stopped,
+//! `gatehouse export` and `gatehouse import` move a store's users to a file
+//! and back (`transfer`). This is the one place where an error becomes an
+//! exit code (and one line on stderr).
 
-use std::io::{BufRead, IsTerminal};
-use std::path::PathBuf;
+use std::io::{BufRead, IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -17,6 +20,8 @@ use crate::domain::unix_now;
 use crate::domain::user::{valid_email, valid_name, valid_password};
 use crate::log::RequestLog;
 use crate::server;
+use crate::store::Import;
+use crate::transfer::{self, ExportOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,6 +55,38 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
+    /// Write every user (with password hashes), the signing keys and, with
+    /// --with-audit, the audit log to a new file (mode 0600). sled: while
+    /// the server is stopped (a running one serves GET /api/admin/export);
+    /// PostgreSQL: any time, one consistent snapshot.
+    Export {
+        /// The file to create (never written over).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Include the audit log.
+        #[arg(long)]
+        with_audit: bool,
+    },
+    /// Load an export (or, with --from mongoexport, the tutorial's MongoDB
+    /// users) into the configured store, which must have no users: all of
+    /// it, or nothing.
+    Import {
+        /// The file to read.
+        file: PathBuf,
+        /// What wrote the file: a gatehouse export (the default) or
+        /// `mongoexport --collection users` (JSON lines or --jsonArray).
+        #[arg(long, value_name = "FORMAT", value_enum)]
+        from: Option<ImportSource>,
+        /// With --from mongoexport: skip (and list) the rows that cannot be
+        /// imported instead of refusing the file.
+        #[arg(long, requires = "from")]
+        skip_invalid: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ImportSource {
+    Mongoexport,
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +155,12 @@ async fn run(cli: Cli, request_log: RequestLog) -> anyhow::Result<()> {
                     password_stdin,
                 },
         }) => admin_create(settings, &email, &name, password_stdin).await,
+        Some(Command::Export { out, with_audit }) => export(settings, &out, with_audit).await,
+        Some(Command::Import {
+            file,
+            from,
+            skip_invalid,
+        }) => import(settings, &file, from, skip_invalid).await,
     }
 }
 
@@ -179,6 +222,139 @@ async fn admin_create(
         "made admin"
     };
     println!("{what} {} (_id {})", user.email, user.id);
+    Ok(())
+}
+
+async fn export(settings: Settings, out: &Path, with_audit: bool) -> anyhow::Result<()> {
+    if settings.store.url.is_none() && !settings.database_dir().is_dir() {
+        bail!(
+            "data_dir: {} holds no database to export",
+            settings.data_dir.display()
+        );
+    }
+    let secret = crate::app::generated_secret(&settings)?;
+    let store = open_store(&settings, crate::metrics::Metrics::off())
+        .await
+        .context("a running server exports with GET /api/admin/export")?;
+    // create_new: an export is never written over a file, nor into one
+    // whose mode lets others read it.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("--out: cannot create {}", out.display()))?;
+    let options = ExportOptions {
+        with_audit,
+        secret,
+        now: unix_now(),
+    };
+    let (mut chunks, counts) = transfer::spawn_export(store, options);
+    let written = async {
+        let mut writer = std::io::BufWriter::new(&file);
+        while let Some(chunk) = chunks.recv().await {
+            writer.write_all(&chunk.map_err(anyhow::Error::msg)?)?;
+        }
+        writer.flush()?;
+        drop(writer);
+        file.sync_all()?;
+        anyhow::Ok(counts.await.context("the export ended early")?)
+    }
+    .await;
+    let counts = match written {
+        Ok(counts) => counts,
+        Err(error) => {
+            let _ = std::fs::remove_file(out);
+            return Err(error.context(format!("{}: export failed, file removed", out.display())));
+        }
+    };
+    let audit = if with_audit {
+        format!(" and {} audit events", counts.events)
+    } else {
+        String::new()
+    };
+    println!(
+        "exported {} users{audit} to {}",
+        counts.users,
+        out.display()
+    );
+    Ok(())
+}
+
+async fn import(
+    settings: Settings,
+    path: &Path,
+    from: Option<ImportSource>,
+    skip_invalid: bool,
+) -> anyhow::Result<()> {
+    let reader = std::fs::File::open(path)
+        .map(std::io::BufReader::new)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let named = |error: transfer::format::ReadError| {
+        anyhow::anyhow!("{}: {error}; nothing was imported", path.display())
+    };
+    let (import, secret, skipped) = match from {
+        None => {
+            let file = transfer::format::read(reader).map_err(named)?;
+            (file.import, file.secret, 0)
+        }
+        Some(ImportSource::Mongoexport) => {
+            let found = transfer::mongo::read(reader).map_err(named)?;
+            for rejected in &found.rejected {
+                eprintln!("{}: {rejected}", path.display());
+            }
+            if !found.rejected.is_empty() && !skip_invalid {
+                bail!(
+                    "{}: {} rows cannot be imported (listed above); nothing was imported \
+                     (--skip-invalid imports the other {})",
+                    path.display(),
+                    found.rejected.len(),
+                    found.users.len()
+                );
+            }
+            let import = Import {
+                users: found.users,
+                ..Import::default()
+            };
+            (import, None, found.rejected.len())
+        }
+    };
+    if settings.store.url.is_none() {
+        crate::app::prepare_data_dir_for(&settings)?;
+    }
+    let store = open_store(&settings, crate::metrics::Metrics::off()).await?;
+    let target = match &settings.store.url {
+        Some(_) => "the PostgreSQL store (store.url)".to_string(),
+        None => format!("the store in {}", settings.data_dir.display()),
+    };
+    if store.has_users().await? {
+        bail!("{target} has users; an import needs an empty store (nothing was imported)");
+    }
+    let (users, events) = (import.users.len(), import.events.len());
+    let keys = import.keys.is_some();
+    // The secret first: if the store's write then fails, a store without
+    // users has lost nothing by its new key.
+    let secret_note = match &secret {
+        Some(hex) if crate::app::store_generated_secret(&settings, hex)? => {
+            "; the generated signing secret too"
+        }
+        Some(_) => "; not the file's generated secret (this store signs with auth.secret)",
+        None => "",
+    };
+    if !store.import(import).await? {
+        bail!("{target} has users; an import needs an empty store (nothing was imported)");
+    }
+    let mut summary = format!("imported {users} users");
+    if skipped > 0 {
+        summary.push_str(&format!(", skipped {skipped}"));
+    }
+    if events > 0 {
+        summary.push_str(&format!(", {events} audit events"));
+    }
+    if keys {
+        summary.push_str(", the signing keys");
+    }
+    println!("{summary} into {target}{secret_note}");
     Ok(())
 }
 

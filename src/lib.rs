@@ -48,6 +48,7 @@ pub mod mail;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod transfer;
 
 pub use app::App;
 pub use config::Settings;

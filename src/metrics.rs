@@ -176,6 +176,9 @@ label_set! {
         AuditEvents = "audit_events",
         PurgeAudit = "purge_audit",
         UpgradePasswordHash = "upgrade_password_hash",
+        HasUsers = "has_users",
+        Export = "export",
+        Import = "import",
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod export;
 pub mod health;
 pub mod keys;
 pub mod openapi;

@@ -14,7 +14,7 @@ use crate::http::HttpResponse;
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
 pub async fn document(_ctx: RequestContext) -> Result<HttpResponse, ApiError> {
-    let mut response = Response::new(http_body_util::Full::new(Bytes::from_static(
+    let mut response = Response::new(crate::http::Body::full(Bytes::from_static(
         OPENAPI_JSON.as_bytes(),
     )));
     *response.status_mut() = StatusCode::OK;

@@ -10,7 +10,6 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::header::{
     HeaderValue, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY,
@@ -39,7 +38,7 @@ pub async fn verify_email(_ctx: RequestContext) -> Result<HttpResponse, ApiError
 }
 
 fn page(html: &'static str) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from_static(html.as_bytes())));
+    let mut response = Response::new(crate::http::Body::full(Bytes::from_static(html.as_bytes())));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(

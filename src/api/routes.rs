@@ -6,7 +6,7 @@
 
 use hyper::Method;
 
-use super::{audit, auth, health, keys, openapi, pages, recovery, sessions, users};
+use super::{audit, auth, export, health, keys, openapi, pages, recovery, sessions, users};
 use crate::http::router::Route;
 
 /// A public handler as a table entry: `public!(module::function)`.
@@ -67,6 +67,7 @@ pub static ROUTES: &[Route] = &[
     ),
     Route::protected(Method::GET, "/api/auth/events", protected!(audit::own)),
     Route::protected(Method::GET, "/api/audit", protected!(audit::list)),
+    Route::protected(Method::GET, "/api/admin/export", protected!(export::export)),
     Route::protected(Method::GET, "/api/users", protected!(users::list)),
     Route::protected(Method::POST, "/api/users", protected!(users::create)),
     Route::protected(Method::GET, "/api/users/{id}", protected!(users::get)),

@@ -2,8 +2,10 @@
 //! record a store keeps of the last one of each kind sent to a user.
 //!
 //! A token is `base64url(kind ‖ user id ‖ 32 random bytes)`: 256 bits from
-//! the OS, and the first 17 bytes say whose record to look at, so no index
-//! by token is needed. The store keeps only SHA-256 of the token. One record
+//! the OS, and the bytes before them say whose record to look at, so no index
+//! by token is needed. The user id is the 16 bytes of a UUID (66 characters
+//! in all), or, for a user imported from MongoDB, the 12 bytes of its
+//! ObjectId, marked by [`OBJECT_ID`] in the kind byte (60 characters). The store keeps only SHA-256 of the token. One record
 //! per (user, kind): a newer mail replaces the older token (supersession),
 //! using one clears its hash (single use), and the record remembers the
 //! address and password version it was issued under, so an email change
@@ -21,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::user::User;
+use super::user::{is_user_id, User};
 
 /// What a mail token lets its holder do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,7 +43,22 @@ impl MailTokenKind {
 }
 
 const RANDOM_BYTES: usize = 32;
-const TOKEN_BYTES: usize = 1 + 16 + RANDOM_BYTES;
+/// Set in the kind byte when the user id is an ObjectId (12 bytes).
+const OBJECT_ID: u8 = 0x10;
+
+/// A user id as the token carries it: its bytes, and the kind byte's mark.
+fn id_bytes(id: &str) -> Option<(Vec<u8>, u8)> {
+    if !is_user_id(id) {
+        return None;
+    }
+    if id.len() == 24 {
+        let bytes = (0..12)
+            .map(|i| u8::from_str_radix(&id[2 * i..2 * i + 2], 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        return Some((bytes, OBJECT_ID));
+    }
+    Some((Uuid::try_parse(id).ok()?.as_bytes().to_vec(), 0))
+}
 
 /// The last token of one kind sent to one user.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,12 +110,15 @@ pub fn issue(
     now: u64,
     ttl_secs: u64,
 ) -> Result<(String, PendingToken), getrandom::Error> {
-    let id = Uuid::parse_str(&user.id).unwrap_or_default();
-    let mut bytes = [0u8; TOKEN_BYTES];
-    bytes[0] = kind.code();
-    bytes[1..17].copy_from_slice(id.as_bytes());
-    getrandom::fill(&mut bytes[17..])?;
-    let text = URL_SAFE_NO_PAD.encode(bytes);
+    // Every stored id has one of the two shapes (the stores refuse others).
+    let (id, mark) = id_bytes(&user.id).unwrap_or((vec![0; 16], 0));
+    let mut bytes = Vec::with_capacity(1 + id.len() + RANDOM_BYTES);
+    bytes.push(kind.code() | mark);
+    bytes.extend_from_slice(&id);
+    let start = bytes.len();
+    bytes.resize(start + RANDOM_BYTES, 0);
+    getrandom::fill(&mut bytes[start..])?;
+    let text = URL_SAFE_NO_PAD.encode(&bytes);
     let record = PendingToken {
         email: user.email.clone(),
         token_hash: Some(hash(&text)),
@@ -112,18 +132,26 @@ pub fn issue(
 /// Parses a presented token expected to be of `kind`; `None` for anything
 /// that is not one (wrong length, alphabet or kind).
 pub fn parse(text: &str, kind: MailTokenKind) -> Option<PresentedMailToken> {
-    // Base64 of TOKEN_BYTES without padding: 66 characters.
-    if text.len() != 66 {
-        return None;
-    }
+    // Base64 without padding of 1 + 16 + 32 bytes (66 characters) or of
+    // 1 + 12 + 32 (60).
+    let (mark, id_len) = match text.len() {
+        66 => (0, 16),
+        60 => (OBJECT_ID, 12),
+        _ => return None,
+    };
     let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
-    if bytes.len() != TOKEN_BYTES || bytes[0] != kind.code() {
+    if bytes.len() != 1 + id_len + RANDOM_BYTES || bytes[0] != kind.code() | mark {
         return None;
     }
-    let id = Uuid::from_slice(&bytes[1..17]).ok()?;
+    let id = &bytes[1..1 + id_len];
+    let user_id = if id_len == 16 {
+        Uuid::from_slice(id).ok()?.hyphenated().to_string()
+    } else {
+        id.iter().map(|b| format!("{b:02x}")).collect()
+    };
     Some(PresentedMailToken {
         kind,
-        user_id: id.hyphenated().to_string(),
+        user_id,
         hash: hash(text),
     })
 }
@@ -205,6 +233,30 @@ mod tests {
         user.password_version -= 1;
         user.email = "zoe.new@example.com".into();
         assert!(!record.accepts(&presented, &user, 1_000));
+    }
+
+    #[test]
+    fn a_token_names_an_imported_object_id_user_too() {
+        let mut user = user();
+        user.id = "5f1d7c2e9b1e8a3d4c2b1a09".into();
+        for kind in [MailTokenKind::Reset, MailTokenKind::Verify] {
+            let (text, record) = issue(kind, &user, 1_000, 60).unwrap();
+            assert_eq!(text.len(), 60);
+            let presented = parse(&text, kind).unwrap();
+            assert_eq!(presented.user_id, user.id);
+            assert!(record.accepts(&presented, &user, 1_000));
+            let other = if kind == MailTokenKind::Reset {
+                MailTokenKind::Verify
+            } else {
+                MailTokenKind::Reset
+            };
+            assert!(parse(&text, other).is_none());
+        }
+        // A UUID user's token with its mark flipped is no token.
+        let (text, _) = issue(MailTokenKind::Reset, &super::tests::user(), 0, 60).unwrap();
+        let mut bytes = URL_SAFE_NO_PAD.decode(&text).unwrap();
+        bytes[0] |= OBJECT_ID;
+        assert!(parse(&URL_SAFE_NO_PAD.encode(&bytes), MailTokenKind::Reset).is_none());
     }
 
     #[test]

@@ -30,6 +30,15 @@ pub fn cost_of(hash: &str) -> Option<u32> {
     cost.parse().ok()
 }
 
+/// Whether `hash` is a well-formed bcrypt hash this server can verify: 60
+/// characters, a `$2a$`/`$2b$`/`$2x$`/`$2y$` prefix, a cost from 4 to 31,
+/// canonical base64 salt and hash (the bcrypt crate's parser, which
+/// `yielding_bcrypt::verify` uses too). What an import accepts as a password.
+pub fn is_bcrypt_hash(hash: &str) -> bool {
+    cost_of(hash).is_some_and(|cost| (4..=31).contains(&cost))
+        && hash.parse::<bcrypt::HashParts>().is_ok()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
     #[error("bcrypt failed: {0}")]
@@ -279,6 +288,25 @@ mod tests {
         assert!(!hasher.needs_upgrade(&format!("$2b$10${salt_and_hash}")));
         assert!(!hasher.needs_upgrade(&format!("$2b$12${salt_and_hash}")));
         assert!(!hasher.needs_upgrade("not a hash"));
+    }
+
+    #[test]
+    fn well_formed_hashes_are_told_from_other_strings() {
+        let salt_and_hash = "DCq7YPn5Rq63x1Lad4cll.TV4S6ytwfsfvkgY8jIucDrjc8deX1s.";
+        for variant in ["2a", "2b", "2x", "2y"] {
+            assert!(is_bcrypt_hash(&format!("${variant}$06${salt_and_hash}")));
+        }
+        for not_one in [
+            format!("$2b$03${salt_and_hash}"),
+            format!("$2b$32${salt_and_hash}"),
+            format!("$2b$06${salt_and_hash}x"),
+            format!("$2b$06${}", &salt_and_hash[1..]),
+            format!("$2b$06${}", salt_and_hash.replace('.', "!")),
+            "secret123".into(),
+            String::new(),
+        ] {
+            assert!(!is_bcrypt_hash(&not_one), "{not_one}");
+        }
     }
 
     #[tokio::test]

@@ -29,6 +29,40 @@ impl Rfc3339 {
         Rfc3339(text)
     }
 
+    /// The Unix time of `text` if it is exactly this form
+    /// (`YYYY-MM-DDTHH:MM:SSZ`, a real date, 1970 or later): what an export
+    /// file holds, read back. Anything else is `None`.
+    pub fn parse(text: &str) -> Option<u64> {
+        let b = text.as_bytes();
+        if b.len() != 20 || &b[4..5] != b"-" || &b[7..8] != b"-" || &b[10..11] != b"T" {
+            return None;
+        }
+        if &b[13..14] != b":" || &b[16..17] != b":" || &b[19..20] != b"Z" {
+            return None;
+        }
+        let number = |range: std::ops::Range<usize>| -> Option<u64> {
+            let digits = &text[range];
+            digits
+                .bytes()
+                .all(|d| d.is_ascii_digit())
+                .then(|| digits.parse().ok())?
+        };
+        let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+        let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+        if year < 1970 || !(1..=12).contains(&month) || day == 0 || hour > 23 || minute > 59 {
+            return None;
+        }
+        if second > 59 {
+            return None;
+        }
+        let days = days_from_civil(year, month, day);
+        // A day past the month's end (02-30) comes back as another date.
+        if civil_from_days(days) != (year, month, day) {
+            return None;
+        }
+        Some(days * 86_400 + hour * 3600 + minute * 60 + second)
+    }
+
     /// The text as bytes, for writers of bytes (no UTF-8 check).
     pub fn as_bytes(&self) -> &[u8; 20] {
         &self.0
@@ -89,6 +123,18 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
+/// The days from 1970-01-01 to (year, month, day), for years ≥ 1970
+/// (Howard Hinnant's `days_from_civil`, the inverse of the above).
+fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year / 400;
+    let year_of_era = year % 400;
+    let month_index = if month > 2 { month - 3 } else { month + 9 };
+    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    (era * 146_097 + day_of_era).saturating_sub(719_468)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +142,41 @@ mod tests {
 
     fn reference(secs: u64) -> String {
         humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+    }
+
+    #[test]
+    fn parsing_reads_back_what_is_written_and_nothing_else() {
+        for secs in [
+            0,
+            59,
+            951_782_400,
+            1_700_000_000,
+            4_107_542_399,
+            253_402_300_799,
+        ] {
+            assert_eq!(
+                Rfc3339::parse(Rfc3339::from_unix(secs).as_str()),
+                Some(secs)
+            );
+        }
+        for bad in [
+            "",
+            "2023-11-14T22:13:20",
+            "2023-11-14 22:13:20Z",
+            "2023-11-14T22:13:20.5Z",
+            "2023-02-29T00:00:00Z",
+            "2023-13-01T00:00:00Z",
+            "2023-00-01T00:00:00Z",
+            "2023-11-00T00:00:00Z",
+            "2023-11-14T24:00:00Z",
+            "2023-11-14T22:60:00Z",
+            "2023-11-14T22:13:60Z",
+            "1969-12-31T23:59:59Z",
+            "+023-11-14T22:13:20Z",
+            "2023-11-14T22:13:20+00:00",
+        ] {
+            assert_eq!(Rfc3339::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -42,7 +42,9 @@ impl Role {
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct User {
     /// A UUIDv7 string: unique, never reused, and sorting by it sorts by
-    /// creation time (the order of `GET /api/users`).
+    /// creation time (the order of `GET /api/users`). A user imported from
+    /// the tutorial's MongoDB keeps its ObjectId's 24 hex digits instead
+    /// ([`is_user_id`] says which spellings exist).
     pub id: String,
     pub name: String,
     /// Trimmed and lower-cased; the key of the email index.
@@ -71,6 +73,23 @@ impl fmt::Debug for User {
             .field("password_version", &self.password_version)
             .field("email_verified", &self.email_verified)
             .finish_non_exhaustive()
+    }
+}
+
+/// Whether `id` is spelled as a stored user's id can be: a UUID in the
+/// lowercase hyphenated form gatehouse issues, or 24 lowercase hex digits
+/// (a MongoDB ObjectId, kept by `gatehouse import --from mongoexport`).
+/// Any other spelling names no user on either store (API.md: only the exact
+/// spelling the server issued names the user).
+pub fn is_user_id(id: &str) -> bool {
+    let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    match id.len() {
+        24 => id.bytes().all(lower_hex),
+        36 => id.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => lower_hex(b),
+        }),
+        _ => false,
     }
 }
 
@@ -338,6 +357,26 @@ impl UserPatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_ids_are_issued_uuids_or_object_ids_in_one_spelling() {
+        let issued = uuid::Uuid::now_v7().to_string();
+        assert!(is_user_id(&issued));
+        assert!(is_user_id("5f1d7c2e9b1e8a3d4c2b1a09"));
+        for other in [
+            issued.to_uppercase(),
+            issued.replace('-', ""),
+            format!("{{{issued}}}"),
+            format!("urn:uuid:{issued}"),
+            "5F1D7C2E9B1E8A3D4C2B1A09".into(),
+            "5f1d7c2e9b1e8a3d4c2b1a0".into(),
+            "5f1d7c2e9b1e8a3d4c2b1a0g".into(),
+            issued.replacen('-', "x", 1),
+            String::new(),
+        ] {
+            assert!(!is_user_id(&other), "{other}");
+        }
+    }
 
     #[test]
     fn names_are_trimmed_and_bounded() {

@@ -6,7 +6,6 @@
 //! No credentials mode: tokens travel in headers, not cookies. This module
 //! decides headers only; the router decides when to ask it.
 
-use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::header::{
     HeaderMap, HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
@@ -57,7 +56,7 @@ impl CorsPolicy {
     /// The preflight answer: 204, the route's methods, the headers a client
     /// may send, how long to remember it.
     pub fn preflight(&self, allow_origin: HeaderValue, methods: &str) -> HttpResponse {
-        let mut response = Response::new(Full::new(Bytes::new()));
+        let mut response = Response::new(crate::http::Body::full(Bytes::new()));
         *response.status_mut() = StatusCode::NO_CONTENT;
         let headers = response.headers_mut();
         headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin);

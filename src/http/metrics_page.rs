@@ -5,8 +5,6 @@
 //! bodies. The API's own router never routes `/metrics`: this is the only
 //! place that answers it.
 
-use http_body_util::Full;
-use hyper::body::Bytes;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Response, StatusCode};
 
@@ -32,7 +30,7 @@ pub fn answer(metrics: &Metrics, method: &Method, path: &str) -> HttpResponse {
     let Some(page) = metrics.encode() else {
         return ApiError::NotFound.into_response();
     };
-    let mut response = Response::new(Full::new(Bytes::from(page)));
+    let mut response = Response::new(crate::http::Body::full(page));
     *response.status_mut() = StatusCode::OK;
     response.headers_mut().insert(
         CONTENT_TYPE,

@@ -101,6 +101,27 @@ pub struct LoginAttempt {
     id: uuid::Uuid,
 }
 
+/// One page of an export ([`Store::export`]), in the order the file lists
+/// them: the key set, then users by id, then audit events.
+#[derive(Debug)]
+pub enum ExportPage {
+    Keys(KeySet),
+    Users(Vec<User>),
+    Events(Vec<Event>),
+}
+
+/// Records read from an export page at a time: a page of users is about
+/// 150 KB of JSON, and at most a few pages are in memory at once.
+pub const EXPORT_PAGE: usize = 500;
+
+/// What an import writes ([`Store::import`]): all of it, or nothing.
+#[derive(Debug, Default)]
+pub struct Import {
+    pub users: Vec<User>,
+    pub keys: Option<KeySet>,
+    pub events: Vec<Event>,
+}
+
 /// The store the server uses: one of the two backends, and the metrics its
 /// operations are timed into (`gatehouse_store_operation_duration_seconds`).
 #[derive(Clone)]
@@ -966,6 +987,60 @@ impl Store {
                     log_events(&events);
                 }
                 Ok(swapped)
+            })
+            .await
+    }
+
+    /// Whether any user is stored (an import needs a store without).
+    pub async fn has_users(&self) -> Result<bool, StoreError> {
+        self.metrics
+            .time(StoreOp::HasUsers, async {
+                match &self.backend {
+                    Backend::Sled { db, .. } => db.has_users(),
+                    Backend::Postgres { db, .. } => db.has_users().await,
+                }
+            })
+            .await
+    }
+
+    /// Sends everything an export holds to `pages`, in pages of at most
+    /// [`EXPORT_PAGE`] records: the signing key set (if any), every user,
+    /// and with `with_audit` every audit event. Sessions, revocations, mail
+    /// tokens and throttle counts are not exported. On PostgreSQL all of it
+    /// is one snapshot (a repeatable-read, read-only transaction), whatever
+    /// is written meanwhile; on sled each page is read as it is then (the
+    /// command line exports a stopped server's store, which does not
+    /// change). Memory stays bounded: a page is read only once the previous
+    /// one was taken. Ends early, without error, if `pages` is dropped.
+    pub async fn export(
+        &self,
+        with_audit: bool,
+        pages: tokio::sync::mpsc::Sender<ExportPage>,
+    ) -> Result<(), StoreError> {
+        self.metrics
+            .time(StoreOp::Export, async {
+                match &self.backend {
+                    Backend::Sled { db, .. } => db.export(with_audit, pages).await,
+                    Backend::Postgres { db, .. } => db.export(with_audit, pages).await,
+                }
+            })
+            .await
+    }
+
+    /// Writes `import` into a store that has no user, all or nothing (one
+    /// sled transaction; one PostgreSQL transaction that first locks the
+    /// users table, so no registration slips in between the check and the
+    /// writes). False, with nothing written, if the store has users. The
+    /// caller has checked the records (`transfer`): unique ids and emails,
+    /// well-formed fields. A key set replaces any stored one (a store
+    /// without users has issued no token worth keeping).
+    pub async fn import(&self, import: Import) -> Result<bool, StoreError> {
+        self.metrics
+            .time(StoreOp::Import, async {
+                match &self.backend {
+                    Backend::Sled { db, .. } => db.import(import).await,
+                    Backend::Postgres { db, .. } => db.import(import).await,
+                }
             })
             .await
     }

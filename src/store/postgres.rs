@@ -31,7 +31,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
-use super::{StoreError, UserPatch};
+use super::{ExportPage, Import, StoreError, UserPatch, EXPORT_PAGE};
 use std::sync::Arc;
 
 use crate::domain::audit::{self, Action, Event, Origin};
@@ -39,7 +39,7 @@ use crate::domain::mail_token::{MailTokenKind, PendingToken, PresentedMailToken}
 use crate::domain::session::Session;
 use crate::domain::signing::{KeySet, StoredKey};
 use crate::domain::throttle::RetryAfter;
-use crate::domain::user::{Role, User};
+use crate::domain::user::{is_user_id, Role, User};
 
 /// The longest any one store operation may take, waiting for a connection
 /// included, before it is answered as unavailable.
@@ -265,10 +265,39 @@ const MIGRATIONS: &[(i32, &str)] = &[
             RETURN dropped_now;
         END $$;",
     ),
+    // User ids become text (issue 16): an imported MongoDB user keeps its
+    // ObjectId's 24 hex digits, which are no UUID. The "C" collation orders
+    // them by bytes, as sled orders its keys (a UUID's text sorts as the
+    // UUID did). The foreign keys are dropped and made again around the
+    // type change; the table lock first, so that a second instance running
+    // this at once waits, then finds the columns already text.
+    (
+        9,
+        "DO $$
+        BEGIN
+            LOCK TABLE gatehouse_users, gatehouse_sessions, gatehouse_mail_tokens
+                IN ACCESS EXCLUSIVE MODE;
+            IF (SELECT data_type FROM information_schema.columns
+                WHERE table_schema = current_schema() AND table_name = 'gatehouse_users'
+                  AND column_name = 'id') = 'uuid' THEN
+                ALTER TABLE gatehouse_sessions
+                    DROP CONSTRAINT IF EXISTS gatehouse_sessions_user_id_fkey;
+                ALTER TABLE gatehouse_mail_tokens
+                    DROP CONSTRAINT IF EXISTS gatehouse_mail_tokens_user_id_fkey;
+                ALTER TABLE gatehouse_users ALTER COLUMN id TYPE TEXT COLLATE \"C\";
+                ALTER TABLE gatehouse_sessions ALTER COLUMN user_id TYPE TEXT COLLATE \"C\";
+                ALTER TABLE gatehouse_mail_tokens ALTER COLUMN user_id TYPE TEXT COLLATE \"C\";
+                ALTER TABLE gatehouse_sessions ADD CONSTRAINT gatehouse_sessions_user_id_fkey
+                    FOREIGN KEY (user_id) REFERENCES gatehouse_users (id) ON DELETE CASCADE;
+                ALTER TABLE gatehouse_mail_tokens ADD CONSTRAINT gatehouse_mail_tokens_user_id_fkey
+                    FOREIGN KEY (user_id) REFERENCES gatehouse_users (id) ON DELETE CASCADE;
+            END IF;
+        END $$;",
+    ),
 ];
 
 /// The version the last migration records.
-const SCHEMA_VERSION: i32 = 8;
+const SCHEMA_VERSION: i32 = 9;
 
 // Every statement's text is a `&'static str` (the column lists are macros so
 // that `concat!` can build them in), prepared once per pooled connection by
@@ -314,9 +343,8 @@ const LIST_USERS: &str = concat!(
     "SELECT ",
     user_columns!(),
     " FROM gatehouse_users
-     WHERE ($1::uuid IS NULL OR id > $1)
-       AND ($2::text IS NULL OR id::text COLLATE \"C\" > $2)
-     ORDER BY id LIMIT $3"
+     WHERE ($1::text IS NULL OR id > $1::text)
+     ORDER BY id LIMIT $2"
 );
 // An email change also deletes the user's mail tokens: links sent to the old
 // address die with it, and do not come back if the address does. (The CTE
@@ -484,7 +512,7 @@ impl PgStore {
     }
 
     pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
-        let Some(id) = issued_id(id) else {
+        let Some(id) = issued_user_id(id) else {
             return Ok(None);
         };
         self.run(|client| async move {
@@ -519,24 +547,17 @@ impl PgStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<User>, bool), StoreError> {
-        // Our ids are UUIDs and order as such (index range scan). Any other
-        // cursor is compared as text in byte order, as the sled store does.
-        let (after_id, after_text) = match after {
-            Some(after) => match issued_id(after) {
-                Some(id) => (Some(id), None),
-                None => (None, Some(after.to_string())),
-            },
-            None => (None, None),
-        };
+        // Ids are text in byte order (the column's "C" collation), as the
+        // sled store's keys are: any cursor is a range scan of the index.
+        // (PostgreSQL text holds no NUL, so no id has one.)
+        let after = after.map(|after| after.replace('\0', ""));
         let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
         let rows = self
             .run(|client| {
-                let after_text = after_text.clone();
+                let after = after.clone();
                 async move {
                     let statement = client.prepare_cached(LIST_USERS).await?;
-                    client
-                        .query(&statement, &[&after_id, &after_text, &fetch])
-                        .await
+                    client.query(&statement, &[&after, &fetch]).await
                 }
             })
             .await?;
@@ -550,7 +571,7 @@ impl PgStore {
     }
 
     pub async fn insert_user(&self, user: User, events: Vec<Event>) -> Result<User, StoreError> {
-        let id = parse_id(&user.id)?;
+        stored_user_id(&user.id)?;
         let stored = user.clone();
         let events = events_param(&events);
         self.run(|client| {
@@ -570,7 +591,7 @@ impl PgStore {
                     .execute(
                         &statement,
                         &[
-                            &id,
+                            &user.id,
                             &user.name.as_bytes(),
                             &user.email,
                             &role_text(user.role),
@@ -597,9 +618,9 @@ impl PgStore {
         now: u64,
         origin: &Origin,
     ) -> Result<(User, Vec<Event>), StoreError> {
-        let Some(uuid) = issued_id(id) else {
+        if !is_user_id(id) {
             return Err(StoreError::NotFound);
-        };
+        }
         // Only a change to `user` can demote; only then are the admins locked.
         let demotes = patch.role == Some(Role::User);
         // A change of name or password makes the same events whatever the
@@ -617,7 +638,7 @@ impl PgStore {
                         let events = audit::user_changes(id, None, &patch, origin, now);
                         let param = events_param(&events);
                         let params: [&(dyn ToSql + Sync); 8] = [
-                            &uuid,
+                            &id,
                             &name,
                             &patch.email,
                             &role,
@@ -626,15 +647,15 @@ impl PgStore {
                             &patch.email_verified,
                             &param,
                         ];
-                        let row = change_user(client, uuid, demotes, UPDATE_USER, &params).await?;
+                        let row = change_user(client, id, demotes, UPDATE_USER, &params).await?;
                         return Ok(row.map(|row| (row, events)));
                     }
                     let transaction = client.transaction().await?;
-                    if demotes && !others_stay_admin(&transaction, uuid).await? {
+                    if demotes && !others_stay_admin(&transaction, id).await? {
                         return Ok(Err(StoreError::LastAdmin));
                     }
                     let lock = transaction.prepare_cached(USER_FOR_UPDATE).await?;
-                    let Some(row) = transaction.query_opt(&lock, &[&uuid]).await? else {
+                    let Some(row) = transaction.query_opt(&lock, &[&id]).await? else {
                         return Ok(Err(StoreError::NotFound));
                     };
                     let before = match user_from_row(&row) {
@@ -648,7 +669,7 @@ impl PgStore {
                         .query_opt(
                             &statement,
                             &[
-                                &uuid,
+                                &id,
                                 &name,
                                 &patch.email,
                                 &role,
@@ -675,7 +696,7 @@ impl PgStore {
         id: &str,
         events: Vec<Event>,
     ) -> Result<(User, usize), StoreError> {
-        let Some(id) = issued_id(id) else {
+        let Some(id) = issued_user_id(id) else {
             return Err(StoreError::NotFound);
         };
         let events = events_param(&events);
@@ -700,7 +721,7 @@ impl PgStore {
         old: String,
         new: String,
     ) -> Result<bool, StoreError> {
-        let Some(id) = issued_id(id) else {
+        let Some(id) = issued_user_id(id) else {
             return Ok(false);
         };
         let updated = self
@@ -772,21 +793,7 @@ impl PgStore {
                 client.query_opt(&statement, &[]).await
             })
             .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let corrupt = |reason: String| StoreError::Corrupt {
-            key: "gatehouse_signing_keys".into(),
-            reason,
-        };
-        let version: i64 = row.try_get(0).map_err(|e| corrupt(e.to_string()))?;
-        let keys: String = row.try_get(1).map_err(|e| corrupt(e.to_string()))?;
-        let keys: Vec<StoredKey> =
-            serde_json::from_str(&keys).map_err(|e| corrupt(e.to_string()))?;
-        Ok(Some(KeySet {
-            version: u64::try_from(version).map_err(|e| corrupt(e.to_string()))?,
-            keys,
-        }))
+        row.map(|row| key_set_from_row(&row)).transpose()
     }
 
     /// Writes `keys` as the key set at `expected` + 1 (at 1 when `expected`
@@ -982,7 +989,10 @@ impl PgStore {
         events: Vec<Event>,
     ) -> Result<usize, StoreError> {
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
-        let (id, user_id) = (parse_id(&session.id)?, parse_id(&session.user_id)?);
+        let (id, user_id) = (
+            parse_session_id(&session.id)?,
+            stored_user_id(&session.user_id)?,
+        );
         let events = events_param(&events);
         self.run(|client| {
             let (s, events) = (session.clone(), events.clone());
@@ -1034,7 +1044,7 @@ impl PgStore {
         resend_secs: u64,
         events: Vec<Event>,
     ) -> Result<bool, StoreError> {
-        let Some(id) = issued_id(user_id) else {
+        let Some(id) = issued_user_id(user_id) else {
             return Err(StoreError::NotFound);
         };
         let events = events_param(&events);
@@ -1045,9 +1055,9 @@ impl PgStore {
                     .prepare_cached(concat!(
                         "WITH changed AS (INSERT INTO gatehouse_mail_tokens AS t
                             (user_id, kind, email, token_hash, password_version, sent_at, expires_at)
-                         SELECT $1::uuid, $2::smallint, $3::text, $4::bytea, $5::bigint,
+                         SELECT $1::text, $2::smallint, $3::text, $4::bytea, $5::bigint,
                                 $6::bigint, $7::bigint
-                         FROM gatehouse_users WHERE id = $1::uuid AND email = $3::text
+                         FROM gatehouse_users WHERE id = $1::text AND email = $3::text
                          ON CONFLICT (user_id, kind) DO UPDATE SET
                             email = EXCLUDED.email, token_hash = EXCLUDED.token_hash,
                             password_version = EXCLUDED.password_version,
@@ -1092,7 +1102,7 @@ impl PgStore {
         change: impl Fn(&mut User) + Send + Sync + 'static,
         events: Vec<Event>,
     ) -> Result<Option<User>, StoreError> {
-        let Some(id) = issued_id(&presented.user_id) else {
+        let Some(id) = issued_user_id(&presented.user_id) else {
             return Ok(None);
         };
         let change = Arc::new(change);
@@ -1183,7 +1193,7 @@ impl PgStore {
         let Some(user) = self.user_by_id(&presented.user_id).await? else {
             return Ok(false);
         };
-        let Some(id) = issued_id(&presented.user_id) else {
+        let Some(id) = issued_user_id(&presented.user_id) else {
             return Ok(false);
         };
         let code = i16::from(presented.kind.code());
@@ -1206,7 +1216,7 @@ impl PgStore {
 
     /// The session `id` and its user, in one statement.
     pub async fn session_and_user(&self, id: &str) -> Result<Option<(Session, User)>, StoreError> {
-        let Some(id) = issued_id(id) else {
+        let Some(id) = issued_session_id(id) else {
             return Ok(None);
         };
         let row = self
@@ -1232,7 +1242,7 @@ impl PgStore {
         next: Session,
         events: Vec<Event>,
     ) -> Result<bool, StoreError> {
-        let id = parse_id(&next.id)?;
+        let id = parse_session_id(&next.id)?;
         let (generation, hash) = (to_i64(current.generation), current.refresh_hash);
         let events = events_param(&events);
         let updated: i64 = self
@@ -1278,7 +1288,7 @@ impl PgStore {
         id: &str,
         events: Vec<Event>,
     ) -> Result<Option<Session>, StoreError> {
-        let Some(id) = issued_id(id) else {
+        let Some(id) = issued_session_id(id) else {
             return Ok(None);
         };
         let events = events_param(&events);
@@ -1301,10 +1311,10 @@ impl PgStore {
         except: Option<&str>,
         events: Vec<Event>,
     ) -> Result<Vec<Session>, StoreError> {
-        let Some(user_id) = issued_id(user_id) else {
+        let Some(user_id) = issued_user_id(user_id) else {
             return Ok(Vec::new());
         };
-        let except = except.and_then(issued_id);
+        let except = except.and_then(issued_session_id);
         let events = events_param(&events);
         let rows = self
             .run(|client| {
@@ -1322,7 +1332,7 @@ impl PgStore {
 
     /// Every stored session of `user_id` (alive or not yet purged).
     pub async fn sessions_of(&self, user_id: &str) -> Result<Vec<Session>, StoreError> {
-        let Some(user_id) = issued_id(user_id) else {
+        let Some(user_id) = issued_user_id(user_id) else {
             return Ok(Vec::new());
         };
         let rows = self
@@ -1461,6 +1471,170 @@ impl PgStore {
         .await
     }
 
+    pub async fn has_users(&self) -> Result<bool, StoreError> {
+        self.run(|client| async move {
+            let statement = client
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM gatehouse_users)")
+                .await?;
+            client.query_one(&statement, &[]).await?.try_get(0)
+        })
+        .await
+    }
+
+    /// See `Store::export`: one repeatable-read, read-only transaction (one
+    /// snapshot for the whole file) on a connection of its own, read through
+    /// cursors a page at a time. Not bounded by [`OP_TIMEOUT`]: it lasts as
+    /// long as the reader takes; a reader gone ends it.
+    pub async fn export(
+        &self,
+        with_audit: bool,
+        pages: tokio::sync::mpsc::Sender<ExportPage>,
+    ) -> Result<(), StoreError> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let transaction = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(map_error)?;
+        let keys = transaction
+            .query_opt(
+                "SELECT version, keys FROM gatehouse_signing_keys WHERE id = 1",
+                &[],
+            )
+            .await
+            .map_err(map_error)?;
+        if let Some(row) = keys {
+            if pages
+                .send(ExportPage::Keys(key_set_from_row(&row)?))
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+        let users = concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM gatehouse_users ORDER BY id"
+        );
+        if !send_pages(
+            &transaction,
+            users,
+            user_from_row,
+            ExportPage::Users,
+            &pages,
+        )
+        .await?
+        {
+            return Ok(());
+        }
+        let events = "SELECT id, at, action, user_id, actor_id, ip, user_agent, detail
+                      FROM gatehouse_audit ORDER BY id";
+        if with_audit
+            && !send_pages(
+                &transaction,
+                events,
+                event_from_row,
+                ExportPage::Events,
+                &pages,
+            )
+            .await?
+        {
+            return Ok(());
+        }
+        transaction.commit().await.map_err(map_error)
+    }
+
+    /// See `Store::import`: one transaction on a connection of its own (not
+    /// bounded by [`OP_TIMEOUT`]; 100,000 users take a few seconds). The
+    /// users table is locked against writes (reads go on) before it is
+    /// found empty, so a registration on a running instance either comes
+    /// first (and the import is refused) or waits for the import's end.
+    pub async fn import(&self, import: Import) -> Result<bool, StoreError> {
+        /// Rows per statement: one round trip each, parameters as arrays.
+        const CHUNK: usize = 1000;
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let transaction = client.transaction().await.map_err(map_error)?;
+        transaction
+            .batch_execute("LOCK TABLE gatehouse_users IN SHARE ROW EXCLUSIVE MODE")
+            .await
+            .map_err(map_error)?;
+        let has_users: bool = transaction
+            .query_one("SELECT EXISTS (SELECT 1 FROM gatehouse_users)", &[])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(map_error)?;
+        if has_users {
+            return Ok(false);
+        }
+        let insert_users = transaction
+            .prepare(
+                "INSERT INTO gatehouse_users (id, name, email, role, password_hash,
+                    password_version, created_at, updated_at, email_verified)
+                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[],
+                    $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bool[])",
+            )
+            .await
+            .map_err(map_error)?;
+        for chunk in import.users.chunks(CHUNK) {
+            let ids: Vec<&str> = chunk.iter().map(|u| u.id.as_str()).collect();
+            let names: Vec<&[u8]> = chunk.iter().map(|u| u.name.as_bytes()).collect();
+            let emails: Vec<&str> = chunk.iter().map(|u| u.email.as_str()).collect();
+            let roles: Vec<&str> = chunk.iter().map(|u| role_text(u.role)).collect();
+            let hashes: Vec<&str> = chunk.iter().map(|u| u.password_hash.as_str()).collect();
+            let versions: Vec<i64> = chunk.iter().map(|u| to_i64(u.password_version)).collect();
+            let created: Vec<i64> = chunk.iter().map(|u| to_i64(u.created_at)).collect();
+            let updated: Vec<i64> = chunk.iter().map(|u| to_i64(u.updated_at)).collect();
+            let verified: Vec<bool> = chunk.iter().map(|u| u.email_verified).collect();
+            transaction
+                .execute(
+                    &insert_users,
+                    &[
+                        &ids, &names, &emails, &roles, &hashes, &versions, &created, &updated,
+                        &verified,
+                    ],
+                )
+                .await
+                .map_err(map_error)?;
+        }
+        if let Some(keys) = &import.keys {
+            let text = serde_json::to_string(&keys.keys).map_err(|e| StoreError::Corrupt {
+                key: "gatehouse_signing_keys".into(),
+                reason: e.to_string(),
+            })?;
+            transaction
+                .execute(
+                    "INSERT INTO gatehouse_signing_keys (id, version, keys) VALUES (1, $1, $2)
+                     ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, keys = EXCLUDED.keys",
+                    &[&to_i64(keys.version), &text],
+                )
+                .await
+                .map_err(map_error)?;
+        }
+        for chunk in import.events.chunks(CHUNK) {
+            transaction
+                .execute(
+                    "INSERT INTO gatehouse_audit SELECT * FROM gatehouse_audit_rows($1)
+                     ON CONFLICT (id) DO NOTHING",
+                    &[&events_param(chunk)],
+                )
+                .await
+                .map_err(map_error)?;
+        }
+        transaction.commit().await.map_err(map_error)?;
+        Ok(true)
+    }
+
     /// Answers if the database can take writes: a read-only or recovering
     /// one is `Unavailable`, as every write would be refused.
     pub async fn health(&self) -> Result<(), StoreError> {
@@ -1524,7 +1698,7 @@ impl PgStore {
 /// with no transaction's round trips.
 async fn change_user(
     mut client: deadpool_postgres::Object,
-    id: Uuid,
+    id: &str,
     guard: bool,
     sql: &'static str,
     params: &[&(dyn ToSql + Sync)],
@@ -1553,7 +1727,7 @@ async fn change_user(
 /// admins demoting each other at once leave one.
 async fn others_stay_admin(
     transaction: &deadpool_postgres::Transaction<'_>,
-    id: Uuid,
+    id: &str,
 ) -> Result<bool, tokio_postgres::Error> {
     let statement = transaction
         .prepare_cached(
@@ -1561,7 +1735,7 @@ async fn others_stay_admin(
         )
         .await?;
     let admins = transaction.query(&statement, &[]).await?;
-    let is_admin = admins.iter().any(|row| row.get::<_, Uuid>(0) == id);
+    let is_admin = admins.iter().any(|row| row.get::<_, &str>(0) == id);
     Ok(!is_admin || admins.len() > 1)
 }
 
@@ -1682,13 +1856,10 @@ fn pending_from_row(row: &Row) -> Option<PendingToken> {
 
 fn user_from_row(row: &Row) -> Result<User, StoreError> {
     let corrupt = |reason: &str| StoreError::Corrupt {
-        key: row
-            .try_get::<_, Uuid>(0)
-            .map(|id| id.to_string())
-            .unwrap_or_default(),
+        key: row.try_get::<_, String>(0).unwrap_or_default(),
         reason: reason.to_string(),
     };
-    let id: Uuid = row.try_get(0).map_err(|e| corrupt(&e.to_string()))?;
+    let id: String = row.try_get(0).map_err(|e| corrupt(&e.to_string()))?;
     let name: Vec<u8> = row.try_get(1).map_err(|e| corrupt(&e.to_string()))?;
     let role: String = row.try_get(3).map_err(|e| corrupt(&e.to_string()))?;
     let get_u64 = |i: usize| -> Result<u64, StoreError> {
@@ -1696,7 +1867,7 @@ fn user_from_row(row: &Row) -> Result<User, StoreError> {
         u64::try_from(value).map_err(|_| corrupt("negative number"))
     };
     Ok(User {
-        id: id.to_string(),
+        id,
         name: String::from_utf8(name).map_err(|_| corrupt("name is not UTF-8"))?,
         email: row.try_get(2).map_err(|e| corrupt(&e.to_string()))?,
         role: Role::parse(&role).ok_or_else(|| corrupt("unknown role"))?,
@@ -1722,11 +1893,11 @@ fn session_from_row(row: &Row, at: usize) -> Result<Session, StoreError> {
         u64::try_from(value).map_err(|_| corrupt("negative number".into()))
     };
     let id: Uuid = row.try_get(at).map_err(|e| corrupt(e.to_string()))?;
-    let user_id: Uuid = row.try_get(at + 1).map_err(|e| corrupt(e.to_string()))?;
+    let user_id: String = row.try_get(at + 1).map_err(|e| corrupt(e.to_string()))?;
     let hash: Vec<u8> = row.try_get(at + 10).map_err(|e| corrupt(e.to_string()))?;
     Ok(Session {
         id: id.to_string(),
-        user_id: user_id.to_string(),
+        user_id,
         created_at: get_u64(2)?,
         last_used_at: get_u64(3)?,
         expires_at: get_u64(4)?,
@@ -1743,6 +1914,46 @@ fn session_from_row(row: &Row, at: usize) -> Result<Session, StoreError> {
         refresh_hash: hash
             .try_into()
             .map_err(|_| corrupt("refresh_hash is not 32 bytes".into()))?,
+    })
+}
+
+/// Reads `sql`'s rows through a cursor, [`EXPORT_PAGE`] at a time, and
+/// sends each page as `page(records)`; false if `pages` was dropped.
+async fn send_pages<T>(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    record: fn(&Row) -> Result<T, StoreError>,
+    page: fn(Vec<T>) -> ExportPage,
+    pages: &tokio::sync::mpsc::Sender<ExportPage>,
+) -> Result<bool, StoreError> {
+    let portal = transaction.bind(sql, &[]).await.map_err(map_error)?;
+    loop {
+        let rows = transaction
+            .query_portal(&portal, EXPORT_PAGE as i32)
+            .await
+            .map_err(map_error)?;
+        if rows.is_empty() {
+            return Ok(true);
+        }
+        let records = rows.iter().map(record).collect::<Result<_, _>>()?;
+        if pages.send(page(records)).await.is_err() {
+            return Ok(false);
+        }
+    }
+}
+
+/// The key set in a `SELECT version, keys FROM gatehouse_signing_keys` row.
+fn key_set_from_row(row: &Row) -> Result<KeySet, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: "gatehouse_signing_keys".into(),
+        reason,
+    };
+    let version: i64 = row.try_get(0).map_err(|e| corrupt(e.to_string()))?;
+    let keys: String = row.try_get(1).map_err(|e| corrupt(e.to_string()))?;
+    let keys: Vec<StoredKey> = serde_json::from_str(&keys).map_err(|e| corrupt(e.to_string()))?;
+    Ok(KeySet {
+        version: u64::try_from(version).map_err(|e| corrupt(e.to_string()))?,
+        keys,
     })
 }
 
@@ -1819,17 +2030,31 @@ fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// The UUID `id` names, if it is spelled as gatehouse issues ids (lowercase,
-/// hyphenated). `Uuid::parse_str` also takes upper case, braces, URNs and
-/// the simple form; the sled store's keys are exact bytes, so only the
-/// issued spelling may name a user here as well.
-fn issued_id(id: &str) -> Option<Uuid> {
+/// `id` if it is spelled as a stored user id can be ([`is_user_id`]): the
+/// sled store's keys are exact bytes, so only the issued spelling may name a
+/// user here as well (and nothing longer reaches the database).
+fn issued_user_id(id: &str) -> Option<&str> {
+    is_user_id(id).then_some(id)
+}
+
+/// The UUID a session `id` names, if it is spelled as gatehouse issues them
+/// (lowercase, hyphenated). `Uuid::parse_str` also takes upper case, braces,
+/// URNs and the simple form.
+fn issued_session_id(id: &str) -> Option<Uuid> {
     let uuid = Uuid::try_parse(id).ok()?;
     let mut spelled = Uuid::encode_buffer();
     (uuid.hyphenated().encode_lower(&mut spelled) == id).then_some(uuid)
 }
 
-fn parse_id(id: &str) -> Result<Uuid, StoreError> {
+/// `id` as a user's id to write: one of [`is_user_id`]'s spellings.
+fn stored_user_id(id: &str) -> Result<&str, StoreError> {
+    issued_user_id(id).ok_or_else(|| StoreError::Corrupt {
+        key: id.to_string(),
+        reason: "not a user id".into(),
+    })
+}
+
+fn parse_session_id(id: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(id).map_err(|_| StoreError::Corrupt {
         key: id.to_string(),
         reason: "not a UUID".into(),

@@ -70,7 +70,7 @@ use sled::Transactional;
 
 use super::filter::{MaybeSet, COUNTERS};
 use super::record;
-use super::{StoreError, UserPatch};
+use super::{ExportPage, Import, StoreError, UserPatch, EXPORT_PAGE};
 use crate::domain::audit::{self, Event, Origin};
 use crate::domain::mail_token::{MailTokenKind, PendingToken, PresentedMailToken};
 use crate::domain::session::Session;
@@ -779,6 +779,10 @@ impl SledStore {
 
     /// The stored signing key set, if one was ever written.
     pub async fn signing_keys(&self) -> Result<Option<KeySet>, StoreError> {
+        self.signing_keys_now()
+    }
+
+    fn signing_keys_now(&self) -> Result<Option<KeySet>, StoreError> {
         match self.meta.get(SIGNING_KEYS_KEY)? {
             Some(bytes) => Ok(Some(decode_key_set(&bytes)?)),
             None => Ok(None),
@@ -821,6 +825,118 @@ impl SledStore {
                     Ok(true)
                 })
                 .map_err(tx_error)
+        })
+        .await
+    }
+
+    pub fn has_users(&self) -> Result<bool, StoreError> {
+        Ok(self.users.first()?.is_some())
+    }
+
+    /// See `Store::export`. Runs on the blocking pool: each page is read
+    /// from sled's trees (in memory, or a disk read per page), then handed
+    /// over, waiting while the previous page is still being written out.
+    pub async fn export(
+        &self,
+        with_audit: bool,
+        pages: tokio::sync::mpsc::Sender<ExportPage>,
+    ) -> Result<(), StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            // `blocking_send` fails only once the receiver is gone: the
+            // export was abandoned, and there is nobody left to tell.
+            let send = |page| pages.blocking_send(page).is_ok();
+            if let Some(keys) = store.signing_keys_now()? {
+                if !send(ExportPage::Keys(keys)) {
+                    return Ok(());
+                }
+            }
+            let mut page = Vec::with_capacity(EXPORT_PAGE);
+            for entry in store.users.iter() {
+                let (key, bytes) = entry?;
+                page.push(decode_user(&key, &bytes)?);
+                if page.len() == EXPORT_PAGE && !send(ExportPage::Users(std::mem::take(&mut page)))
+                {
+                    return Ok(());
+                }
+            }
+            if !page.is_empty() && !send(ExportPage::Users(page)) {
+                return Ok(());
+            }
+            if !with_audit {
+                return Ok(());
+            }
+            let mut page = Vec::with_capacity(EXPORT_PAGE);
+            for entry in store.audit.scan_prefix(b"e") {
+                let (key, bytes) = entry?;
+                page.push(decode_event(&key[1..], &bytes)?);
+                if page.len() == EXPORT_PAGE && !send(ExportPage::Events(std::mem::take(&mut page)))
+                {
+                    return Ok(());
+                }
+            }
+            if !page.is_empty() {
+                send(ExportPage::Events(page));
+            }
+            Ok(())
+        })
+        .await?
+    }
+
+    /// See `Store::import`: one transaction over the users, the email
+    /// index, the admin count, the key set and the audit log, so a crash
+    /// or a refusal leaves the store as it was. (The command line runs it
+    /// with the database to itself: sled lets one process open it.)
+    pub async fn import(&self, import: Import) -> Result<bool, StoreError> {
+        if self.has_users()? {
+            return Ok(false);
+        }
+        let store = self.clone();
+        self.write(move || {
+            let users: Vec<(User, Vec<u8>)> = import
+                .users
+                .into_iter()
+                .map(|user| {
+                    let record = encode_user(&user);
+                    (user, record)
+                })
+                .collect();
+            let admins = users.iter().filter(|(user, _)| user.is_admin()).count() as u64;
+            let keys = match &import.keys {
+                Some(keys) => Some(serde_json::to_vec(keys).map_err(|e| StoreError::Corrupt {
+                    key: "meta/signing_keys".into(),
+                    reason: e.to_string(),
+                })?),
+                None => None,
+            };
+            let entries = audit_entries(&import.events);
+            (&store.users, &store.emails, &store.meta, &store.audit)
+                .transaction(|(users_tree, emails, meta, audit)| {
+                    for (user, record) in &users {
+                        if emails
+                            .insert(user.email.as_bytes(), user.id.as_bytes())?
+                            .is_some()
+                        {
+                            return abort(StoreError::EmailTaken);
+                        }
+                        if users_tree
+                            .insert(user.id.as_bytes(), record.as_slice())?
+                            .is_some()
+                        {
+                            return abort(StoreError::Corrupt {
+                                key: format!("users/{}", user.id),
+                                reason: "the id is imported twice".into(),
+                            });
+                        }
+                    }
+                    meta.insert(ADMINS_KEY, &admins.to_be_bytes())?;
+                    if let Some(keys) = &keys {
+                        meta.insert(SIGNING_KEYS_KEY, keys.as_slice())?;
+                    }
+                    put_events(audit, &entries)
+                })
+                .map_err(tx_error)?;
+            Ok(true)
         })
         .await
     }
