@@ -48,6 +48,7 @@ mod sessions;
 mod signing;
 mod throttle;
 mod tokens;
+mod transfer;
 mod users;
 mod verified;
 mod webdriver;
