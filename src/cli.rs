@@ -327,8 +327,9 @@ async fn import(
         Some(_) => "the PostgreSQL store (store.url)".to_string(),
         None => format!("the store in {}", settings.data_dir.display()),
     };
-    if store.has_users().await? {
-        bail!("{target} has users; an import needs an empty store (nothing was imported)");
+    let found = store.count_users().await?;
+    if found > 0 {
+        bail!("{target} has {found} users; an import needs an empty store (nothing was imported)");
     }
     let (users, events) = (import.users.len(), import.events.len());
     let keys = import.keys.is_some();
@@ -342,7 +343,7 @@ async fn import(
         None => "",
     };
     if !store.import(import).await? {
-        bail!("{target} has users; an import needs an empty store (nothing was imported)");
+        bail!("{target} has users now; an import needs an empty store (nothing was imported)");
     }
     let mut summary = format!("imported {users} users");
     if skipped > 0 {

@@ -7,8 +7,8 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command line (`serve`, `admin create`) and the one place where
-//!   errors become exit codes.
+//! - [`cli`]: the command line (`serve`, `admin create`, `export`, `import`) and
+//!   the one place where errors become exit codes.
 //! - [`config`]: defaults → `config.toml` → `GATEHOUSE_*` env → flags, validated
 //!   into [`config::Settings`] before anything binds or opens.
 //! - [`app`]: [`app::App`], the only shared state: settings, store (with its
@@ -26,7 +26,7 @@
 //!   ([`http::auth::AuthUser`]), request-body decoding, CORS.
 //! - [`api`]: the route table ([`api::routes::ROUTES`], one line per route)
 //!   and the handlers, one file per resource (auth, users, sessions, keys,
-//!   recovery, pages, audit, health, openapi).
+//!   recovery, pages, audit, export, health, openapi).
 //! - [`domain`]: users and their input rules, password hashing, tokens and
 //!   signing keys, sessions, mail tokens, throttling, audit events. Knows
 //!   nothing of hyper or sled.
@@ -35,6 +35,9 @@
 //! - [`store`]: the only module that opens or queries a database (sled or
 //!   PostgreSQL): trees and tables, transactions (each change with its audit
 //!   events), durability, shared counters.
+//! - [`transfer`]: the export file (JSON Lines), produced from a store page by
+//!   page, read and checked whole before an import; the tutorial's MongoDB
+//!   users (`mongoexport`).
 
 pub mod api;
 pub mod app;

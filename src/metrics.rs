@@ -176,7 +176,7 @@ label_set! {
         AuditEvents = "audit_events",
         PurgeAudit = "purge_audit",
         UpgradePasswordHash = "upgrade_password_hash",
-        HasUsers = "has_users",
+        CountUsers = "count_users",
         Export = "export",
         Import = "import",
     }

@@ -991,13 +991,14 @@ impl Store {
             .await
     }
 
-    /// Whether any user is stored (an import needs a store without).
-    pub async fn has_users(&self) -> Result<bool, StoreError> {
+    /// How many users are stored (an import needs a store without; the
+    /// command line says how many it found). Reads every key on sled.
+    pub async fn count_users(&self) -> Result<u64, StoreError> {
         self.metrics
-            .time(StoreOp::HasUsers, async {
+            .time(StoreOp::CountUsers, async {
                 match &self.backend {
-                    Backend::Sled { db, .. } => db.has_users(),
-                    Backend::Postgres { db, .. } => db.has_users().await,
+                    Backend::Sled { db, .. } => Ok(db.count_users()),
+                    Backend::Postgres { db, .. } => db.count_users().await,
                 }
             })
             .await

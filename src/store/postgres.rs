@@ -1471,14 +1471,16 @@ impl PgStore {
         .await
     }
 
-    pub async fn has_users(&self) -> Result<bool, StoreError> {
-        self.run(|client| async move {
-            let statement = client
-                .prepare_cached("SELECT EXISTS (SELECT 1 FROM gatehouse_users)")
-                .await?;
-            client.query_one(&statement, &[]).await?.try_get(0)
-        })
-        .await
+    pub async fn count_users(&self) -> Result<u64, StoreError> {
+        let count: i64 = self
+            .run(|client| async move {
+                let statement = client
+                    .prepare_cached("SELECT count(*) FROM gatehouse_users")
+                    .await?;
+                client.query_one(&statement, &[]).await?.try_get(0)
+            })
+            .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// See `Store::export`: one repeatable-read, read-only transaction (one

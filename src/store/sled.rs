@@ -167,9 +167,11 @@ impl SledStore {
             meta.insert(ADMINS_KEY, &admins.to_be_bytes())?;
             db.flush()?;
         }
+        let emails = db.open_tree("emails")?;
+        clear_interrupted_import(&db, &users, &emails, &meta)?;
         Ok(SledStore {
             users,
-            emails: db.open_tree("emails")?,
+            emails,
             meta,
             revoked,
             sessions: db.open_tree("sessions")?,
@@ -833,6 +835,10 @@ impl SledStore {
         Ok(self.users.first()?.is_some())
     }
 
+    pub fn count_users(&self) -> u64 {
+        self.users.len() as u64
+    }
+
     /// See `Store::export`. Runs on the blocking pool: each page is read
     /// from sled's trees (in memory, or a disk read per page), then handed
     /// over, waiting while the previous page is still being written out.
@@ -883,59 +889,61 @@ impl SledStore {
         .await?
     }
 
-    /// See `Store::import`: one transaction over the users, the email
-    /// index, the admin count, the key set and the audit log, so a crash
-    /// or a refusal leaves the store as it was. (The command line runs it
-    /// with the database to itself: sled lets one process open it.)
+    /// See `Store::import`. Not one sled transaction: over 100,000 users
+    /// one held more than a gigabyte (its write set and the nodes it copies),
+    /// and one atomic batch per tree 800 MB. Instead a marker
+    /// ([`IMPORTING_KEY`]) is written and flushed first, then the records in
+    /// batches of [`IMPORT_BATCH`], each flushed (sled keeps unflushed
+    /// writes in memory), and the marker removed last: that removal is the
+    /// import's commit. [`SledStore::open`] finds a marker left by an
+    /// interrupted import and removes what it wrote (the store had no
+    /// users: every user, email-index entry and the admin count go), so a
+    /// crash leaves either the whole import or the store as it was, less
+    /// any key set and audit events the import had written (a store
+    /// without users has no token to verify, and events are history). The
+    /// command line runs it with the database to itself: sled lets one
+    /// process open it.
     pub async fn import(&self, import: Import) -> Result<bool, StoreError> {
         if self.has_users()? {
             return Ok(false);
         }
         let store = self.clone();
         self.write(move || {
-            let users: Vec<(User, Vec<u8>)> = import
-                .users
-                .into_iter()
-                .map(|user| {
-                    let record = encode_user(&user);
-                    (user, record)
-                })
-                .collect();
-            let admins = users.iter().filter(|(user, _)| user.is_admin()).count() as u64;
-            let keys = match &import.keys {
-                Some(keys) => Some(serde_json::to_vec(keys).map_err(|e| StoreError::Corrupt {
+            store.meta.insert(IMPORTING_KEY, &[])?;
+            store.db.flush()?;
+            // Leftovers of an import interrupted since the last open.
+            store.emails.clear()?;
+            let mut admins = 0u64;
+            for chunk in import.users.chunks(IMPORT_BATCH) {
+                let (mut users, mut emails) = (sled::Batch::default(), sled::Batch::default());
+                for user in chunk {
+                    emails.insert(user.email.as_bytes(), user.id.as_bytes());
+                    users.insert(user.id.as_bytes(), encode_user(user));
+                    admins += u64::from(user.is_admin());
+                }
+                store.emails.apply_batch(emails)?;
+                store.users.apply_batch(users)?;
+                store.db.flush()?;
+            }
+            for chunk in import.events.chunks(IMPORT_BATCH) {
+                let mut audit = sled::Batch::default();
+                for (key, value) in audit_entries(chunk) {
+                    audit.insert(key, value);
+                }
+                store.audit.apply_batch(audit)?;
+                store.db.flush()?;
+            }
+            let mut meta = sled::Batch::default();
+            meta.insert(ADMINS_KEY, &admins.to_be_bytes());
+            if let Some(keys) = &import.keys {
+                let bytes = serde_json::to_vec(keys).map_err(|e| StoreError::Corrupt {
                     key: "meta/signing_keys".into(),
                     reason: e.to_string(),
-                })?),
-                None => None,
-            };
-            let entries = audit_entries(&import.events);
-            (&store.users, &store.emails, &store.meta, &store.audit)
-                .transaction(|(users_tree, emails, meta, audit)| {
-                    for (user, record) in &users {
-                        if emails
-                            .insert(user.email.as_bytes(), user.id.as_bytes())?
-                            .is_some()
-                        {
-                            return abort(StoreError::EmailTaken);
-                        }
-                        if users_tree
-                            .insert(user.id.as_bytes(), record.as_slice())?
-                            .is_some()
-                        {
-                            return abort(StoreError::Corrupt {
-                                key: format!("users/{}", user.id),
-                                reason: "the id is imported twice".into(),
-                            });
-                        }
-                    }
-                    meta.insert(ADMINS_KEY, &admins.to_be_bytes())?;
-                    if let Some(keys) = &keys {
-                        meta.insert(SIGNING_KEYS_KEY, keys.as_slice())?;
-                    }
-                    put_events(audit, &entries)
-                })
-                .map_err(tx_error)?;
+                })?;
+                meta.insert(SIGNING_KEYS_KEY, bytes);
+            }
+            meta.remove(IMPORTING_KEY);
+            store.meta.apply_batch(meta)?;
             Ok(true)
         })
         .await
@@ -1234,6 +1242,35 @@ const ADMINS_KEY: &[u8] = b"admins";
 /// `meta` key of the signing key set.
 const SIGNING_KEYS_KEY: &[u8] = b"signing_keys";
 
+/// Undoes an import that did not finish (its marker is still there, see
+/// [`SledStore::import`]): the store had no users before it, so every user
+/// and email-index entry goes and the admin count is zero again; then the
+/// store takes a registration or another import as if nothing had happened.
+fn clear_interrupted_import(
+    db: &sled::Db,
+    users: &sled::Tree,
+    emails: &sled::Tree,
+    meta: &sled::Tree,
+) -> Result<(), StoreError> {
+    if meta.get(IMPORTING_KEY)?.is_none() {
+        return Ok(());
+    }
+    tracing::warn!("an import did not finish: removing the users it had written");
+    users.clear()?;
+    emails.clear()?;
+    meta.insert(ADMINS_KEY, &0u64.to_be_bytes())?;
+    db.flush()?;
+    meta.remove(IMPORTING_KEY)?;
+    db.flush()?;
+    Ok(())
+}
+
+/// Present in `meta` while an import is being written.
+const IMPORTING_KEY: &[u8] = b"importing";
+
+/// Records per batch (and flush) of an import.
+const IMPORT_BATCH: usize = 1000;
+
 /// Changes the admin count by `delta` inside a transaction; refuses
 /// (`LastAdmin`) a change that would leave no admin.
 fn add_admins(meta: &TransactionalTree, delta: i64) -> TxResult<()> {
@@ -1444,6 +1481,53 @@ mod tests {
 
     fn user(email: &str) -> User {
         User::new("N".into(), email.into(), Role::User, "hash".into(), 1)
+    }
+
+    #[tokio::test]
+    async fn an_import_is_whole_or_undone_at_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut admin = user("a@example.com");
+        admin.role = Role::Admin;
+        let users = vec![admin, user("b@example.com"), user("c@example.com")];
+        let import = Import {
+            users: users.clone(),
+            ..Import::default()
+        };
+        assert!(store.import(import).await.unwrap());
+        assert!(store.meta.get(IMPORTING_KEY).unwrap().is_none());
+        assert_eq!(store.count_users(), 3);
+        let found = store.user_by_email("b@example.com").await.unwrap().unwrap();
+        assert_eq!(found.id, users[1].id);
+        // A store with users takes no import.
+        let again = Import {
+            users: vec![user("d@example.com")],
+            ..Import::default()
+        };
+        assert!(!store.import(again).await.unwrap());
+        assert!(store
+            .user_by_email("d@example.com")
+            .await
+            .unwrap()
+            .is_none());
+        // Interrupted: the marker is still there when the store is opened.
+        store.meta.insert(IMPORTING_KEY, &[]).unwrap();
+        store.db.flush().unwrap();
+        drop((store, found));
+        let store = reopen(dir.path()).await;
+        assert_eq!(store.count_users(), 0);
+        assert!(store.emails.first().unwrap().is_none());
+        assert!(store.meta.get(IMPORTING_KEY).unwrap().is_none());
+        // As if nothing had happened: the first admin is counted from zero.
+        let admin = users[0].clone();
+        store.insert_user(admin, Vec::new()).await.unwrap();
+        let only = store.users.first().unwrap().unwrap().0;
+        assert!(matches!(
+            store
+                .delete_user(std::str::from_utf8(&only).unwrap(), Vec::new())
+                .await,
+            Err(StoreError::LastAdmin)
+        ));
     }
 
     #[tokio::test]

@@ -36,6 +36,9 @@ pub struct Rejected {
     pub reason: String,
 }
 
+/// A row's place and its position in the file, for listing in file order.
+type Row = (usize, String);
+
 impl std::fmt::Display for Rejected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.place, self.reason)
@@ -102,17 +105,17 @@ pub fn read(mut reader: impl BufRead) -> Result<MongoUsers, ReadError> {
 
 /// Turns documents into users, then drops (and reports) every collision.
 fn check(rows: Vec<(String, Value)>) -> MongoUsers {
-    let mut found = MongoUsers::default();
-    let mut candidates: Vec<(String, User)> = Vec::new();
-    for (place, value) in rows {
+    let mut rejected: Vec<(usize, Rejected)> = Vec::new();
+    let mut candidates: Vec<(Row, User)> = Vec::new();
+    for (position, (place, value)) in rows.into_iter().enumerate() {
         match user_of(&value) {
-            Ok(user) => candidates.push((place, user)),
-            Err(reason) => found.rejected.push(Rejected { place, reason }),
+            Ok(user) => candidates.push(((position, place), user)),
+            Err(reason) => rejected.push((position, Rejected { place, reason })),
         }
     }
     let mut by_id: HashMap<&str, Vec<&str>> = HashMap::new();
     let mut by_email: HashMap<&str, Vec<&str>> = HashMap::new();
-    for (place, user) in &candidates {
+    for ((_, place), user) in &candidates {
         by_id.entry(&user.id).or_default().push(place);
         by_email.entry(&user.email).or_default().push(place);
     }
@@ -120,32 +123,39 @@ fn check(rows: Vec<(String, Value)>) -> MongoUsers {
         let others: Vec<&str> = places.iter().copied().filter(|p| *p != me).collect();
         others.join(", ")
     };
-    let mut rejected_later = Vec::new();
     let mut kept = Vec::new();
-    for (place, user) in &candidates {
+    for ((position, place), user) in &candidates {
         let same_id = &by_id[user.id.as_str()];
         let same_email = &by_email[user.email.as_str()];
         if same_id.len() > 1 {
-            rejected_later.push(Rejected {
-                place: place.clone(),
-                reason: format!("_id {} is also on {}", user.id, others(same_id, place)),
-            });
+            rejected.push((
+                *position,
+                Rejected {
+                    place: place.clone(),
+                    reason: format!("_id {} is also on {}", user.id, others(same_id, place)),
+                },
+            ));
         } else if same_email.len() > 1 {
-            rejected_later.push(Rejected {
-                place: place.clone(),
-                reason: format!(
-                    "email {} (after normalization) is also on {}",
-                    user.email,
-                    others(same_email, place)
-                ),
-            });
+            rejected.push((
+                *position,
+                Rejected {
+                    place: place.clone(),
+                    reason: format!(
+                        "email {} (after normalization) is also on {}",
+                        user.email,
+                        others(same_email, place)
+                    ),
+                },
+            ));
         } else {
             kept.push(user.clone());
         }
     }
-    found.rejected.extend(rejected_later);
-    found.users = kept;
-    found
+    rejected.sort_by_key(|(position, _)| *position);
+    MongoUsers {
+        users: kept,
+        rejected: rejected.into_iter().map(|(_, row)| row).collect(),
+    }
 }
 
 /// The user a document describes, or why it cannot be one.
