@@ -148,7 +148,7 @@ online_export() {
   check_file "$WORK/$name.jsonl"
   row "$name: GET /api/admin/export ($which)" \
     "$(awk -v n=$((ended - started)) 'BEGIN { printf "%.2f", n / 1e9 }')" \
-    "server RSS $(awk -v k="$idle" 'BEGIN { printf "%.1f", k / 1024 }') MiB idle, peak $(awk -v k="$peak" 'BEGIN { printf "%.1f", k / 1024 }') MiB (+$(awk -v a="$idle" -v b="$peak" 'BEGIN { printf "%.1f", (b - a) / 1024 }'))"
+    "server RSS $(awk -v k="$idle" 'BEGIN { printf "%.1f", k / 1024 }') MiB idle, peak $(awk -v k="$peak" 'BEGIN { printf "%.1f", k / 1024 }') MiB ($(awk -v a="$idle" -v b="$peak" 'BEGIN { printf "%+.1f", (b - a) / 1024 }'))"
 }
 
 login_check() {
