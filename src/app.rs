@@ -132,7 +132,19 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// Opens the configured store, with an error naming the setting at fault.
 pub async fn open_store(settings: &Settings, metrics: Metrics) -> anyhow::Result<Store> {
-    let store = Store::open(settings, metrics).await;
+    name_store_error(settings, Store::open(settings, metrics).await)
+}
+
+/// [`open_store`] for an export: a PostgreSQL schema that is due a migration
+/// is an error, not migrated (see `Store::open_current`).
+pub async fn open_store_unchanged(settings: &Settings) -> anyhow::Result<Store> {
+    name_store_error(settings, Store::open_current(settings).await)
+}
+
+fn name_store_error(
+    settings: &Settings,
+    store: Result<Store, crate::store::StoreError>,
+) -> anyhow::Result<Store> {
     if settings.store.url.is_some() {
         store.context("store.url: cannot use the PostgreSQL database")
     } else {

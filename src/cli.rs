@@ -233,9 +233,11 @@ async fn export(settings: Settings, out: &Path, with_audit: bool) -> anyhow::Res
         );
     }
     let secret = crate::app::generated_secret(&settings)?;
-    let store = open_store(&settings, crate::metrics::Metrics::off())
-        .await
-        .context("a running server exports with GET /api/admin/export")?;
+    let store = crate::app::open_store_unchanged(&settings).await;
+    let store = match settings.store.url {
+        Some(_) => store?,
+        None => store.context("a running server exports with GET /api/admin/export")?,
+    };
     // create_new: an export is never written over a file, nor into one
     // whose mode lets others read it.
     let file = std::fs::OpenOptions::new()
@@ -333,18 +335,25 @@ async fn import(
     }
     let (users, events) = (import.users.len(), import.events.len());
     let keys = import.keys.is_some();
-    // The secret first: if the store's write then fails, a store without
-    // users has lost nothing by its new key.
-    let secret_note = match &secret {
-        Some(hex) if crate::app::store_generated_secret(&settings, hex)? => {
-            "; the generated signing secret too"
-        }
-        Some(_) => "; not the file's generated secret (this store signs with auth.secret)",
-        None => "",
-    };
     if !store.import(import).await? {
         bail!("{target} has users now; an import needs an empty store (nothing was imported)");
     }
+    // After the users: a refused or failed import leaves the key file as
+    // it was. A key that cannot be stored is not fatal: the server makes a
+    // new one, and sessions were not carried over anyway.
+    let secret_note = match &secret {
+        Some(hex) => match crate::app::store_generated_secret(&settings, hex) {
+            Ok(true) => "; the generated signing secret too",
+            Ok(false) => "; not the file's generated secret (this store signs with auth.secret)",
+            Err(error) => {
+                eprintln!(
+                    "gatehouse: the users are imported, the generated secret is not: {error:#}"
+                );
+                "; not the generated secret (see above)"
+            }
+        },
+        None => "",
+    };
     let mut summary = format!("imported {users} users");
     if skipped > 0 {
         summary.push_str(&format!(", skipped {skipped}"));

@@ -6,10 +6,16 @@
 //! when its page was read).
 //!
 //! The answer holds every password hash and the signing keys: admins only,
-//! never cached, and each export is logged with the admin who asked.
+//! never cached, and each export is logged with the admin who asked. The
+//! status is sent once the first page was read (a store that cannot be
+//! read is a 503, not a 200 with a cut body); a failure after that ends the
+//! body without its trailer. The connection closes after it (the server's
+//! follower of written answers does not follow chunked bodies, see
+//! `server::answers`). `HEAD` answers the headers and reads nothing.
 
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_TYPE};
-use hyper::{Response, StatusCode};
+use hyper::body::Bytes;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_DISPOSITION, CONTENT_TYPE};
+use hyper::{Method, Response, StatusCode};
 
 use crate::domain::unix_now;
 use crate::http::auth::AuthUser;
@@ -26,6 +32,9 @@ pub async fn export(ctx: RequestContext, caller: AuthUser) -> Result<HttpRespons
     let mut fields = parse_query(ctx.parts.uri.query().unwrap_or_default())?;
     let with_audit = fields.optional_bool("with_audit")?.unwrap_or(false);
     fields.refuse_unknown()?;
+    if ctx.parts.method == Method::HEAD {
+        return Ok(export_response(Body::full(Bytes::new())));
+    }
     let secret = crate::app::generated_secret(&ctx.app.settings)
         .map_err(|e| ApiError::Internal(format!("{e:#}")))?;
     let options = ExportOptions {
@@ -35,7 +44,19 @@ pub async fn export(ctx: RequestContext, caller: AuthUser) -> Result<HttpRespons
     };
     let admin = caller.user().id.clone();
     tracing::info!(admin = %admin, ip = %ctx.client_ip(), with_audit, "export started");
-    let (chunks, counts) = transfer::spawn_export(ctx.app.store.clone(), options);
+    let (mut chunks, counts) = transfer::spawn_export(ctx.app.store.clone(), options);
+    let first = match chunks.recv().await {
+        Some(Ok(first)) => first,
+        Some(Err(reason)) => {
+            tracing::error!(%reason, "export not started");
+            return Err(ApiError::StoreUnavailable);
+        }
+        None => {
+            return Err(ApiError::Internal(
+                "the export ended before it began".into(),
+            ))
+        }
+    };
     tokio::spawn(async move {
         match counts.await {
             Ok(counts) => tracing::info!(
@@ -49,7 +70,14 @@ pub async fn export(ctx: RequestContext, caller: AuthUser) -> Result<HttpRespons
             }
         }
     });
-    let mut response = Response::new(Body::Stream(chunks));
+    Ok(export_response(Body::Stream {
+        first: Some(first),
+        rest: chunks,
+    }))
+}
+
+fn export_response(body: Body) -> HttpResponse {
+    let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(
@@ -61,5 +89,6 @@ pub async fn export(ctx: RequestContext, caller: AuthUser) -> Result<HttpRespons
         CONTENT_DISPOSITION,
         HeaderValue::from_static("attachment; filename=\"gatehouse-export.jsonl\""),
     );
-    Ok(response)
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }

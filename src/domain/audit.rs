@@ -155,8 +155,10 @@ impl Origin {
     }
 }
 
-/// One event, as stored and as `GET /api/audit` sends it.
+/// One event, as stored and as `GET /api/audit` sends it (and as an export
+/// file holds it: a field this version does not know is refused).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Event {
     /// A UUIDv7: ids order as the events happened (to the millisecond, and
     /// within one process exactly), which the listing and the `before`

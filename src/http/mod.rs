@@ -30,10 +30,13 @@ pub type HttpResponse = Response<Body>;
 /// allocation or dynamic call more than a `Full` did.
 pub enum Body {
     Full(Full<Bytes>),
-    /// Chunks until the sender is dropped; an `Err` ends the response
-    /// without its last chunk, so the client sees a broken transfer rather
-    /// than a complete-looking one.
-    Stream(mpsc::Receiver<Result<Bytes, String>>),
+    /// `first` (already received), then chunks until the sender is
+    /// dropped; an `Err` ends the response without its last chunk, so the
+    /// client sees a broken transfer rather than a complete-looking one.
+    Stream {
+        first: Option<Bytes>,
+        rest: mpsc::Receiver<Result<Bytes, String>>,
+    },
 }
 
 impl Body {
@@ -54,23 +57,26 @@ impl hyper::body::Body for Body {
             Body::Full(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map(|frame| frame.map(|f| f.map_err(|never| match never {}))),
-            Body::Stream(chunks) => chunks.poll_recv(cx).map(|chunk| {
-                chunk.map(|chunk| chunk.map(Frame::data).map_err(std::io::Error::other))
-            }),
+            Body::Stream { first, rest } => match first.take() {
+                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                None => rest.poll_recv(cx).map(|chunk| {
+                    chunk.map(|chunk| chunk.map(Frame::data).map_err(std::io::Error::other))
+                }),
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Full(full) => full.is_end_stream(),
-            Body::Stream(_) => false,
+            Body::Stream { .. } => false,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Full(full) => full.size_hint(),
-            Body::Stream(_) => SizeHint::default(),
+            Body::Stream { .. } => SizeHint::default(),
         }
     }
 }

@@ -12,9 +12,10 @@
 //! begins when every started request has its answer is hyper's own: it is
 //! held back and replaced by the same status with the JSON body of
 //! [`ApiError::InvalidInput`]. Framing it cannot follow exactly (chunked or
-//! close-delimited bodies, which gatehouse does not send, or a `HEAD` too far
-//! back to remember) makes it stop looking for the rest of the connection:
-//! it then passes bytes unchanged and never guesses.
+//! close-delimited bodies, which gatehouse sends only for the export, whose
+//! connection then closes, or a `HEAD` too far back to remember) makes it
+//! stop looking for the rest of the connection: it then passes bytes
+//! unchanged and never guesses.
 //!
 //! On the request path this costs a scan of each answer's head (about 200
 //! bytes), and nothing per body byte. It must not change any byte of an

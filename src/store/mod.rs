@@ -158,6 +158,21 @@ impl Store {
     /// (connecting and migrating), else sled in `data_dir`.
     /// Its operations are timed into `metrics` (nothing is, when off).
     pub async fn open(settings: &Settings, metrics: Metrics) -> Result<Store, StoreError> {
+        Store::open_with(settings, metrics, true).await
+    }
+
+    /// [`Store::open`] without changing a PostgreSQL schema: an error if a
+    /// migration is due (for an export, which may run beside instances of
+    /// the version before).
+    pub async fn open_current(settings: &Settings) -> Result<Store, StoreError> {
+        Store::open_with(settings, Metrics::off(), false).await
+    }
+
+    async fn open_with(
+        settings: &Settings,
+        metrics: Metrics,
+        migrate: bool,
+    ) -> Result<Store, StoreError> {
         let limits = ThrottleLimits::from(&settings.limits);
         let failures_per_minute = settings.audit.max_failures_per_minute;
         let backend = match &settings.store.url {
@@ -168,7 +183,7 @@ impl Store {
                         StoreError::Unavailable("store.url needs auth.secret".into())
                     })?;
                 Backend::Postgres {
-                    db: PgStore::connect(url.expose()).await?,
+                    db: PgStore::connect(url.expose(), migrate).await?,
                     limits,
                     keys: SharedKeys::new(secret.expose().as_bytes()),
                     failures_per_minute,
@@ -1028,10 +1043,11 @@ impl Store {
             .await
     }
 
-    /// Writes `import` into a store that has no user, all or nothing (one
-    /// sled transaction; one PostgreSQL transaction that first locks the
-    /// users table, so no registration slips in between the check and the
-    /// writes). False, with nothing written, if the store has users. The
+    /// Writes `import` into a store that has no user, all or nothing (on
+    /// sled flushed batches between a marker and its removal, an unfinished
+    /// import undone at the next open; one PostgreSQL transaction that first
+    /// locks the users table, so no registration slips in between the check
+    /// and the writes). False, with nothing written, if the store has users. The
     /// caller has checked the records (`transfer`): unique ids and emails,
     /// well-formed fields. A key set replaces any stored one (a store
     /// without users has issued no token worth keeping).

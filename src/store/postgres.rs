@@ -459,8 +459,10 @@ impl<'a> Counter<'a> {
 }
 
 impl PgStore {
-    /// Connects, checks the database answers, and applies the migrations.
-    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+    /// Connects, checks the database answers, and applies the migrations
+    /// (`migrate`), or (not `migrate`: an export, which must not change a
+    /// schema older instances may still be using) checks that none is due.
+    pub async fn connect(url: &str, migrate: bool) -> Result<PgStore, StoreError> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Unavailable(format!("store.url is not a valid URL: {e}")))?;
@@ -487,7 +489,20 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let store = PgStore { pool };
-        store.migrate().await?;
+        if migrate {
+            store.migrate().await?;
+        } else {
+            let version = store
+                .run(|client| async move { schema_version(&client).await })
+                .await?;
+            if version < SCHEMA_VERSION {
+                return Err(StoreError::Unavailable(format!(
+                    "the database's schema is at version {version}, this gatehouse needs \
+                     {SCHEMA_VERSION}: stop the older instances and start this version once \
+                     (it migrates), then export"
+                )));
+            }
+        }
         Ok(store)
     }
 
@@ -496,6 +511,8 @@ impl PgStore {
     /// slower one (a duplicate in its catalog); that attempt is simply run
     /// again, and finds the work done.
     async fn migrate(&self) -> Result<(), StoreError> {
+        // (A deadlock with a running instance, which migration 9's locks of
+        // three tables can meet, is retried by `run` itself.)
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -1616,8 +1633,11 @@ impl PgStore {
             })?;
             transaction
                 .execute(
+                    // A version above any stored one: instances running on
+                    // this database install a set only when its version moved.
                     "INSERT INTO gatehouse_signing_keys (id, version, keys) VALUES (1, $1, $2)
-                     ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, keys = EXCLUDED.keys",
+                     ON CONFLICT (id) DO UPDATE SET keys = EXCLUDED.keys,
+                        version = GREATEST(gatehouse_signing_keys.version, EXCLUDED.version) + 1",
                     &[&to_i64(keys.version), &text],
                 )
                 .await

@@ -56,11 +56,20 @@ pub enum Record {
 }
 
 /// A generated HS256 secret, hex-encoded as in `data_dir`'s key file.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretLine {
     pub algorithm: SigningAlgorithm,
     pub key: String,
+}
+
+// Hand-written so that no error or log line can print the key.
+impl std::fmt::Debug for SecretLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretLine")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -171,11 +180,23 @@ fn at(line: u64, reason: impl Into<String>) -> ReadError {
 
 /// A whole export file, checked: what to import, and the generated secret
 /// it carried (hex), which only a sled store without `auth.secret` uses.
-#[derive(Debug)]
 pub struct ExportFile {
     pub import: Import,
     pub secret: Option<String>,
     pub exported_at: String,
+}
+
+// Hand-written so that no error or log line can print the secret.
+impl std::fmt::Debug for ExportFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportFile")
+            .field("users", &self.import.users.len())
+            .field("events", &self.import.events.len())
+            .field("keys", &self.import.keys.is_some())
+            .field("secret", &self.secret.is_some())
+            .field("exported_at", &self.exported_at)
+            .finish()
+    }
 }
 
 /// Reads and checks a whole export file. Refused (naming the line): another
@@ -248,7 +269,8 @@ pub fn read(reader: impl BufRead) -> Result<ExportFile, ReadError> {
                 if secret.algorithm != SigningAlgorithm::HS256 {
                     return Err(at(number, "secret: only an HS256 secret is exported"));
                 }
-                if secret.key.len() < 64 || !secret.key.bytes().all(|b| b.is_ascii_hexdigit()) {
+                let hex = secret.key.bytes().all(|b| b.is_ascii_hexdigit());
+                if secret.key.len() < 64 || secret.key.len() % 2 != 0 || !hex {
                     return Err(at(
                         number,
                         "secret: key is not 32 or more hex-encoded bytes",
@@ -285,6 +307,7 @@ pub fn read(reader: impl BufRead) -> Result<ExportFile, ReadError> {
                 file.import.users.push(user);
             }
             Record::Audit(event) => {
+                check_event(&event).map_err(|reason| at(number, reason))?;
                 if let Some(first) = event_ids.insert(event.id, number) {
                     return Err(at(
                         number,
@@ -295,6 +318,54 @@ pub fn read(reader: impl BufRead) -> Result<ExportFile, ReadError> {
             }
         }
         records += 1;
+    }
+}
+
+/// The longest text field of an imported audit event (a user agent is cut
+/// to 256 characters when recorded).
+const MAX_EVENT_TEXT: usize = 1024;
+
+/// What a stored event keeps, checked for an imported one: a UUIDv7 id (the
+/// retention purge reads its time from it), a real time, user ids of a
+/// stored spelling, and no NUL anywhere (PostgreSQL text cannot hold one,
+/// and both stores must take the same files).
+fn check_event(event: &Event) -> Result<(), String> {
+    if event.id.get_version_num() != 7 {
+        return Err(format!("event {}: id is not a UUIDv7", event.id));
+    }
+    if Rfc3339::parse(&event.time).is_none() {
+        return Err(format!(
+            "event {}: time is not like 2026-11-28T21:00:00Z",
+            event.id
+        ));
+    }
+    for (field, id) in [("user_id", &event.user_id), ("actor_id", &event.actor_id)] {
+        if id.as_deref().is_some_and(|id| !is_user_id(id)) {
+            return Err(format!("event {}: {field} is not a user id", event.id));
+        }
+    }
+    let texts = [&event.ip, &event.user_agent];
+    let bad_text = |text: &str| text.contains('\0') || text.chars().count() > MAX_EVENT_TEXT;
+    if texts.iter().any(|t| t.as_deref().is_some_and(bad_text))
+        || !json_is_clean(&serde_json::Value::Object(event.detail.clone()), &bad_text)
+    {
+        return Err(format!(
+            "event {}: a text holds NUL or is longer than {MAX_EVENT_TEXT} characters",
+            event.id
+        ));
+    }
+    Ok(())
+}
+
+/// No key or string in `value` is `bad`.
+fn json_is_clean(value: &serde_json::Value, bad: &impl Fn(&str) -> bool) -> bool {
+    match value {
+        serde_json::Value::String(text) => !bad(text),
+        serde_json::Value::Array(items) => items.iter().all(|item| json_is_clean(item, bad)),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .all(|(key, item)| !bad(key) && json_is_clean(item, bad)),
+        _ => true,
     }
 }
 

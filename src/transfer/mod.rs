@@ -19,7 +19,7 @@ use crate::store::{ExportPage, Store};
 use format::{EndLine, KeysLine, Record, SecretLine, UserLine};
 
 /// How an export is asked for.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ExportOptions {
     pub with_audit: bool,
     /// The generated HS256 secret (hex, as its file holds it); `None` when
@@ -27,6 +27,17 @@ pub struct ExportOptions {
     pub secret: Option<String>,
     /// Unix time written as `exported_at`.
     pub now: u64,
+}
+
+// Hand-written so that no error or log line can print the secret.
+impl std::fmt::Debug for ExportOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportOptions")
+            .field("with_audit", &self.with_audit)
+            .field("secret", &self.secret.is_some())
+            .field("now", &self.now)
+            .finish()
+    }
 }
 
 /// What an export counted, for the command line's summary.
@@ -105,6 +116,11 @@ async fn export(
             }
             let chunk = Bytes::from(std::mem::take(&mut out));
             if chunks.send(Ok(chunk)).await.is_err() {
+                // The producer may be waiting to hand over its next page:
+                // closing makes that send fail, so it ends (and on
+                // PostgreSQL ends its transaction and returns its
+                // connection) instead of waiting for ever.
+                pages.close();
                 return Err(Gone);
             }
         }

@@ -18,15 +18,12 @@
 //! import.
 
 use std::collections::HashMap;
-use std::io::{BufRead, Read};
+use std::io::BufRead;
 
 use serde_json::{Map, Value};
 
 use super::format::{Lines, ReadError};
 use crate::domain::user::{valid_email, valid_name, Role, User};
-
-/// The largest `--jsonArray` file read (it is parsed whole).
-pub const MAX_ARRAY_BYTES: u64 = 1 << 30;
 
 /// One row that is not imported: where it is ("line 7", "element 7") and
 /// why.
@@ -52,50 +49,55 @@ pub struct MongoUsers {
     pub rejected: Vec<Rejected>,
 }
 
+/// A row as read: its user, or why it cannot be one.
+type Parsed = Result<User, String>;
+
 /// Reads a mongoexport file. An error only for a file that cannot be read
 /// as either shape at all (not JSON, or an I/O error); row problems are in
-/// [`MongoUsers::rejected`].
+/// [`MongoUsers::rejected`]. Rows are checked as they are read (an array an
+/// element at a time), so memory holds the users, not the file's JSON.
 pub fn read(mut reader: impl BufRead) -> Result<MongoUsers, ReadError> {
+    let mut at_start = true;
     let first = loop {
         let buffer = reader.fill_buf()?;
+        if buffer.is_empty() {
+            break None;
+        }
+        // A byte-order mark some editors write; never JSON.
+        if at_start && buffer.starts_with(b"\xEF\xBB\xBF") {
+            reader.consume(3);
+            at_start = false;
+            continue;
+        }
+        at_start = false;
         match buffer.iter().position(|b| !b.is_ascii_whitespace()) {
             Some(at) => break Some(buffer[at]),
-            None if buffer.is_empty() => break None,
             None => {
                 let len = buffer.len();
                 reader.consume(len);
             }
         }
     };
-    let mut rows: Vec<(String, Value)> = Vec::new();
+    let mut rows: Vec<(String, Parsed)> = Vec::new();
     match first {
         None => {}
         Some(b'[') => {
-            let mut bytes = Vec::new();
-            reader.take(MAX_ARRAY_BYTES + 1).read_to_end(&mut bytes)?;
-            if bytes.len() as u64 > MAX_ARRAY_BYTES {
-                return Err(ReadError::Line {
-                    line: 1,
-                    reason: format!("a JSON array larger than {MAX_ARRAY_BYTES} bytes"),
-                });
-            }
-            let array: Vec<Value> =
-                serde_json::from_slice(&bytes).map_err(|e| ReadError::Line {
+            let mut deserializer = serde_json::Deserializer::from_reader(reader);
+            serde::Deserializer::deserialize_seq(&mut deserializer, Elements(&mut rows))
+                .and_then(|()| deserializer.end())
+                .map_err(|e| ReadError::Line {
                     line: e.line() as u64,
                     reason: format!("not a JSON array of documents: {e}"),
                 })?;
-            for (index, value) in array.into_iter().enumerate() {
-                rows.push((format!("element {}", index + 1), value));
-            }
         }
         Some(_) => {
             let mut lines = Lines::new(reader);
             while let Some((number, bytes)) = lines.next_line()? {
                 let place = format!("line {number}");
                 match serde_json::from_slice::<Value>(&bytes) {
-                    Ok(value) => rows.push((place, value)),
+                    Ok(value) => rows.push((place, user_of(&value))),
                     // One broken line is one rejected row, not the end.
-                    Err(e) => rows.push((place, Value::String(format!("not JSON: {e}")))),
+                    Err(e) => rows.push((place, Err(format!("not JSON: {e}")))),
                 }
             }
         }
@@ -103,12 +105,31 @@ pub fn read(mut reader: impl BufRead) -> Result<MongoUsers, ReadError> {
     Ok(check(rows))
 }
 
+/// Collects the elements of a JSON array as rows ("element 1", ...).
+struct Elements<'r>(&'r mut Vec<(String, Parsed)>);
+
+impl<'de> serde::de::Visitor<'de> for Elements<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of documents")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(value) = seq.next_element::<Value>()? {
+            let place = format!("element {}", self.0.len() + 1);
+            self.0.push((place, user_of(&value)));
+        }
+        Ok(())
+    }
+}
+
 /// Turns documents into users, then drops (and reports) every collision.
-fn check(rows: Vec<(String, Value)>) -> MongoUsers {
+fn check(rows: Vec<(String, Parsed)>) -> MongoUsers {
     let mut rejected: Vec<(usize, Rejected)> = Vec::new();
     let mut candidates: Vec<(Row, User)> = Vec::new();
-    for (position, (place, value)) in rows.into_iter().enumerate() {
-        match user_of(&value) {
+    for (position, (place, parsed)) in rows.into_iter().enumerate() {
+        match parsed {
             Ok(user) => candidates.push(((position, place), user)),
             Err(reason) => rejected.push((position, Rejected { place, reason })),
         }
@@ -160,11 +181,8 @@ fn check(rows: Vec<(String, Value)>) -> MongoUsers {
 
 /// The user a document describes, or why it cannot be one.
 fn user_of(value: &Value) -> Result<User, String> {
-    let document = match value {
-        Value::Object(document) => document,
-        // A line that was not JSON comes here as its error text.
-        Value::String(not_json) => return Err(not_json.clone()),
-        _ => return Err("not a JSON object".into()),
+    let Value::Object(document) = value else {
+        return Err("not a JSON object".into());
     };
     let id = object_id(document)?;
     let text = |field: &str| -> Result<&str, String> {
@@ -237,6 +255,28 @@ mod tests {
             assert!(!users[0].email_verified);
             assert_eq!(users[0].password_hash, HASH);
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_and_no_row_text_is_echoed() {
+        let a = document("5f1d7c2e9b1e8a3d4c2b1a09", "mike@example.com");
+        for file in [format!("\u{feff}{a}\n"), format!("\u{feff} [{a}]")] {
+            let found = read(file.as_bytes()).unwrap();
+            assert_eq!(found.users.len(), 1, "{file}");
+        }
+        // A hash (or a password) as a bare element is refused without
+        // repeating it.
+        let found = read(format!(r#"[{a}, "{HASH}"]"#).as_bytes()).unwrap();
+        assert_eq!(found.users.len(), 1);
+        assert_eq!(
+            found.rejected[0].to_string(),
+            "element 2: not a JSON object"
+        );
+        // Not an array after all: the file is refused, by line.
+        assert!(matches!(
+            read(format!("[{a}] trailing").as_bytes()),
+            Err(ReadError::Line { line: 1, .. })
+        ));
     }
 
     #[test]

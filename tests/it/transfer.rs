@@ -1388,3 +1388,140 @@ async fn an_imported_mongo_user_resets_a_forgotten_password() {
     stop(server);
 }
 }
+
+/// A store of `count` users imported from a generated mongoexport file (one
+/// hash for all: `many-<i>@example.com`, password "many users' password"),
+/// plus the admin; the ObjectIds follow file order, so the last user has
+/// the greatest `_id`.
+async fn many_users(count: usize) -> Store {
+    let files = tempfile::tempdir().unwrap();
+    let hash = mongo_hash("many users' password", bcrypt::Version::TwoB);
+    let docs: Vec<Value> = (0..count)
+        .map(|i| {
+            let oid = format!("5f1d7c2e{i:016x}");
+            mongo_doc(&oid, "Many", &format!("many-{i}@example.com"), &hash)
+        })
+        .collect();
+    let file = write(&files, "many.json", &json_lines(&docs));
+    let store = Store::fresh().await;
+    store
+        .import_mongo(&file, false)
+        .assert_success()
+        .assert_stdout_has(&format!("imported {count} users"));
+    store.admin_create(ADMIN_EMAIL, "Admin", ADMIN_PASSWORD);
+    store
+}
+
+store_test! {
+/// An export whose client goes away after the first chunk ends, and gives
+/// back what it held: twenty abandoned exports (more than the PostgreSQL
+/// pool's 16 connections) and twenty HEADs later, logins and a whole export
+/// still work at once.
+async fn an_abandoned_export_ends_and_holds_nothing() {
+    let store = many_users(1500).await;
+    let server = store.start(&[]);
+    let admin = token(&server, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/admin/export?with_audit=true", server.base);
+    for _ in 0..20 {
+        let mut response = client
+            .get(&url)
+            .header("x-access-token", &admin)
+            .send()
+            .await
+            .expect("the export starts");
+        assert_eq!(response.status(), 200);
+        assert!(response.chunk().await.expect("a first chunk").is_some());
+        drop(response);
+        let head = client
+            .head(&url)
+            .header("x-access-token", &admin)
+            .send()
+            .await
+            .expect("HEAD answers");
+        assert_eq!(head.status(), 200);
+        assert_eq!(
+            head.headers()["content-type"],
+            "application/x-ndjson",
+            "HEAD has the GET's headers"
+        );
+    }
+    let started = std::time::Instant::now();
+    token(&server, "many-7@example.com", "many users' password").await;
+    let export = export_over_http(&server, &admin, "").await;
+    assert_eq!(export.users().len(), 1501);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the store answered at once, not after a pool timeout"
+    );
+    stop(server);
+}
+}
+
+store_test! {
+/// While an export is being read, an address moves from one user to
+/// another: the first imported user (in the export's first page) takes a
+/// new address, then the last one (in its last page) takes the old one. The
+/// file is still one state of the store: no address twice, and it imports.
+async fn an_online_export_is_one_state_of_the_store() {
+    let store = many_users(3000).await;
+    let server = store.start(&[]);
+    let admin = token(&server, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let listed = all_users(&server, &admin).await;
+    let id_of = |email: &str| {
+        listed
+            .iter()
+            .find(|u| u["email"] == email)
+            .and_then(|u| u["_id"].as_str())
+            .expect("a listed user")
+            .to_string()
+    };
+    let (first, last) = (id_of("many-0@example.com"), "5f1d7c2e0000000000000bb7");
+    let mut response = reqwest::Client::new()
+        .get(format!("{}/api/admin/export", server.base))
+        .header("x-access-token", &admin)
+        .send()
+        .await
+        .expect("the export starts");
+    assert_eq!(response.status(), 200);
+    let mut body = response
+        .chunk()
+        .await
+        .expect("a first chunk")
+        .expect("not empty")
+        .to_vec();
+    // The first user's page is out; the last user's is still to be read.
+    for (id, email) in [(first.as_str(), "moved@example.com"), (last, "many-0@example.com")] {
+        server
+            .request(Method::PATCH, &format!("/api/users/{id}"))
+            .token(&admin)
+            .json(json!({ "email": email }))
+            .send()
+            .await
+            .assert_ok(200);
+    }
+    while let Some(chunk) = response.chunk().await.expect("the rest") {
+        body.extend_from_slice(&chunk);
+    }
+    let text = String::from_utf8(body).expect("UTF-8");
+    let export = Export::parse(&text);
+    let mut emails: Vec<&str> = export
+        .users()
+        .iter()
+        .map(|u| u["email"].as_str().unwrap())
+        .collect();
+    let all = emails.len();
+    emails.sort_unstable();
+    emails.dedup();
+    assert_eq!(emails.len(), all, "an address twice in one export");
+    stop(server);
+
+    let files = tempfile::tempdir().unwrap();
+    let file = write(&files, "online.jsonl", &text);
+    Store::fresh()
+        .await
+        .import(&file)
+        .assert_success()
+        .assert_stdout_has("imported 3001 users");
+}
+}
