@@ -4,15 +4,21 @@
 # Usage:
 #   bench/run.sh            the real run (release build, cost 10, 10 s per
 #                           scenario, 100,000 users with 3 sessions each);
-#                           ~9 minutes after the build (2 of them seeding
-#                           300,000 sessions, 3 the four signing algorithms)
+#                           ~11 minutes after the build (2 of them seeding
+#                           300,000 sessions, 3 the four signing algorithms,
+#                           2 the glibc and musl builds of 4d)
 #   bench/run.sh --smoke    smoke mode (also BENCH_SMOKE=1): debug build, cost 4,
 #                           1 s per scenario, 1,000 users. It checks only that
 #                           every scenario ran and produced numbers.
 #
 # What it does:
-#   1. builds the server and the examples (`cargo build --bins --examples`);
-#      installs wrk from Debian's packages if it is missing (needs root);
+#   1. builds the server and the examples (`cargo build --bins --examples`),
+#      and the static musl binary twice, with musl's malloc and with
+#      mimalloc (`deploy/build-static.sh --profile PROFILE --allocator
+#      musl|mimalloc`, which installs rustup's musl target and musl-tools
+#      if missing; a first release build of both takes several minutes,
+#      later runs find them in cargo's cache); installs wrk from Debian's
+#      packages if it is missing (needs root);
 #   2. starts gatehouse on a fresh temporary data dir, pinned to CPU 0, with
 #      the default log level (info: one log line per request, as in
 #      production; stderr goes to a file), and examples/baseline.rs (a bare
@@ -57,6 +63,18 @@
 #      every second, as Prometheus would. /me ÷ the baseline run just
 #      before it, and login ÷ the bcrypt ceiling, are reported for both, as
 #      medians of the rounds; then stops the baseline;
+#   4d. glibc and musl builds in the same run: three gatehouses on fresh
+#      data dirs, the glibc build of 1, the static musl build with musl's
+#      malloc and the static musl build with mimalloc; BENCH_ROUNDS rounds,
+#      each giving every server (in forward, then reversed order from round
+#      to round; the others paused) a turn of GET /api/auth/me (64
+#      connections) then PATCH /api/users/{id} name changes (64 connections,
+#      one user, as in 2), ROUND_DURATION each. musl ÷ glibc and mimalloc ÷
+#      glibc (and mimalloc ÷ musl) for /me and PATCH are the medians of the
+#      rounds' ratios, beside each one's median requests/s and its RSS after
+#      the rounds. 6 × BENCH_ROUNDS × ROUND_DURATION of load: 2 minutes in
+#      the real run, 6 s in smoke mode. Skipped, with a row saying why, when
+#      the musl target or musl-gcc cannot be installed or BENCH_MUSL=0;
 #   5. measures one core's bcrypt verify rate at the benchmark's cost
 #      (examples/bcrypt_ceiling.rs on CPU 0): the ceiling for login/register;
 #   6. seeds a second data dir with BENCH_USERS users (examples/seed.rs, server
@@ -68,7 +86,8 @@
 #      again, server stopped: Session::start and Store::insert_session, as a
 #      login does) and measures the same again: cold start (which includes
 #      the start-up purge's scan of every session), listing, /me, RSS, disk.
-#   Only one gatehouse runs at a time. The tables go to stdout and to
+#   Only one gatehouse runs at a time (where several are started, the others
+#   are paused). The tables go to stdout and to
 #   target/bench/results.md; wrk's raw outputs to target/bench/raw/.
 #
 # Environment (defaults: real run / smoke):
@@ -83,6 +102,8 @@
 #   BENCH_COST   bcrypt cost                    10 / 4
 #   PROFILE      cargo profile: release or dev (debug)    release / dev
 #   BENCH_CEILING_SECS   bcrypt ceiling measurement time  3 / 1
+#   BENCH_MUSL   1: build and measure the static musl builds (4d); 0: skip
+#                them (the row says so)             1 / 1
 #   WRK_THREADS  wrk threads per wrk process    1 (wrk has one CPU: a second
 #                thread there only adds the other thread's scheduler slice,
 #                up to a 4 ms tick, to the measured latencies)
@@ -114,6 +135,7 @@ if [[ $SMOKE == 1 ]]; then
   COST=${BENCH_COST:-4}
   PROFILE=${PROFILE:-dev}
   CEILING_SECS=${BENCH_CEILING_SECS:-1}
+  MUSL=${BENCH_MUSL:-1}
   MODE=smoke
 else
   DURATION=${DURATION:-10s}
@@ -124,6 +146,7 @@ else
   COST=${BENCH_COST:-10}
   PROFILE=${PROFILE:-release}
   CEILING_SECS=${BENCH_CEILING_SECS:-3}
+  MUSL=${BENCH_MUSL:-1}
   MODE=full
 fi
 WRK_THREADS=${WRK_THREADS:-1}
@@ -227,7 +250,8 @@ wait_for_health() {
 
 # Starts gatehouse on DATA_DIR (and on the PostgreSQL database STORE_URL if
 # given; signing with GH_ALGORITHM if set; serving metrics at GH_METRICS if
-# set) pinned to SERVER_CPU; sets GH_PID and GH_LOG.
+# set; the binary GH_BINARY if set, else BIN_DIR's) pinned to SERVER_CPU;
+# sets GH_PID and GH_LOG.
 start_gatehouse() { # DATA_DIR NAME [STORE_URL]
   local data_dir=$1 name=$2 store_url=${3:-}
   GH_LOG=$WORK/$name.log
@@ -241,7 +265,7 @@ start_gatehouse() { # DATA_DIR NAME [STORE_URL]
     [[ -z $store_url ]] || export GATEHOUSE_STORE__URL=$store_url
     [[ -z ${GH_ALGORITHM:-} ]] || export GATEHOUSE_AUTH__ALGORITHM=$GH_ALGORITHM
     [[ -z ${GH_METRICS:-} ]] || export GATEHOUSE_METRICS__LISTEN=$GH_METRICS
-    exec taskset -c "$SERVER_CPU" "$BIN_DIR/gatehouse" --port 0 --data-dir "$data_dir"
+    exec taskset -c "$SERVER_CPU" "${GH_BINARY:-$BIN_DIR/gatehouse}" --port 0 --data-dir "$data_dir"
   ) 2>"$GH_LOG" >/dev/null &
   GH_PID=$!
   PIDS+=("$GH_PID")
@@ -402,6 +426,67 @@ cargo build --profile "$PROFILE" --bins --examples
 for binary in gatehouse examples/baseline examples/seed examples/bcrypt_ceiling; do
   [[ -x $BIN_DIR/$binary ]] || die "missing $BIN_DIR/$binary after the build"
 done
+
+# Section 4d's binaries: the static musl build, with musl's malloc and with
+# mimalloc (deploy/build-static.sh, same profile), copied to WORK as
+# gatehouse-musl and gatehouse-mimalloc (both builds stay in cargo's cache,
+# so a second run only copies them). If rustup's musl target or musl-gcc
+# cannot be installed, or BENCH_MUSL=0, 4d's row says "skipped" and why.
+MUSL_TARGET=x86_64-unknown-linux-musl
+MUSL_BUILDS=(musl mimalloc)
+MUSL_SKIPPED=
+MUSL_BUILD_SECS=0
+# musl_tools: whether the musl builds can be made here (installing rustup's
+# target and, as root, Debian's musl-tools if missing); if not, says why in
+# MUSL_SKIPPED.
+musl_tools() {
+  MUSL_SKIPPED=
+  if [[ $MUSL == 0 ]]; then
+    MUSL_SKIPPED="skipped: BENCH_MUSL=0"
+    return 1
+  fi
+  if ! command -v rustup >/dev/null; then
+    MUSL_SKIPPED="skipped: no rustup to add the $MUSL_TARGET target"
+    return 1
+  fi
+  if ! rustup target list --installed | grep -qx "$MUSL_TARGET"; then
+    log "rustup target add $MUSL_TARGET"
+    if ! timeout 300 rustup target add "$MUSL_TARGET" >&2; then
+      MUSL_SKIPPED="skipped: rustup target add $MUSL_TARGET failed"
+      return 1
+    fi
+  fi
+  if ! command -v musl-gcc >/dev/null; then
+    if [[ $(id -u) != 0 ]]; then
+      MUSL_SKIPPED="skipped: no musl-gcc (Debian's musl-tools; installing it needs root)"
+      return 1
+    fi
+    log "installing musl-tools (for musl-gcc)"
+    { apt-get update -qq >/dev/null &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools >/dev/null; } >&2 || true
+    if ! command -v musl-gcc >/dev/null; then
+      MUSL_SKIPPED="skipped: cannot install Debian's musl-tools (musl-gcc)"
+      return 1
+    fi
+  fi
+}
+if musl_tools; then
+  MUSL_STARTED=$SECONDS
+  # Smoke mode builds them without debuginfo: nothing else builds for the
+  # musl target, so a fresh clone (CI) compiles every dependency for it;
+  # that took ~2.5 min of CPU for both allocators, against ~4 with
+  # debuginfo.
+  MUSL_ENV=()
+  [[ $PROFILE != dev ]] || MUSL_ENV=(CARGO_PROFILE_DEV_DEBUG=0)
+  for build in "${MUSL_BUILDS[@]}"; do
+    log "deploy/build-static.sh --profile $PROFILE --allocator $build${MUSL_ENV[*]:+ (${MUSL_ENV[*]})}"
+    env ${MUSL_ENV[@]+"${MUSL_ENV[@]}"} deploy/build-static.sh --profile "$PROFILE" --allocator "$build" >&2
+    cp "$TARGET_DIR/$MUSL_TARGET/${BIN_DIR##*/}/gatehouse" "$WORK/gatehouse-$build"
+  done
+  MUSL_BUILD_SECS=$((SECONDS - MUSL_STARTED))
+else
+  log "glibc and musl builds (4d): $MUSL_SKIPPED"
+fi
 mkdir -p "$OUT_DIR/raw"
 rm -f "$OUT_DIR"/raw/*.txt
 STARTED=$SECONDS
@@ -755,6 +840,87 @@ stop_server "$METRICS_OFF_PID"
 stop_server "$METRICS_ON_PID"
 stop_server "$BASELINE_PID"
 
+# --- 4d. glibc and musl builds: /me and PATCH, in alternating rounds --------------
+# Three servers on fresh data dirs, the same settings, one binary each: the
+# glibc build of step 1, the static musl build with musl's malloc, and the
+# static musl build with mimalloc. Each round gives every server (the others
+# paused) a turn of /me (64 connections) then PATCH name changes (64
+# connections, one user, as in 2), ROUND_DURATION each; the order is
+# reversed every other round, so that a drifting machine favours none.
+# Each build's ratios to glibc are the medians of the rounds' ratios.
+LIBC_BUILDS=(glibc "${MUSL_BUILDS[@]}")
+declare -A LIBC_BINARY=([glibc]=$BIN_DIR/gatehouse)
+for build in "${MUSL_BUILDS[@]}"; do LIBC_BINARY[$build]=$WORK/gatehouse-$build; done
+declare -A LIBC_PID LIBC_ADDRESS LIBC_ME_TOKEN LIBC_PATCH_TOKEN LIBC_PATCH_ID LIBC_RSS LIBC_HWM
+declare -A LIBC_RATIO LIBC_RATIOS
+declare -A LIBC_LABEL=([glibc]="glibc build" [musl]="static musl build, musl's malloc"
+  [mimalloc]="static musl build with mimalloc")
+LIBC_SECS=0
+if [[ -z $MUSL_SKIPPED ]]; then
+  log "glibc and musl builds: /me and PATCH (c64) on each, $ROUNDS rounds of $ROUND_DURATION each"
+  LIBC_STARTED=$SECONDS
+  for build in "${LIBC_BUILDS[@]}"; do
+    GH_BINARY=${LIBC_BINARY[$build]} start_gatehouse "$WORK/data-libc-$build" "libc-$build"
+    LIBC_PID[$build]=$GH_PID
+    LIBC_ADDRESS[$build]=$(wait_for_address "$GH_LOG" "$GH_PID")
+    wait_for_health "${LIBC_ADDRESS[$build]}"
+    LIBC_ME_TOKEN[$build]=$(register "${LIBC_ADDRESS[$build]}" "bench-libc-$build-me-$RUN_ID@bench.example")
+    me_id "${LIBC_ADDRESS[$build]}" "${LIBC_ME_TOKEN[$build]}" >/dev/null
+    LIBC_PATCH_TOKEN[$build]=$(register "${LIBC_ADDRESS[$build]}" \
+      "bench-libc-$build-patch-$RUN_ID@bench.example")
+    LIBC_PATCH_ID[$build]=$(me_id "${LIBC_ADDRESS[$build]}" "${LIBC_PATCH_TOKEN[$build]}")
+    kill -STOP "$GH_PID"
+  done
+  declare -A LIBC_ROUND_RATIOS
+  for ((round = 1; round <= ROUNDS; round++)); do
+    order=("${LIBC_BUILDS[@]}")
+    if ((round % 2 == 0)); then
+      order=()
+      for build in "${LIBC_BUILDS[@]}"; do order=("$build" "${order[@]}"); done
+    fi
+    for build in "${order[@]}"; do
+      kill -CONT "${LIBC_PID[$build]}"
+      WRK_DURATION=$ROUND_DURATION wrk_command "me_${build}_$round" me.lua 64 \
+        "http://${LIBC_ADDRESS[$build]}/api/auth/me"
+      BENCH_TOKEN=${LIBC_ME_TOKEN[$build]} "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+      WRK_DURATION=$ROUND_DURATION wrk_command "patch_${build}_$round" patch.lua 64 \
+        "http://${LIBC_ADDRESS[$build]}/api/users/${LIBC_PATCH_ID[$build]}"
+      BENCH_TOKEN=${LIBC_PATCH_TOKEN[$build]} "${WRK_CMD[@]}" >"$WRK_OUT" 2>&1
+      kill -STOP "${LIBC_PID[$build]}"
+    done
+    for build in "${LIBC_BUILDS[@]}"; do
+      collect "me_${build}_$round"
+      collect "patch_${build}_$round"
+    done
+    # The ratios: each musl build ÷ glibc, and mimalloc ÷ musl's malloc.
+    for pair in musl/glibc mimalloc/glibc mimalloc/musl; do
+      for scenario in me patch; do
+        LIBC_ROUND_RATIOS[$scenario-$pair]+=" $(ratio_of "${RPS[${scenario}_${pair%/*}_$round]}" \
+          "${RPS[${scenario}_${pair#*/}_$round]}")"
+      done
+    done
+  done
+  for build in "${LIBC_BUILDS[@]}"; do
+    aggregate "me_$build"
+    aggregate "patch_$build"
+    LIBC_RSS[$build]=$(rss_kib "${LIBC_PID[$build]}")
+    LIBC_HWM[$build]=$(hwm_kib "${LIBC_PID[$build]}")
+  done
+  for key in "${!LIBC_ROUND_RATIOS[@]}"; do
+    LIBC_RATIOS[$key]=${LIBC_ROUND_RATIOS[$key]# }
+    # (unquoted: the rounds' ratios as separate arguments)
+    # shellcheck disable=SC2086
+    LIBC_RATIO[$key]=$(median ${LIBC_RATIOS[$key]})
+  done
+  log "musl ÷ glibc per round: /me ${LIBC_RATIOS[me-musl/glibc]}; PATCH ${LIBC_RATIOS[patch-musl/glibc]}"
+  log "mimalloc ÷ glibc per round: /me ${LIBC_RATIOS[me-mimalloc/glibc]}; PATCH ${LIBC_RATIOS[patch-mimalloc/glibc]}"
+  for build in "${LIBC_BUILDS[@]}"; do
+    kill -CONT "${LIBC_PID[$build]}"
+    stop_server "${LIBC_PID[$build]}"
+  done
+  LIBC_SECS=$((SECONDS - LIBC_STARTED))
+fi
+
 # --- 5. one core's bcrypt verify rate ---------------------------------------------
 log "bcrypt verify ceiling on CPU $SERVER_CPU (cost $COST, ${CEILING_SECS}s)"
 CEILING=$(taskset -c "$SERVER_CPU" "$BIN_DIR/examples/bcrypt_ceiling" "$COST" "$CEILING_SECS")
@@ -890,6 +1056,23 @@ RESULTS=$OUT_DIR/results.md
     "$(ratio "${RPS[login_metrics_off]}" "$CEILING") × bcrypt ceiling"
   row login_metrics_on "POST /api/auth/login, metrics on, scraped every second (c16; median of $ROUNDS rounds)" \
     "$(ratio "${RPS[login_metrics_on]}" "$CEILING") × bcrypt ceiling; $(ratio "${RPS[login_metrics_on]}" "${RPS[login_metrics_off]}") × metrics off"
+  if [[ -z $MUSL_SKIPPED ]]; then
+    LIBC_NOTE="median of the rounds' ratios"
+    row me_glibc "GET /api/auth/me, glibc build (c64; median of $ROUNDS rounds)" \
+      "(reference for the static musl builds)"
+    row me_musl "GET /api/auth/me, static musl build, musl's malloc (c64; median of $ROUNDS rounds)" \
+      "${LIBC_RATIO[me-musl/glibc]} × glibc build ($LIBC_NOTE)"
+    row me_mimalloc "GET /api/auth/me, static musl build with mimalloc (c64; median of $ROUNDS rounds)" \
+      "${LIBC_RATIO[me-mimalloc/glibc]} × glibc build; ${LIBC_RATIO[me-mimalloc/musl]} × musl's malloc ($LIBC_NOTE)"
+    row patch_glibc "PATCH /api/users/{id}, glibc build (c64; median of $ROUNDS rounds)" \
+      "$(ratio "${RPS[patch_glibc]}" "$PATCH_FLOOR") × 2,000/s"
+    row patch_musl "PATCH /api/users/{id}, static musl build, musl's malloc (c64; median of $ROUNDS rounds)" \
+      "${LIBC_RATIO[patch-musl/glibc]} × glibc build ($LIBC_NOTE)"
+    row patch_mimalloc "PATCH /api/users/{id}, static musl build with mimalloc (c64; median of $ROUNDS rounds)" \
+      "${LIBC_RATIO[patch-mimalloc/glibc]} × glibc build; ${LIBC_RATIO[patch-mimalloc/musl]} × musl's malloc ($LIBC_NOTE)"
+  else
+    echo "| GET /api/auth/me and PATCH, glibc and static musl builds | $MUSL_SKIPPED | | | | |"
+  fi
   row seeded_me "/me with $USERS users stored (c64)" "$(ratio "${RPS[seeded_me]}" "${RPS[me]}") × /me on a fresh store"
   row sessions_me "/me with $USERS users × $SESSIONS sessions stored (c64)" "$(ratio "${RPS[sessions_me]}" "${RPS[me]}") × /me on a fresh store"
   echo
@@ -907,6 +1090,13 @@ RESULTS=$OUT_DIR/results.md
   echo "| data dir on disk, $USERS users × $SESSIONS sessions | $(mib "$DISK_SESSIONS_KIB") | $(ratio "$DISK_SESSIONS_KIB" "$DISK_KIB") × users alone |"
   echo "| cold start to first 200, $USERS users × $SESSIONS sessions | $SESSIONS_COLD_START_MS ms | $(ratio "$SESSIONS_COLD_START_MS" 1000) × 1 s |"
   echo "| seeding $TOTAL_SESSIONS sessions (64 concurrent inserts) | ${SESSION_SEED_SECS:-?} s | |"
+  if [[ -z $MUSL_SKIPPED ]]; then
+    for build in "${LIBC_BUILDS[@]}"; do
+      echo "| RSS after the glibc/musl rounds, ${LIBC_LABEL[$build]} | $(mib "${LIBC_RSS[$build]}") (peak $(mib "${LIBC_HWM[$build]}")) | $(ratio "${LIBC_RSS[$build]}" "${LIBC_RSS[glibc]}") × glibc build |"
+    done
+    echo "| building the static musl binaries, both allocators (profile $PROFILE) | $MUSL_BUILD_SECS s | (before the timer; 0-1 s when cached) |"
+    echo "| the glibc/musl section (3 servers, $ROUNDS rounds) | $LIBC_SECS s | |"
+  fi
   echo
   echo "/me ÷ baseline in each round ($ROUND_DURATION each, alternating): ${ME_ROUND_RATIOS[*]}"
   echo
@@ -917,6 +1107,12 @@ RESULTS=$OUT_DIR/results.md
   done
   echo
   echo "/me ÷ baseline in each round with metrics off: ${ME_OFF_RATIOS[*]}; on: ${ME_ON_RATIOS[*]} ($METRICS_SCRAPES scrapes of /metrics during the on rounds)"
+  if [[ -z $MUSL_SKIPPED ]]; then
+    echo
+    echo "musl's malloc ÷ glibc build in each round: /me ${LIBC_RATIOS[me-musl/glibc]}; PATCH ${LIBC_RATIOS[patch-musl/glibc]}"
+    echo "mimalloc ÷ glibc build in each round: /me ${LIBC_RATIOS[me-mimalloc/glibc]}; PATCH ${LIBC_RATIOS[patch-mimalloc/glibc]}"
+    echo "mimalloc ÷ musl's malloc in each round: /me ${LIBC_RATIOS[me-mimalloc/musl]}; PATCH ${LIBC_RATIOS[patch-mimalloc/musl]}"
+  fi
   if [[ -n ${PG_RATIO[me_pg]:-} ]]; then
     echo
     echo "PostgreSQL /me ÷ pgbench -S in each round: ${PG_RATIOS[me_pg]}; PATCH ÷ one-row UPDATE: ${PG_RATIOS[patch_pg]}"
@@ -934,6 +1130,9 @@ CHECKED=(me solo flood_me flood_login login register patch refresh baseline seed
 [[ -z ${PG_RATIO[me_pg]:-} ]] || CHECKED+=(me_pg patch_pg)
 for alg in "${ALGORITHMS[@]}"; do CHECKED+=("me_$alg" "baseline_$alg" "login_$alg"); done
 CHECKED+=(metrics_baseline_off metrics_baseline_on me_metrics_off me_metrics_on login_metrics_off login_metrics_on)
+if [[ -z $MUSL_SKIPPED ]]; then
+  for build in "${LIBC_BUILDS[@]}"; do CHECKED+=("me_$build" "patch_$build"); done
+fi
 for key in "${CHECKED[@]}"; do
   # refresh.lua counts every answer but a 200 with a refresh token; the
   # other scripts, statuses of 400 and more.

@@ -386,8 +386,10 @@ fn prompt_password() -> anyhow::Result<String> {
 /// than it uses. Two arenas measured 3 MiB less RSS after serving 100,000
 /// users (BENCHMARKS.md), with no measurable cost on `/me`. Runs before any
 /// thread starts; an explicit `MALLOC_ARENA_MAX` in the environment wins.
+/// Nothing to do with the `mimalloc` feature (glibc's malloc is not used)
+/// or on musl (one heap).
 fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         // SAFETY: a plain glibc tuning call, made while only this thread runs.
         unsafe {
