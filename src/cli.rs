@@ -305,6 +305,14 @@ async fn import(
             for rejected in &found.rejected {
                 eprintln!("{}: {rejected}", path.display());
             }
+            if !found.rejected.is_empty() && found.users.is_empty() {
+                // (A `mongoexport --pretty` file, read as lines, ends here.)
+                bail!(
+                    "{}: none of its {} rows can be imported (listed above); nothing was imported",
+                    path.display(),
+                    found.rejected.len()
+                );
+            }
             if !found.rejected.is_empty() && !skip_invalid {
                 bail!(
                     "{}: {} rows cannot be imported (listed above); nothing was imported \

@@ -1525,3 +1525,27 @@ async fn an_online_export_is_one_state_of_the_store() {
         .assert_stdout_has("imported 3001 users");
 }
 }
+
+/// A file of which no row can be imported (here `mongoexport --pretty`'s
+/// multi-line documents, read as lines) is refused even with
+/// `--skip-invalid`, rather than "imported 0 users".
+#[tokio::test]
+async fn a_mongo_file_with_no_importable_row_is_refused_even_when_skipping() {
+    let files = tempfile::tempdir().unwrap();
+    let docs: Vec<String> = MONGO_USERS
+        .iter()
+        .map(|user| serde_json::to_string_pretty(&user.doc()).expect("JSON"))
+        .collect();
+    let file = write(&files, "pretty.json", &docs.join("\n"));
+    let target = Store::sled();
+    target
+        .import_mongo(&file, true)
+        .assert_refused()
+        .assert_stderr_has("none of its")
+        .assert_stderr_has("nothing was imported");
+    let server = target.start(&[]);
+    login(&server, MONGO_USERS[0].normalized, MONGO_USERS[0].password)
+        .await
+        .assert_error(401, "invalid_credentials");
+    stop(server);
+}
