@@ -1,9 +1,9 @@
 //! `GET /api/admin/export[?with_audit=true]` (admins): the export file
 //! (`transfer::format`) of the running server's store, streamed as it is
 //! read, a page of users at a time, so memory stays flat however many users
-//! there are. On PostgreSQL the file is one snapshot; on sled each page is
-//! read as it is at that moment (a user changed meanwhile appears as it was
-//! when its page was read).
+//! there are. On either store the users in the file are one state of the
+//! store (a PostgreSQL snapshot; on sled a copy made between two writes,
+//! see `SledStore::export`), so it always imports.
 //!
 //! The answer holds every password hash and the signing keys: admins only,
 //! never cached, and each export is logged with the admin who asked. The

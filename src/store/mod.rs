@@ -1024,10 +1024,10 @@ impl Store {
     /// and with `with_audit` every audit event. Sessions, revocations, mail
     /// tokens and throttle counts are not exported. On PostgreSQL all of it
     /// is one snapshot (a repeatable-read, read-only transaction), whatever
-    /// is written meanwhile; on sled each page is read as it is then (the
-    /// command line exports a stopped server's store, which does not
-    /// change). Memory stays bounded: a page is read only once the previous
-    /// one was taken. Ends early, without error, if `pages` is dropped.
+    /// is written meanwhile; on sled the users are copied to a spool file
+    /// between two writes (writes wait for the copy), then paged from it.
+    /// Memory stays bounded: a page is read only once the previous one was
+    /// taken. Ends early, without error, if `pages` is dropped.
     pub async fn export(
         &self,
         with_audit: bool,
