@@ -194,12 +194,8 @@ pub fn store_generated_secret(settings: &Settings, hex: &str) -> anyhow::Result<
     }
     prepare_data_dir(&settings.data_dir)?;
     let path = settings.secret_file();
-    let temporary = temporary_key_path(&path);
-    let stored = write_then_rename(&temporary, &path, hex.as_bytes());
-    if stored.is_err() {
-        let _ = fs::remove_file(&temporary);
-    }
-    stored.with_context(|| format!("{}: cannot store the imported key", path.display()))?;
+    store_key(&path, hex)
+        .with_context(|| format!("{}: cannot store the imported key", path.display()))?;
     Ok(true)
 }
 
@@ -251,14 +247,21 @@ fn create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
     let mut key = vec![0u8; GENERATED_KEY_BYTES];
     getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    store_key(path, &hex)
+        .with_context(|| format!("{}: cannot store a new signing key", path.display()))?;
+    tracing::info!(path = %path.display(), "generated a new secret (auth.secret)");
+    Ok(key)
+}
+
+/// Writes `hex` as the key in `path` through a temporary file renamed into
+/// place (removed if that fails), so `path` holds a whole key or its old one.
+fn store_key(path: &Path, hex: &str) -> std::io::Result<()> {
     let temporary = temporary_key_path(path);
     let stored = write_then_rename(&temporary, path, hex.as_bytes());
     if stored.is_err() {
         let _ = fs::remove_file(&temporary);
     }
-    stored.with_context(|| format!("{}: cannot store a new signing key", path.display()))?;
-    tracing::info!(path = %path.display(), "generated a new secret (auth.secret)");
-    Ok(key)
+    stored
 }
 
 /// `secret.key.tmp` beside `secret.key`.

@@ -143,7 +143,6 @@ impl SledStore {
     /// so this also tightens databases made by earlier versions, or by a
     /// process with a looser umask, such as an in-process test server.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let io_error = |e: std::io::Error| StoreError::Database(e.into());
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(PRIVATE_DIR)
@@ -907,7 +906,6 @@ impl SledStore {
     /// The key set and every user's record, copied while no write runs.
     fn spool_users(&self) -> Result<Spool, StoreError> {
         use std::io::{Seek, Write};
-        let io_error = |e: std::io::Error| StoreError::Database(e.into());
         static SPOOLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let name = format!(
             "export-{}-{}.spool",
@@ -1300,6 +1298,11 @@ const ADMINS_KEY: &[u8] = b"admins";
 /// `meta` key of the signing key set.
 const SIGNING_KEYS_KEY: &[u8] = b"signing_keys";
 
+/// A file-system error, as sled's own are reported.
+fn io_error(error: std::io::Error) -> StoreError {
+    StoreError::Database(error.into())
+}
+
 /// An export's copy of the users (see [`SledStore::export`]).
 struct Spool {
     file: std::fs::File,
@@ -1308,7 +1311,6 @@ struct Spool {
 
 /// Up to `limit` users from a spool; fewer at its end.
 fn read_spooled(reader: &mut impl std::io::Read, limit: usize) -> Result<Vec<User>, StoreError> {
-    let io_error = |e: std::io::Error| StoreError::Database(e.into());
     let part = |reader: &mut dyn std::io::Read| -> Result<Option<Vec<u8>>, StoreError> {
         let mut len = [0u8; 4];
         match reader.read_exact(&mut len) {
